@@ -1,0 +1,230 @@
+//! One typed configuration, read from the environment (the seed's variable names) with
+//! defaults that run a complete development server with nothing set.
+
+use std::net::IpAddr;
+
+use clap::{Args, ValueEnum};
+
+use crate::media::{CodecName, MediaConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
+    Test,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Environment mode. `production` requires DJANGO_JWT_SECRET and disables /dev/token.
+    #[arg(long, env = "NODE_ENV", value_enum, default_value = "development")]
+    pub environment: Environment,
+
+    /// HTTP and WebSocket port.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// HTTP and WebSocket bind address.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// HS256 secret shared with Django (simplejwt's SIGNING_KEY). Generated in development.
+    #[arg(long, env = "DJANGO_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Django backend URL (accepted for compatibility; room metadata lookups come later).
+    #[arg(long, env = "DJANGO_BASE_URL", default_value = "http://127.0.0.1:8000")]
+    pub django_base_url: String,
+
+    /// Redis URL (accepted for compatibility; the Redis room store comes later, memory is used).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// PostgreSQL URL (accepted for compatibility; the audit log comes later).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// First UDP port for media; worker i binds RTC_MIN_PORT + i. 0 picks free ports.
+    #[arg(long, env = "MEDIASOUP_WORKER_RTC_MIN_PORT", default_value_t = 10000)]
+    pub rtc_min_port: u16,
+
+    /// Last UDP port for media; the range must hold one port per worker.
+    #[arg(long, env = "MEDIASOUP_WORKER_RTC_MAX_PORT", default_value_t = 10100)]
+    pub rtc_max_port: u16,
+
+    /// Media workers (one thread and one UDP port each). Default: CPU cores, at most 8.
+    #[arg(long, env = "SFU_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// IP the media sockets bind to.
+    #[arg(long, env = "RTC_LISTEN_IP", default_value = "0.0.0.0")]
+    pub rtc_listen_ip: IpAddr,
+
+    /// IP put in ICE candidates, i.e. what clients can reach. Default 127.0.0.1 (local dev).
+    #[arg(long, env = "ANNOUNCED_IP")]
+    pub announced_ip: Option<IpAddr>,
+
+    /// Codecs offered, comma-separated (opus, vp8).
+    #[arg(long, env = "SFU_CODECS", default_value = "opus,vp8", value_delimiter = ',')]
+    pub codecs: Vec<String>,
+
+    /// Largest signaling message accepted, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 65536)]
+    pub max_message_size: usize,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing EnvFilter directive).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Directory of the demo page served at `/`.
+    #[arg(long, env = "WEB_DEMO_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web-demo"))]
+    pub web_demo_dir: std::path::PathBuf,
+}
+
+#[derive(clap::Parser)]
+struct ArgsOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Parse from command-line style arguments (plus the environment), as the binary does.
+    pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        ArgsOnly::try_parse_from(args).map(|a| a.config)
+    }
+}
+
+/// Config checked for consistency, with defaults resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub jwt_secret: String,
+    pub dev_mode: bool,
+    pub media: MediaConfig,
+}
+
+impl Config {
+    /// Validate and resolve defaults. The error is one line meant for an operator.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let dev_mode = self.environment != Environment::Production;
+        let jwt_secret = match (&self.jwt_secret, dev_mode) {
+            (Some(s), _) if s.len() < 16 => {
+                return Err("DJANGO_JWT_SECRET must be at least 16 characters".into())
+            }
+            (Some(s), _) => s.clone(),
+            (None, true) => random_secret(),
+            (None, false) => {
+                return Err("DJANGO_JWT_SECRET is required when NODE_ENV=production".into())
+            }
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let workers = self.workers.unwrap_or(cores.min(8));
+        if !(1..=64).contains(&workers) {
+            return Err(format!("SFU_WORKERS must be between 1 and 64, got {workers}"));
+        }
+        if self.rtc_min_port != 0 {
+            if self.rtc_max_port < self.rtc_min_port {
+                return Err(format!(
+                    "MEDIASOUP_WORKER_RTC_MAX_PORT ({}) is below MEDIASOUP_WORKER_RTC_MIN_PORT ({})",
+                    self.rtc_max_port, self.rtc_min_port
+                ));
+            }
+            let available = (self.rtc_max_port - self.rtc_min_port) as usize + 1;
+            if available < workers {
+                return Err(format!(
+                    "RTC port range {}-{} has {available} ports but {workers} workers need one each",
+                    self.rtc_min_port, self.rtc_max_port
+                ));
+            }
+        }
+        let mut codecs = Vec::new();
+        for name in &self.codecs {
+            let codec = CodecName::parse(name)
+                .ok_or_else(|| format!("SFU_CODECS: unknown codec `{name}` (known: opus, vp8)"))?;
+            if !codecs.contains(&codec) {
+                codecs.push(codec);
+            }
+        }
+        if codecs.is_empty() {
+            return Err("SFU_CODECS must name at least one codec".into());
+        }
+        if self.max_message_size < 1024 {
+            return Err("MAX_MESSAGE_SIZE must be at least 1024 bytes".into());
+        }
+        let announced_ip = match self.announced_ip {
+            Some(ip) if ip.is_unspecified() => {
+                return Err("ANNOUNCED_IP must be a concrete address, not 0.0.0.0 or ::".into())
+            }
+            Some(ip) => ip,
+            None if !self.rtc_listen_ip.is_unspecified() => self.rtc_listen_ip,
+            None => IpAddr::from([127, 0, 0, 1]),
+        };
+        let media = MediaConfig {
+            workers,
+            listen_ip: self.rtc_listen_ip,
+            port_min: self.rtc_min_port,
+            port_max: self.rtc_max_port,
+            announced_ip,
+            codecs,
+        };
+        Ok(Settings {
+            config: self,
+            jwt_secret,
+            dev_mode,
+            media,
+        })
+    }
+}
+
+fn random_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let mut argv = vec!["sfu"];
+        argv.extend_from_slice(args);
+        Config::parse_from(argv).map_err(|e| e.to_string())?.resolve()
+    }
+
+    #[test]
+    fn production_requires_a_secret() {
+        let err = parse(&["--environment", "production"]).unwrap_err();
+        assert!(err.contains("DJANGO_JWT_SECRET is required"), "{err}");
+        assert!(parse(&["--environment", "production", "--jwt-secret", "0123456789abcdef"]).is_ok());
+    }
+
+    #[test]
+    fn port_range_must_fit_the_workers() {
+        let err = parse(&["--workers", "4", "--rtc-min-port", "10000", "--rtc-max-port", "10001"])
+            .unwrap_err();
+        assert!(err.contains("4 workers"), "{err}");
+    }
+
+    #[test]
+    fn unknown_codec_is_rejected() {
+        let err = parse(&["--codecs", "opus,theora"]).unwrap_err();
+        assert!(err.contains("theora"), "{err}");
+    }
+
+    #[test]
+    fn development_defaults_work_with_nothing_set() {
+        let s = parse(&[]).unwrap();
+        assert!(s.dev_mode);
+        assert_eq!(s.jwt_secret.len(), 64);
+        assert_eq!(s.media.announced_ip, IpAddr::from([127, 0, 0, 1]));
+    }
+}

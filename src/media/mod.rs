@@ -1,0 +1,284 @@
+//! The media plane: per-core workers that own UDP sockets and str0m `Rtc`s and forward RTP.
+//!
+//! This module knows nothing of rooms, users or signaling transports. The layer above talks to
+//! it through [`MediaRouter`] (commands with replies) and receives [`MediaEvent`]s.
+//!
+//! Data path inside a worker (see `core.rs`): UDP datagram → transport found by remote address
+//! (or STUN username on first contact) → `Rtc::handle_input` → `Event::RtpPacket` → for each
+//! consumer of that producer on the same worker: layer decision → id rewrite → `write_rtp` →
+//! `poll_output` → `send_to`. No thread hop and no per-packet allocation of our own.
+
+pub mod codec;
+pub mod core;
+pub mod simulcast;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+pub use self::codec::CodecName;
+pub use self::simulcast::Preference;
+use self::worker::{Command, WorkerHandle};
+
+/// Identifies a WebRTC transport (one PeerConnection) across the whole server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransportId(pub u64);
+
+/// Identifies a producer (one incoming track, all its simulcast layers).
+pub type ProducerId = Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+/// Settings every worker shares.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub workers: usize,
+    /// Address each worker binds; worker `i` binds `listen_ip:(port_min + i)`.
+    pub listen_ip: std::net::IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    /// IP announced in ICE candidates (what clients can reach).
+    pub announced_ip: std::net::IpAddr,
+    pub codecs: Vec<CodecName>,
+}
+
+/// A producer created from a publisher offer.
+#[derive(Debug, Clone)]
+pub struct NewProducer {
+    pub producer_id: ProducerId,
+    pub mid: String,
+    pub kind: Kind,
+    /// RIDs in the order announced, lowest layer first. Empty without simulcast.
+    pub rids: Vec<String>,
+}
+
+/// One m-line of a subscriber offer.
+#[derive(Debug, Clone)]
+pub struct OfferedTrack {
+    pub mid: String,
+    pub producer_id: ProducerId,
+    pub kind: Kind,
+}
+
+/// What workers report without being asked.
+#[derive(Debug, Clone)]
+pub enum MediaEvent {
+    /// The subscriber transport needs a (re)negotiation: send this offer to its client.
+    SubscriberOffer {
+        transport: TransportId,
+        sdp: String,
+        tracks: Vec<OfferedTrack>,
+    },
+    /// The layer forwarded to a consumer changed (0 = lowest).
+    LayerChanged {
+        transport: TransportId,
+        producer: ProducerId,
+        layer: u8,
+    },
+    /// ICE or DTLS ended; the transport was removed from its worker.
+    TransportClosed {
+        transport: TransportId,
+        reason: String,
+    },
+}
+
+/// Errors a media command can return. `InvalidSdp` is the client's fault, the rest ours.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MediaError {
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    #[error("no offer is pending on this transport")]
+    NoPendingOffer,
+    #[error("transport not found")]
+    TransportNotFound,
+    #[error("producer not found")]
+    ProducerNotFound,
+    #[error("media worker unavailable")]
+    WorkerGone,
+}
+
+/// Counters of one worker, for tests, `/status` and metrics.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStats {
+    pub transports: usize,
+    pub producers: usize,
+    pub consumers: usize,
+    pub rtp_packets_in: u64,
+    pub rtp_packets_forwarded: u64,
+    pub keyframe_requests: u64,
+    pub layer_switches: u64,
+    pub datagrams_dropped: u64,
+}
+
+impl std::ops::AddAssign for WorkerStats {
+    fn add_assign(&mut self, o: Self) {
+        self.transports += o.transports;
+        self.producers += o.producers;
+        self.consumers += o.consumers;
+        self.rtp_packets_in += o.rtp_packets_in;
+        self.rtp_packets_forwarded += o.rtp_packets_forwarded;
+        self.keyframe_requests += o.keyframe_requests;
+        self.layer_switches += o.layer_switches;
+        self.datagrams_dropped += o.datagrams_dropped;
+    }
+}
+
+/// Front door to all workers. Cheap to clone.
+#[derive(Clone)]
+pub struct MediaRouter {
+    workers: Arc<Vec<WorkerHandle>>,
+    next_transport: Arc<AtomicU64>,
+}
+
+impl MediaRouter {
+    /// Bind every worker's socket and start its thread. Fails if a port is taken.
+    pub fn start(
+        config: MediaConfig,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> anyhow::Result<Self> {
+        let mut workers = Vec::with_capacity(config.workers);
+        for index in 0..config.workers {
+            workers.push(WorkerHandle::spawn(index, &config, events.clone())?);
+        }
+        Ok(MediaRouter {
+            workers: Arc::new(workers),
+            next_transport: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Local UDP address of each worker (what the sockets are bound to).
+    pub fn worker_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.local_addr).collect()
+    }
+
+    /// A room lives on one worker so its packets never cross threads; spread rooms by hash.
+    pub fn worker_for_room(&self, room_id: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        room_id.hash(&mut h);
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    pub fn new_transport_id(&self) -> TransportId {
+        TransportId(self.next_transport.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn call<T>(
+        &self,
+        worker: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (tx, rx) = oneshot::channel();
+        let handle = self.workers.get(worker).ok_or(MediaError::WorkerGone)?;
+        handle
+            .commands
+            .send(make(tx))
+            .map_err(|_| MediaError::WorkerGone)?;
+        rx.await.map_err(|_| MediaError::WorkerGone)
+    }
+
+    /// Apply a publisher's SDP offer, creating its transport on first use.
+    /// Returns the answer and the producers this offer added.
+    pub async fn publisher_offer(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        sdp: String,
+    ) -> Result<(String, Vec<NewProducer>), MediaError> {
+        self.call(worker, |reply| Command::PublisherOffer {
+            transport,
+            sdp,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn create_subscriber(
+        &self,
+        worker: usize,
+        transport: TransportId,
+    ) -> Result<(), MediaError> {
+        self.call(worker, |reply| Command::CreateSubscriber { transport, reply })
+            .await
+    }
+
+    /// Start forwarding `producer` to the subscriber transport (triggers a subscriber offer).
+    pub async fn subscribe(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        producer: ProducerId,
+        stream_id: String,
+    ) -> Result<(), MediaError> {
+        self.call(worker, |reply| Command::Subscribe {
+            transport,
+            producer,
+            stream_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn subscriber_answer(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        sdp: String,
+    ) -> Result<(), MediaError> {
+        self.call(worker, |reply| Command::SubscriberAnswer {
+            transport,
+            sdp,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn set_preference(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        producer: ProducerId,
+        preference: Preference,
+    ) -> Result<(), MediaError> {
+        self.call(worker, |reply| Command::SetPreference {
+            transport,
+            producer,
+            preference,
+            reply,
+        })
+        .await?
+    }
+
+    /// Close a transport; a publisher's producers (and everyone's consumers of them) go with it.
+    pub async fn close_transport(
+        &self,
+        worker: usize,
+        transport: TransportId,
+    ) -> Result<(), MediaError> {
+        self.call(worker, |reply| Command::CloseTransport { transport, reply })
+            .await
+    }
+
+    pub async fn stats(&self) -> WorkerStats {
+        let mut total = WorkerStats::default();
+        for i in 0..self.workers.len() {
+            if let Ok(s) = self.call(i, |reply| Command::Stats { reply }).await {
+                total += s;
+            }
+        }
+        total
+    }
+}

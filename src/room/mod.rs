@@ -1,0 +1,563 @@
+//! Rooms, participants and producers: the model the session layer operates on.
+//!
+//! State lives in memory behind one mutex that is never held across an await; media work is
+//! delegated to the room's worker through [`MediaRouter`]. Notifications go to each
+//! participant's [`SessionSink`], whichever transport that session uses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::media::{Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId};
+use crate::session::protocol::{
+    ErrorCode, MediaKindName, OutboundEnvelope, ParticipantInfo, ProducerInfo, SubscriberTrack,
+    UserInfo,
+};
+
+/// Default and upper bound for `maxParticipants`.
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
+pub const MAX_PARTICIPANTS_LIMIT: u32 = 1000;
+
+/// Where a session's outbound messages go. Bounded: a client that stops reading loses
+/// messages (and is logged) instead of growing server memory.
+#[derive(Clone)]
+pub struct SessionSink {
+    pub connection_id: Uuid,
+    tx: mpsc::Sender<OutboundEnvelope>,
+}
+
+impl SessionSink {
+    pub fn new(connection_id: Uuid, tx: mpsc::Sender<OutboundEnvelope>) -> Self {
+        SessionSink { connection_id, tx }
+    }
+
+    pub fn send(&self, message: OutboundEnvelope) {
+        if self.tx.try_send(message).is_err() {
+            tracing::warn!(connection = %self.connection_id, "outbound queue full or closed; message dropped");
+        }
+    }
+}
+
+/// A request the room layer refused, with the code the client sees.
+#[derive(Debug, Clone)]
+pub struct RoomError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RoomError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RoomError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<MediaError> for RoomError {
+    fn from(e: MediaError) -> Self {
+        let code = match e {
+            MediaError::InvalidSdp(_) => ErrorCode::InvalidSdp,
+            MediaError::NoPendingOffer => ErrorCode::NoPendingOffer,
+            MediaError::ProducerNotFound => ErrorCode::ProducerNotFound,
+            MediaError::TransportNotFound | MediaError::WorkerGone => ErrorCode::InternalError,
+        };
+        RoomError::new(code, e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSummary {
+    pub room_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub max_participants: u32,
+}
+
+struct Room {
+    summary: RoomSummary,
+    worker: usize,
+    participants: BTreeMap<String, Participant>,
+}
+
+struct Participant {
+    user_id: String,
+    display_name: String,
+    sink: SessionSink,
+    publisher: TransportId,
+    subscriber: TransportId,
+    producers: Vec<ProducerInfo>,
+}
+
+impl Participant {
+    fn info(&self, participant_id: &str) -> ParticipantInfo {
+        ParticipantInfo {
+            participant_id: participant_id.to_string(),
+            user_id: self.user_id.clone(),
+            display_name: self.display_name.clone(),
+            producers: self.producers.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<String, Room>,
+    /// Which participant a transport belongs to, for routing media events.
+    transports: HashMap<TransportId, (String, String)>,
+}
+
+/// The result of a successful join.
+pub struct Joined {
+    pub participant_id: String,
+    pub others: Vec<ParticipantInfo>,
+}
+
+pub struct Rooms {
+    state: Mutex<State>,
+    media: MediaRouter,
+}
+
+/// Counts for `/status`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RoomCounts {
+    pub rooms: usize,
+    pub participants: usize,
+    pub producers: usize,
+}
+
+impl Rooms {
+    pub fn new(media: MediaRouter) -> Arc<Self> {
+        Arc::new(Rooms {
+            state: Mutex::new(State::default()),
+            media,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere must not wedge every room: the state itself stays consistent
+        // because no method leaves it half-updated across a panic point.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn counts(&self) -> RoomCounts {
+        let state = self.lock();
+        RoomCounts {
+            rooms: state.rooms.len(),
+            participants: state.rooms.values().map(|r| r.participants.len()).sum(),
+            producers: state
+                .rooms
+                .values()
+                .flat_map(|r| r.participants.values())
+                .map(|p| p.producers.len())
+                .sum(),
+        }
+    }
+
+    pub fn create_room(
+        &self,
+        name: String,
+        description: Option<String>,
+        max_participants: Option<u32>,
+        room_id: Option<String>,
+    ) -> Result<RoomSummary, RoomError> {
+        let name = name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 128 {
+            return Err(RoomError::new(
+                ErrorCode::InvalidPayload,
+                "`name` must be 1 to 128 characters",
+            ));
+        }
+        if description.as_ref().is_some_and(|d| d.chars().count() > 1024) {
+            return Err(RoomError::new(
+                ErrorCode::InvalidPayload,
+                "`description` must be at most 1024 characters",
+            ));
+        }
+        let max_participants = max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS);
+        if !(1..=MAX_PARTICIPANTS_LIMIT).contains(&max_participants) {
+            return Err(RoomError::new(
+                ErrorCode::InvalidPayload,
+                format!("`maxParticipants` must be between 1 and {MAX_PARTICIPANTS_LIMIT}"),
+            ));
+        }
+        let room_id = match room_id {
+            Some(id) if valid_room_id(&id) => id,
+            Some(_) => {
+                return Err(RoomError::new(
+                    ErrorCode::InvalidPayload,
+                    "`roomId` must match [A-Za-z0-9_-]{1,64}",
+                ))
+            }
+            None => Uuid::new_v4().to_string(),
+        };
+        let mut state = self.lock();
+        if state.rooms.contains_key(&room_id) {
+            return Err(RoomError::new(
+                ErrorCode::RoomExists,
+                format!("room `{room_id}` already exists"),
+            ));
+        }
+        let summary = RoomSummary {
+            room_id: room_id.clone(),
+            name,
+            description,
+            max_participants,
+        };
+        let worker = self.media.worker_for_room(&room_id);
+        state.rooms.insert(
+            room_id,
+            Room {
+                summary: summary.clone(),
+                worker,
+                participants: BTreeMap::new(),
+            },
+        );
+        tracing::info!(room = %summary.room_id, worker, "room created");
+        Ok(summary)
+    }
+
+    pub async fn join(
+        &self,
+        room_id: &str,
+        user: &UserInfo,
+        display_name: &str,
+        sink: SessionSink,
+    ) -> Result<Joined, RoomError> {
+        let display_name = display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 64 {
+            return Err(RoomError::new(
+                ErrorCode::InvalidPayload,
+                "`displayName` must be 1 to 64 characters",
+            ));
+        }
+        let worker = {
+            let state = self.lock();
+            let room = state.rooms.get(room_id).ok_or_else(|| room_not_found(room_id))?;
+            check_capacity(room)?;
+            room.worker
+        };
+        // The subscriber transport exists before the participant becomes visible, so a
+        // concurrent publish can always subscribe it (worker commands are FIFO).
+        let publisher = self.media.new_transport_id();
+        let subscriber = self.media.new_transport_id();
+        self.media.create_subscriber(worker, subscriber).await?;
+
+        let participant_id = Uuid::new_v4().to_string();
+        let inserted = self.insert_participant(
+            room_id,
+            &participant_id,
+            Participant {
+                user_id: user.id.clone(),
+                display_name: display_name.to_string(),
+                sink,
+                publisher,
+                subscriber,
+                producers: Vec::new(),
+            },
+        );
+        let (others, existing) = match inserted {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.media.close_transport(worker, subscriber).await;
+                return Err(e);
+            }
+        };
+        for (producer, owner) in existing {
+            // A producer closed meanwhile is not an error for the joiner.
+            let _ = self.media.subscribe(worker, subscriber, producer, owner).await;
+        }
+        tracing::info!(room = room_id, participant = %participant_id, user = %user.id, "participant joined");
+        Ok(Joined {
+            participant_id,
+            others,
+        })
+    }
+
+    /// Make a participant visible to the room; returns the others and their producers.
+    #[allow(clippy::type_complexity)]
+    fn insert_participant(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        participant: Participant,
+    ) -> Result<(Vec<ParticipantInfo>, Vec<(ProducerId, String)>), RoomError> {
+        let mut state = self.lock();
+        let room = state.rooms.get_mut(room_id).ok_or_else(|| room_not_found(room_id))?;
+        check_capacity(room)?;
+        let info = participant.info(participant_id);
+        let others: Vec<ParticipantInfo> =
+            room.participants.iter().map(|(id, p)| p.info(id)).collect();
+        let existing: Vec<(ProducerId, String)> = room
+            .participants
+            .iter()
+            .flat_map(|(pid, p)| {
+                p.producers
+                    .iter()
+                    .filter_map(move |pr| Some((pr.producer_id.parse().ok()?, pid.clone())))
+            })
+            .collect();
+        let joined =
+            OutboundEnvelope::notification("participantJoined", json!({ "participant": info }));
+        for p in room.participants.values() {
+            p.sink.send(joined.clone());
+        }
+        let (publisher, subscriber) = (participant.publisher, participant.subscriber);
+        room.participants.insert(participant_id.to_string(), participant);
+        let ids = (room_id.to_string(), participant_id.to_string());
+        state.transports.insert(publisher, ids.clone());
+        state.transports.insert(subscriber, ids);
+        Ok((others, existing))
+    }
+
+    pub async fn leave(&self, room_id: &str, participant_id: &str) {
+        let removed = {
+            let mut state = self.lock();
+            let Some(room) = state.rooms.get_mut(room_id) else {
+                return;
+            };
+            let Some(participant) = room.participants.remove(participant_id) else {
+                return;
+            };
+            for producer in &participant.producers {
+                let closed = OutboundEnvelope::notification(
+                    "producerClosed",
+                    json!({ "producerId": producer.producer_id, "participantId": participant_id }),
+                );
+                for p in room.participants.values() {
+                    p.sink.send(closed.clone());
+                }
+            }
+            let left = OutboundEnvelope::notification(
+                "participantLeft",
+                json!({ "participantId": participant_id }),
+            );
+            for p in room.participants.values() {
+                p.sink.send(left.clone());
+            }
+            let worker = room.worker;
+            if room.participants.is_empty() {
+                tracing::info!(room = room_id, "last participant left; room closed");
+                state.rooms.remove(room_id);
+            }
+            state.transports.remove(&participant.publisher);
+            state.transports.remove(&participant.subscriber);
+            (worker, participant.publisher, participant.subscriber)
+        };
+        let (worker, publisher, subscriber) = removed;
+        let _ = self.media.close_transport(worker, publisher).await;
+        let _ = self.media.close_transport(worker, subscriber).await;
+        tracing::info!(room = room_id, participant = participant_id, "participant left");
+    }
+
+    fn participant_transports(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+    ) -> Result<(usize, TransportId, TransportId), RoomError> {
+        let state = self.lock();
+        let room = state.rooms.get(room_id).ok_or_else(|| room_not_found(room_id))?;
+        let p = room
+            .participants
+            .get(participant_id)
+            .ok_or_else(|| RoomError::new(ErrorCode::NotInRoom, "not a participant of this room"))?;
+        Ok((room.worker, p.publisher, p.subscriber))
+    }
+
+    /// Apply the participant's publisher offer; new producers are announced and subscribed
+    /// by everyone else in the room. Returns the answer and the producers with their mids.
+    pub async fn publish(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        sdp: String,
+    ) -> Result<(String, Vec<(ProducerInfo, String)>), RoomError> {
+        let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
+        let (answer, created) = self.media.publisher_offer(worker, publisher, sdp).await?;
+        let mut announced = Vec::new();
+        let mut subscribers = Vec::new();
+        {
+            let mut state = self.lock();
+            let room = state.rooms.get_mut(room_id).ok_or_else(|| room_not_found(room_id))?;
+            let Some(me) = room.participants.get_mut(participant_id) else {
+                return Err(RoomError::new(ErrorCode::NotInRoom, "left the room meanwhile"));
+            };
+            for p in &created {
+                let info = ProducerInfo {
+                    producer_id: p.producer_id.to_string(),
+                    participant_id: participant_id.to_string(),
+                    kind: kind_name(p.kind),
+                    layers: p.rids.clone(),
+                };
+                me.producers.push(info.clone());
+                announced.push((info, p.mid.clone()));
+            }
+            for (id, p) in room.participants.iter() {
+                if id == participant_id {
+                    continue;
+                }
+                for (info, _) in &announced {
+                    p.sink.send(OutboundEnvelope::notification(
+                        "newProducer",
+                        json!({ "producer": info }),
+                    ));
+                }
+                subscribers.push(p.subscriber);
+            }
+        }
+        for subscriber in subscribers {
+            for p in &created {
+                let _ = self
+                    .media
+                    .subscribe(worker, subscriber, p.producer_id, participant_id.to_string())
+                    .await;
+            }
+        }
+        Ok((answer, announced))
+    }
+
+    pub async fn subscriber_answer(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        sdp: String,
+    ) -> Result<(), RoomError> {
+        let (worker, _, subscriber) = self.participant_transports(room_id, participant_id)?;
+        Ok(self.media.subscriber_answer(worker, subscriber, sdp).await?)
+    }
+
+    pub async fn set_preference(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        producer_id: &str,
+        preference: Preference,
+    ) -> Result<(), RoomError> {
+        let (worker, _, subscriber) = self.participant_transports(room_id, participant_id)?;
+        let producer: ProducerId = producer_id
+            .parse()
+            .map_err(|_| RoomError::new(ErrorCode::ProducerNotFound, "no such producer"))?;
+        Ok(self
+            .media
+            .set_preference(worker, subscriber, producer, preference)
+            .await?)
+    }
+
+    /// Route a worker's event to the session it concerns.
+    pub fn on_media_event(&self, event: MediaEvent) {
+        let mut state = self.lock();
+        let transport = match &event {
+            MediaEvent::SubscriberOffer { transport, .. }
+            | MediaEvent::LayerChanged { transport, .. }
+            | MediaEvent::TransportClosed { transport, .. } => *transport,
+        };
+        let Some((room_id, participant_id)) = state.transports.get(&transport).cloned() else {
+            return;
+        };
+        let Some(room) = state.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if let MediaEvent::TransportClosed { reason, .. } = &event {
+            tracing::info!(room = %room_id, participant = %participant_id, %reason, "media transport closed");
+            // A dead publisher transport took its producers with it on the worker.
+            let Some(p) = room.participants.get_mut(&participant_id) else {
+                return;
+            };
+            if p.publisher != transport {
+                return;
+            }
+            let closed = std::mem::take(&mut p.producers);
+            for producer in closed {
+                let message = OutboundEnvelope::notification(
+                    "producerClosed",
+                    json!({ "producerId": producer.producer_id, "participantId": participant_id }),
+                );
+                for (id, other) in room.participants.iter() {
+                    if *id != participant_id {
+                        other.sink.send(message.clone());
+                    }
+                }
+            }
+            return;
+        }
+        let room = &*room;
+        let Some(participant) = room.participants.get(&participant_id) else {
+            return;
+        };
+        match event {
+            MediaEvent::SubscriberOffer { sdp, tracks, .. } => {
+                let owner_of = |producer: ProducerId| {
+                    let id = producer.to_string();
+                    room.participants
+                        .iter()
+                        .find(|(_, p)| p.producers.iter().any(|pr| pr.producer_id == id))
+                        .map(|(pid, _)| pid.clone())
+                        .unwrap_or_default()
+                };
+                let tracks: Vec<SubscriberTrack> = tracks
+                    .into_iter()
+                    .map(|t| SubscriberTrack {
+                        mid: t.mid,
+                        producer_id: t.producer_id.to_string(),
+                        participant_id: owner_of(t.producer_id),
+                        kind: kind_name(t.kind),
+                    })
+                    .collect();
+                participant.sink.send(OutboundEnvelope::notification(
+                    "subscriberOffer",
+                    json!({ "sdp": sdp, "tracks": tracks }),
+                ));
+            }
+            MediaEvent::LayerChanged {
+                producer, layer, ..
+            } => {
+                participant.sink.send(OutboundEnvelope::notification(
+                    "layerChanged",
+                    json!({ "producerId": producer.to_string(), "layer": layer_name(layer) }),
+                ));
+            }
+            MediaEvent::TransportClosed { .. } => {}
+        }
+    }
+}
+
+fn check_capacity(room: &Room) -> Result<(), RoomError> {
+    if room.participants.len() >= room.summary.max_participants as usize {
+        return Err(RoomError::new(
+            ErrorCode::RoomFull,
+            format!("room is full ({} participants)", room.summary.max_participants),
+        ));
+    }
+    Ok(())
+}
+
+fn room_not_found(room_id: &str) -> RoomError {
+    RoomError::new(ErrorCode::RoomNotFound, format!("room `{room_id}` does not exist"))
+}
+
+fn valid_room_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn kind_name(kind: Kind) -> MediaKindName {
+    match kind {
+        Kind::Audio => MediaKindName::Audio,
+        Kind::Video => MediaKindName::Video,
+    }
+}
+
+/// Wire name of a layer index (publishers announce layers lowest first).
+pub fn layer_name(layer: u8) -> &'static str {
+    match layer {
+        0 => "low",
+        1 => "medium",
+        _ => "high",
+    }
+}

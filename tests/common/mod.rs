@@ -1,0 +1,406 @@
+//! Test harness: an in-process server, a WebSocket signaling client, and str0m peers on real
+//! UDP sockets that publish synthetic Opus + 3-layer VP8 simulcast and record what they receive.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const LAYERS: [&str; 3] = ["q", "h", "f"];
+
+pub async fn start_server() -> sfu::ServerHandle {
+    let config = sfu::config::Config::parse_from([
+        "sfu",
+        "--environment",
+        "test",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--rtc-min-port",
+        "0",
+        "--rtc-listen-ip",
+        "127.0.0.1",
+        "--workers",
+        "2",
+        "--jwt-secret",
+        "integration-test-secret",
+        "--log-level",
+        "warn",
+    ])
+    .expect("test config parses");
+    let _ = sfu::telemetry::init_logging(
+        &std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        false,
+    );
+    sfu::start(config.resolve().expect("test config valid"))
+        .await
+        .expect("server starts")
+}
+
+pub fn token(server: &sfu::ServerHandle, user: &str) -> String {
+    server.ctx.auth.issue_for(user, Some(user), 600)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signaling client.
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct WsClient {
+    ws: Ws,
+    next_id: u64,
+    /// Notifications received while waiting for a reply.
+    pub backlog: Vec<Value>,
+}
+
+impl WsClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("websocket connects");
+        WsClient {
+            ws,
+            next_id: 1,
+            backlog: Vec::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn recv(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match msg.ok()? {
+                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).expect("server JSON")),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Send a request and wait for the message carrying its requestId (reply or error).
+    pub async fn request(&mut self, kind: &str, data: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let text = json!({ "type": kind, "data": data, "requestId": id }).to_string();
+        self.send_raw(&text).await;
+        loop {
+            let msg = self
+                .recv(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("no reply to {kind}"));
+            if msg["requestId"] == json!(id) {
+                return msg;
+            }
+            self.backlog.push(msg);
+        }
+    }
+
+    /// Wait for a notification of `kind`, looking at the backlog first.
+    pub async fn notification(&mut self, kind: &str, within: Duration) -> Value {
+        if let Some(pos) = self.backlog.iter().position(|m| m["type"] == kind) {
+            return self.backlog.remove(pos);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = self
+                .recv(left)
+                .await
+                .unwrap_or_else(|| panic!("no `{kind}` notification within {within:?}"));
+            if msg["type"] == kind {
+                return msg;
+            }
+            self.backlog.push(msg);
+        }
+    }
+
+    pub async fn authenticate(&mut self, token: &str) -> Value {
+        let reply = self.request("authenticate", json!({ "token": token })).await;
+        assert_eq!(reply["type"], "connected", "{reply}");
+        reply
+    }
+}
+
+pub fn ok<'a>(reply: &'a Value, kind: &str) -> &'a Value {
+    assert_eq!(reply["type"], kind, "unexpected reply: {reply}");
+    &reply["data"]
+}
+
+pub fn error_code(reply: &Value) -> &str {
+    assert_eq!(reply["type"], "error", "expected an error, got {reply}");
+    assert!(
+        reply["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {reply}"
+    );
+    reply["data"]["code"].as_str().expect("error code")
+}
+
+// ---------------------------------------------------------------------------------------------
+// str0m peer.
+
+/// One RTP packet as a subscriber received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mid: Mid,
+    pub seq: u64,
+    pub timestamp: u32,
+    pub keyframe: bool,
+    /// Layer index the synthetic publisher wrote into the payload (255 for audio).
+    pub layer: u8,
+    pub pt: u8,
+}
+
+/// State owned by a peer's task; tests reach it through [`Peer::with`].
+pub struct PeerState {
+    pub rtc: Rtc,
+    source: Option<SyntheticSource>,
+    pub received: Vec<Received>,
+    pub keyframe_requests: Vec<Option<Rid>>,
+    pub connected: bool,
+}
+
+type Job = Box<dyn FnOnce(&mut PeerState) + Send>;
+
+/// A str0m endpoint on its own UDP socket, driven by a tokio task.
+pub struct Peer {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+/// What a publishing peer sends every 20 ms: one VP8 "frame" (a single packet) per layer and
+/// one Opus packet. Keyframes only on the first frame and when the SFU asks, so a test can
+/// tell that a layer switch waited for one.
+struct SyntheticSource {
+    audio: Mid,
+    video: Mid,
+    frame: u64,
+    keyframe_due: HashSet<Rid>,
+    started: bool,
+}
+
+impl SyntheticSource {
+    fn write(&mut self, rtc: &mut Rtc) {
+        let now = Instant::now();
+        let frame = self.frame;
+        self.frame += 1;
+        let opus = rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt());
+        let vp8 = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).map(|p| p.pt());
+        let (Some(opus), Some(vp8)) = (opus, vp8) else { return };
+        let mut api = rtc.direct_api();
+        if let Some(tx) = api.stream_tx_by_mid(self.audio, None) {
+            let payload = vec![0xfc, 0xff, 0xfe, 0x00];
+            tx.write_rtp(RtpWrite::new(opus, SeqNo::from(frame + 1), (frame * 960) as u32, now, payload));
+        }
+        for (layer, rid) in LAYERS.iter().enumerate() {
+            let rid = Rid::from(*rid);
+            let keyframe = !self.started || self.keyframe_due.remove(&rid);
+            let pid = (frame % 0x8000) as u16;
+            // VP8 payload descriptor: X=1 S=1 PID=0; I=1; 15-bit picture id. Then the VP8
+            // payload header whose lowest bit is 0 for a keyframe. The last byte is the layer.
+            let payload = vec![
+                0x90,
+                0x80,
+                0x80 | (pid >> 8) as u8,
+                (pid & 0xff) as u8,
+                if keyframe { 0x00 } else { 0x01 },
+                0x00,
+                0x00,
+                layer as u8,
+            ];
+            if let Some(tx) = api.stream_tx_by_mid(self.video, Some(rid)) {
+                tx.write_rtp(
+                    RtpWrite::new(vp8, SeqNo::from(frame + 1), (frame * 1800) as u32, now, payload)
+                        .marker(true)
+                        .nackable(true),
+                );
+            }
+        }
+        self.started = true;
+    }
+}
+
+impl Peer {
+    pub async fn spawn() -> Peer {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let state = PeerState {
+            rtc,
+            source: None,
+            received: Vec::new(),
+            keyframe_requests: Vec::new(),
+            connected: false,
+        };
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_peer(socket, local, state, rx));
+        Peer { jobs }
+    }
+
+    /// Run `f` on the peer's task and return its result.
+    pub async fn with<R: Send + 'static>(&self, f: impl FnOnce(&mut PeerState) -> R + Send + 'static) -> R {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |state| {
+                let _ = tx.send(f(state));
+            }))
+            .expect("peer alive");
+        rx.await.expect("peer job ran")
+    }
+
+    /// Publish audio + 3-layer simulcast video: offer → server → answer.
+    pub async fn publish(&self, ws: &mut WsClient) -> Value {
+        let (offer, pending, mids) = self
+            .with(|s| {
+                let mut api = s.rtc.sdp_api();
+                let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+                let mut sim = Simulcast::new();
+                for rid in LAYERS {
+                    sim.add_send_layer(SimulcastLayer::new(rid));
+                }
+                let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
+                let (offer, pending) = api.apply().expect("offer");
+                (offer.to_sdp_string(), pending, (audio, video))
+            })
+            .await;
+        let reply = ws.request("publisherOffer", json!({ "sdp": offer })).await;
+        let data = ok(&reply, "publisherAnswer").clone();
+        let answer = SdpAnswer::from_sdp_string(data["sdp"].as_str().unwrap()).expect("answer parses");
+        self.with(move |s| {
+            s.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+            s.source = Some(SyntheticSource {
+                audio: mids.0,
+                video: mids.1,
+                frame: 0,
+                keyframe_due: HashSet::new(),
+                started: false,
+            });
+        })
+        .await;
+        data
+    }
+
+    /// Answer one `subscriberOffer` notification.
+    pub async fn answer_subscriber_offer(&self, ws: &mut WsClient, offer: &Value) {
+        let sdp = offer["data"]["sdp"].as_str().expect("offer sdp").to_string();
+        let answer = self
+            .with(move |s| {
+                let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");
+                s.rtc.sdp_api().accept_offer(offer).expect("offer accepted").to_sdp_string()
+            })
+            .await;
+        let reply = ws.request("subscriberAnswer", json!({ "sdp": answer })).await;
+        ok(&reply, "subscriberAnswerResponse");
+    }
+
+    pub async fn received(&self) -> Vec<Received> {
+        self.with(|s| s.received.clone()).await
+    }
+
+    pub async fn connected(&self) -> bool {
+        self.with(|s| s.connected).await
+    }
+}
+
+fn record(state: &mut PeerState, event: Event) {
+    match event {
+        Event::Connected => state.connected = true,
+        Event::KeyframeRequest(req) => {
+            state.keyframe_requests.push(req.rid);
+            if let (Some(source), Some(rid)) = (state.source.as_mut(), req.rid) {
+                source.keyframe_due.insert(rid);
+            }
+        }
+        Event::RtpPacket(packet) => {
+            let mid = state
+                .rtc
+                .direct_api()
+                .stream_rx(&packet.header.ssrc)
+                .map(|s| s.mid());
+            let Some(mid) = mid else { return };
+            let payload = &packet.payload;
+            let video = payload.len() == 8 && payload[0] == 0x90;
+            state.received.push(Received {
+                mid,
+                seq: *packet.seq_no,
+                timestamp: packet.header.timestamp,
+                keyframe: video && payload[4] & 1 == 0,
+                layer: if video { payload[7] } else { 255 },
+                pt: *packet.header.payload_type,
+            });
+        }
+        _ => {}
+    }
+}
+
+async fn run_peer(
+    socket: UdpSocket,
+    local: SocketAddr,
+    mut state: PeerState,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    let mut buf = vec![0u8; 2000];
+    let mut media = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        // Drain str0m until it asks to be woken later.
+        let deadline = loop {
+            match state.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Event(e)) => record(&mut state, e),
+                Err(_) => return,
+            }
+        };
+        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job(&mut state),
+                None => return,
+            },
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = r {
+                    if let Ok(rx) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                        let _ = state.rtc.handle_input(Input::Receive(Instant::now(), rx));
+                    }
+                }
+            }
+            _ = media.tick() => {
+                if let Some(source) = state.source.as_mut() {
+                    if state.connected {
+                        source.write(&mut state.rtc);
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                let _ = state.rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+    }
+}

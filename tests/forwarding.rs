@@ -1,0 +1,193 @@
+//! End-to-end forwarding with real str0m peers over UDP (no browser): one publisher sends
+//! synthetic Opus and 3-layer VP8 simulcast, two subscribers receive through the SFU.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Joins `room` and returns the signaling client with its subscriber peer.
+async fn join(server: &sfu::ServerHandle, room: &str, name: &str) -> (WsClient, Peer) {
+    let mut ws = WsClient::connect(server.http_addr).await;
+    ws.authenticate(&token(server, name)).await;
+    let reply = ws
+        .request("joinRoom", json!({ "roomId": room, "displayName": name }))
+        .await;
+    ok(&reply, "joinRoomResponse");
+    (ws, Peer::spawn().await)
+}
+
+/// Answer subscriber offers until one lists `tracks` m-lines.
+async fn negotiate_subscriber(ws: &mut WsClient, peer: &Peer, tracks: usize) -> serde_json::Value {
+    loop {
+        let offer = ws.notification("subscriberOffer", Duration::from_secs(10)).await;
+        peer.answer_subscriber_offer(ws, &offer).await;
+        if offer["data"]["tracks"].as_array().unwrap().len() >= tracks {
+            return offer;
+        }
+    }
+}
+
+/// Received video packets of one mid, in arrival order.
+fn video_of(received: &[Received], mid: &str) -> Vec<Received> {
+    received
+        .iter()
+        .filter(|r| r.mid.to_string() == mid && r.layer != 255)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_sequence_numbers() {
+    let server = start_server().await;
+
+    let mut publisher_ws = WsClient::connect(server.http_addr).await;
+    publisher_ws.authenticate(&token(&server, "pub")).await;
+    let created = publisher_ws
+        .request("createRoom", json!({ "name": "Forwarding", "roomId": "fwd" }))
+        .await;
+    assert_eq!(ok(&created, "createRoomResponse")["roomId"], "fwd");
+    let reply = publisher_ws
+        .request("joinRoom", json!({ "roomId": "fwd", "displayName": "Pub" }))
+        .await;
+    ok(&reply, "joinRoomResponse");
+
+    let (mut sub1_ws, sub1) = join(&server, "fwd", "sub1").await;
+    let (mut sub2_ws, sub2) = join(&server, "fwd", "sub2").await;
+
+    let publisher = Peer::spawn().await;
+    let published = publisher.publish(&mut publisher_ws).await;
+    let producers = published["producers"].as_array().unwrap();
+    assert_eq!(producers.len(), 2, "audio and video producers: {published}");
+    let video_producer = producers
+        .iter()
+        .find(|p| p["kind"] == "video")
+        .expect("video producer");
+    assert_eq!(video_producer["layers"], json!(["q", "h", "f"]));
+    let video_producer_id = video_producer["producerId"].as_str().unwrap().to_string();
+
+    // Both subscribers are told and get an offer carrying both tracks.
+    for ws in [&mut sub1_ws, &mut sub2_ws] {
+        let n = ws.notification("newProducer", Duration::from_secs(5)).await;
+        assert_eq!(n["data"]["producer"]["participantId"], reply["data"]["participantId"]);
+    }
+    let offer1 = negotiate_subscriber(&mut sub1_ws, &sub1, 2).await;
+    negotiate_subscriber(&mut sub2_ws, &sub2, 2).await;
+    let video_mid = offer1["data"]["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "video")
+        .unwrap()["mid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    wait_until("publisher connected", Duration::from_secs(10), || publisher.connected()).await;
+    // Auto starts on the highest layer; both subscribers receive it, plus audio.
+    for sub in [&sub1, &sub2] {
+        wait_until("high layer and audio at subscriber", Duration::from_secs(10), || async {
+            let r = sub.received().await;
+            r.iter().any(|p| p.layer == 2) && r.iter().any(|p| p.layer == 255)
+        })
+        .await;
+    }
+
+    // sub1 switches high → low → high.
+    for (layer, index) in [("low", 0u8), ("high", 2u8)] {
+        let reply = sub1_ws
+            .request(
+                "setPreferredLayer",
+                json!({ "producerId": video_producer_id, "layer": layer }),
+            )
+            .await;
+        ok(&reply, "setPreferredLayerResponse");
+        let changed = sub1_ws.notification("layerChanged", Duration::from_secs(5)).await;
+        assert_eq!(changed["data"]["layer"], layer);
+        wait_until("switched layer flowing", Duration::from_secs(5), || async {
+            let v = video_of(&sub1.received().await, &video_mid);
+            v.iter().rev().take(5).filter(|p| p.layer == index).count() == 5
+        })
+        .await;
+    }
+
+    let video = video_of(&sub1.received().await, &video_mid);
+    assert!(video.len() > 30, "too few video packets: {}", video.len());
+    assert!(video[0].keyframe, "stream must start with a keyframe");
+    let mut switches = 0;
+    for pair in video.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert_eq!(b.seq, a.seq + 1, "sequence gap between {a:?} and {b:?}");
+        assert!(b.timestamp.wrapping_sub(a.timestamp) < 90_000, "timestamp jump {a:?} {b:?}");
+        if a.layer != b.layer {
+            switches += 1;
+            assert!(b.keyframe, "switch to layer {} not at a keyframe: {b:?}", b.layer);
+        }
+    }
+    assert_eq!(switches, 2, "expected exactly high→low→high");
+    // The publisher was asked for keyframes (initial + each switch), and only on real layers.
+    let requests = publisher.with(|s| s.keyframe_requests.clone()).await;
+    assert!(requests.iter().any(|r| r.map(|r| r.to_string()) == Some("q".into())));
+
+    // sub2 never asked for anything: it stayed on the high layer only.
+    let video2 = video_of(&sub2.received().await, &video_mid);
+    assert!(video2.iter().all(|p| p.layer == 2));
+
+    // Leaving cleans up: all transports, producers and consumers are gone.
+    let stats = server.ctx.media.stats().await;
+    assert_eq!((stats.producers, stats.consumers), (2, 4), "{stats:?}");
+    assert!(stats.rtp_packets_forwarded > 0);
+    for ws in [&mut publisher_ws, &mut sub1_ws, &mut sub2_ws] {
+        ok(&ws.request("leaveRoom", json!({})).await, "leaveRoomResponse");
+    }
+    let stats = server.ctx.media.stats().await;
+    assert_eq!(
+        (stats.transports, stats.producers, stats.consumers),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(server.ctx.rooms.counts().rooms, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_disconnect_closes_its_producers_for_others() {
+    let server = start_server().await;
+    let mut a = WsClient::connect(server.http_addr).await;
+    a.authenticate(&token(&server, "a")).await;
+    ok(
+        &a.request("createRoom", json!({ "name": "r", "roomId": "gone" })).await,
+        "createRoomResponse",
+    );
+    ok(
+        &a.request("joinRoom", json!({ "roomId": "gone", "displayName": "A" })).await,
+        "joinRoomResponse",
+    );
+    let (mut b, _b_peer) = join(&server, "gone", "b").await;
+    let publisher = Peer::spawn().await;
+    publisher.publish(&mut a).await;
+    b.notification("newProducer", Duration::from_secs(5)).await;
+
+    // A's signaling connection drops without leaveRoom: B is told, state is cleaned.
+    drop(a);
+    let closed = b.notification("producerClosed", Duration::from_secs(5)).await;
+    assert!(closed["data"]["producerId"].is_string());
+    b.notification("participantLeft", Duration::from_secs(5)).await;
+    let stats = server.ctx.media.stats().await;
+    assert_eq!(stats.producers, 0, "{stats:?}");
+    server.stop().await;
+}
