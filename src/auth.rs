@@ -52,7 +52,9 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<UserInfo, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             let (code, message) = match e.kind() {
-                ErrorKind::ExpiredSignature => (ErrorCode::TokenExpired, "token has expired".into()),
+                ErrorKind::ExpiredSignature => {
+                    (ErrorCode::TokenExpired, "token has expired".into())
+                }
                 ErrorKind::InvalidSignature => {
                     (ErrorCode::InvalidToken, "token signature is invalid".into())
                 }
@@ -127,10 +129,16 @@ mod tests {
             role: Some("admin".into()),
         });
         let user = auth.verify(&token).unwrap();
-        assert_eq!((user.id.as_str(), user.role.as_deref()), ("42", Some("admin")));
+        assert_eq!(
+            (user.id.as_str(), user.role.as_deref()),
+            ("42", Some("admin"))
+        );
 
         let other = Authenticator::new("another-secret-0123456789");
-        assert_eq!(other.verify(&token).unwrap_err().code, ErrorCode::InvalidToken);
+        assert_eq!(
+            other.verify(&token).unwrap_err().code,
+            ErrorCode::InvalidToken
+        );
 
         // exp far in the past (leeway is 5 s).
         let expired = auth.issue(&Claims {
@@ -142,7 +150,13 @@ mod tests {
             full_name: None,
             role: None,
         });
-        assert_eq!(auth.verify(&expired).unwrap_err().code, ErrorCode::TokenExpired);
-        assert_eq!(auth.verify("not.a.jwt").unwrap_err().code, ErrorCode::InvalidToken);
+        assert_eq!(
+            auth.verify(&expired).unwrap_err().code,
+            ErrorCode::TokenExpired
+        );
+        assert_eq!(
+            auth.verify("not.a.jwt").unwrap_err().code,
+            ErrorCode::InvalidToken
+        );
     }
 }

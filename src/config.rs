@@ -65,7 +65,12 @@ pub struct Config {
     pub announced_ip: Option<IpAddr>,
 
     /// Codecs offered, comma-separated (opus, vp8).
-    #[arg(long, env = "SFU_CODECS", default_value = "opus,vp8", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SFU_CODECS",
+        default_value = "opus,vp8",
+        value_delimiter = ','
+    )]
     pub codecs: Vec<String>,
 
     /// Largest signaling message accepted, in bytes.
@@ -127,7 +132,9 @@ impl Config {
             .unwrap_or(1);
         let workers = self.workers.unwrap_or(cores.min(8));
         if !(1..=64).contains(&workers) {
-            return Err(format!("SFU_WORKERS must be between 1 and 64, got {workers}"));
+            return Err(format!(
+                "SFU_WORKERS must be between 1 and 64, got {workers}"
+            ));
         }
         if self.rtc_min_port != 0 {
             if self.rtc_max_port < self.rtc_min_port {
@@ -197,20 +204,35 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Settings, String> {
         let mut argv = vec!["sfu"];
         argv.extend_from_slice(args);
-        Config::parse_from(argv).map_err(|e| e.to_string())?.resolve()
+        Config::parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .resolve()
     }
 
     #[test]
     fn production_requires_a_secret() {
         let err = parse(&["--environment", "production"]).unwrap_err();
         assert!(err.contains("DJANGO_JWT_SECRET is required"), "{err}");
-        assert!(parse(&["--environment", "production", "--jwt-secret", "0123456789abcdef"]).is_ok());
+        assert!(parse(&[
+            "--environment",
+            "production",
+            "--jwt-secret",
+            "0123456789abcdef"
+        ])
+        .is_ok());
     }
 
     #[test]
     fn port_range_must_fit_the_workers() {
-        let err = parse(&["--workers", "4", "--rtc-min-port", "10000", "--rtc-max-port", "10001"])
-            .unwrap_err();
+        let err = parse(&[
+            "--workers",
+            "4",
+            "--rtc-min-port",
+            "10000",
+            "--rtc-max-port",
+            "10001",
+        ])
+        .unwrap_err();
         assert!(err.contains("4 workers"), "{err}");
     }
 

@@ -50,9 +50,14 @@ fn main() {
             let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(&e.to_string()));
             runtime.block_on(async move {
                 let dev = settings.dev_mode;
-                let handle = sfu::start(settings).await.unwrap_or_else(|e| fail(&e.to_string()));
+                let handle = sfu::start(settings)
+                    .await
+                    .unwrap_or_else(|e| fail(&e.to_string()));
                 if dev {
-                    tracing::info!("development mode: open http://127.0.0.1:{}/", handle.http_addr.port());
+                    tracing::info!(
+                        "development mode: open http://127.0.0.1:{}/",
+                        handle.http_addr.port()
+                    );
                 }
                 handle
                     .run_until(async {

@@ -44,9 +44,12 @@ async fn bad_signaling_input_gets_coded_errors_and_leaves_other_sessions_alone()
     assert_eq!(reply["data"]["requestType"], "fly");
 
     // Bad tokens: garbage, wrong secret, expired, missing user id.
-    let reply = ws.request("authenticate", json!({ "token": "abc.def.ghi" })).await;
+    let reply = ws
+        .request("authenticate", json!({ "token": "abc.def.ghi" }))
+        .await;
     assert_eq!(error_code(&reply), "INVALID_TOKEN");
-    let forged = sfu::auth::Authenticator::new("some-other-secret-entirely").issue_for("u", None, 60);
+    let forged =
+        sfu::auth::Authenticator::new("some-other-secret-entirely").issue_for("u", None, 60);
     let reply = ws.request("authenticate", json!({ "token": forged })).await;
     assert_eq!(error_code(&reply), "INVALID_TOKEN");
     let expired = server.ctx.auth.issue(&sfu::auth::Claims {
@@ -58,21 +61,30 @@ async fn bad_signaling_input_gets_coded_errors_and_leaves_other_sessions_alone()
         full_name: None,
         role: None,
     });
-    let reply = ws.request("authenticate", json!({ "token": expired })).await;
+    let reply = ws
+        .request("authenticate", json!({ "token": expired }))
+        .await;
     assert_eq!(error_code(&reply), "TOKEN_EXPIRED");
     let reply = ws.request("authenticate", json!({ "token": 42 })).await;
     assert_eq!(error_code(&reply), "INVALID_PAYLOAD");
 
     // The same connection still authenticates afterwards.
     ws.authenticate(&token(&server, "careless")).await;
-    let reply = ws.request("authenticate", json!({ "token": token(&server, "x") })).await;
+    let reply = ws
+        .request("authenticate", json!({ "token": token(&server, "x") }))
+        .await;
     assert_eq!(error_code(&reply), "ALREADY_AUTHENTICATED");
 
     // Missing and mistyped fields, out-of-range values.
     let reply = ws.request("joinRoom", json!({ "roomId": "calm" })).await;
     assert_eq!(error_code(&reply), "INVALID_PAYLOAD");
-    assert!(reply["error"].as_str().unwrap().contains("displayName"), "{reply}");
-    let reply = ws.request("joinRoom", json!({ "roomId": 7, "displayName": "x" })).await;
+    assert!(
+        reply["error"].as_str().unwrap().contains("displayName"),
+        "{reply}"
+    );
+    let reply = ws
+        .request("joinRoom", json!({ "roomId": 7, "displayName": "x" }))
+        .await;
     assert_eq!(error_code(&reply), "INVALID_PAYLOAD");
     let reply = ws
         .request("createRoom", json!({ "name": "x", "maxParticipants": 0 }))
@@ -87,36 +99,47 @@ async fn bad_signaling_input_gets_coded_errors_and_leaves_other_sessions_alone()
         .await;
     assert_eq!(error_code(&reply), "ROOM_EXISTS");
     let reply = ws
-        .request("joinRoom", json!({ "roomId": "nowhere", "displayName": "x" }))
+        .request(
+            "joinRoom",
+            json!({ "roomId": "nowhere", "displayName": "x" }),
+        )
         .await;
     assert_eq!(error_code(&reply), "ROOM_NOT_FOUND");
     let reply = ws.request("publisherOffer", json!({ "sdp": "v=0" })).await;
     assert_eq!(error_code(&reply), "NOT_IN_ROOM");
     let reply = ws
-        .request("setPreferredLayer", json!({ "producerId": "p", "layer": "ultra" }))
+        .request(
+            "setPreferredLayer",
+            json!({ "producerId": "p", "layer": "ultra" }),
+        )
         .await;
     assert_eq!(error_code(&reply), "INVALID_PAYLOAD");
 
     // An oversized message is refused without closing the connection.
-    let big = json!({ "type": "createRoom", "data": { "name": "x".repeat(70_000) }, "requestId": "big" });
+    let big =
+        json!({ "type": "createRoom", "data": { "name": "x".repeat(70_000) }, "requestId": "big" });
     ws.send_raw(&big.to_string()).await;
     let reply = ws.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(error_code(&reply), "MESSAGE_TOO_LARGE");
 
     // Inside a room: garbage SDP, an answer nobody asked for, an unknown producer.
     ok(
-        &ws.request("createRoom", json!({ "name": "mess", "roomId": "mess" })).await,
+        &ws.request("createRoom", json!({ "name": "mess", "roomId": "mess" }))
+            .await,
         "createRoomResponse",
     );
     ok(
-        &ws.request("joinRoom", json!({ "roomId": "mess", "displayName": "C" })).await,
+        &ws.request("joinRoom", json!({ "roomId": "mess", "displayName": "C" }))
+            .await,
         "joinRoomResponse",
     );
     let reply = ws
         .request("publisherOffer", json!({ "sdp": "this is not sdp" }))
         .await;
     assert_eq!(error_code(&reply), "INVALID_SDP");
-    let reply = ws.request("subscriberAnswer", json!({ "sdp": "v=0\r\n" })).await;
+    let reply = ws
+        .request("subscriberAnswer", json!({ "sdp": "v=0\r\n" }))
+        .await;
     assert_eq!(error_code(&reply), "INVALID_SDP");
     let reply = ws
         .request(
@@ -126,12 +149,18 @@ async fn bad_signaling_input_gets_coded_errors_and_leaves_other_sessions_alone()
         .await;
     assert_eq!(error_code(&reply), "PRODUCER_NOT_FOUND");
     let reply = ws
-        .request("joinRoom", json!({ "roomId": "calm", "displayName": "again" }))
+        .request(
+            "joinRoom",
+            json!({ "roomId": "calm", "displayName": "again" }),
+        )
         .await;
     assert_eq!(error_code(&reply), "ALREADY_IN_ROOM");
     // Still usable after all of that.
     ok(&ws.request("ping", json!({})).await, "pong");
-    ok(&ws.request("leaveRoom", json!({})).await, "leaveRoomResponse");
+    ok(
+        &ws.request("leaveRoom", json!({})).await,
+        "leaveRoomResponse",
+    );
 
     // The bystander saw nothing and still works.
     assert!(bystander.backlog.is_empty(), "{:?}", bystander.backlog);
@@ -146,12 +175,16 @@ async fn full_room_is_refused() {
     let mut a = WsClient::connect(server.http_addr).await;
     a.authenticate(&token(&server, "a")).await;
     ok(
-        &a.request("createRoom", json!({ "name": "tiny", "roomId": "tiny", "maxParticipants": 1 }))
-            .await,
+        &a.request(
+            "createRoom",
+            json!({ "name": "tiny", "roomId": "tiny", "maxParticipants": 1 }),
+        )
+        .await,
         "createRoomResponse",
     );
     ok(
-        &a.request("joinRoom", json!({ "roomId": "tiny", "displayName": "A" })).await,
+        &a.request("joinRoom", json!({ "roomId": "tiny", "displayName": "A" }))
+            .await,
         "joinRoomResponse",
     );
     let mut b = WsClient::connect(server.http_addr).await;
@@ -196,7 +229,10 @@ async fn garbage_datagrams_to_the_media_ports_change_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = server.ctx.media.stats().await;
-    assert_eq!((after.transports, after.producers, after.consumers), (0, 0, 0));
+    assert_eq!(
+        (after.transports, after.producers, after.consumers),
+        (0, 0, 0)
+    );
     assert_eq!(after.rtp_packets_in, before.rtp_packets_in);
     assert!(after.datagrams_dropped > before.datagrams_dropped);
     // Workers still answer.

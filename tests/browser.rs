@@ -36,7 +36,10 @@ async fn chromium_publishes_simulcast_and_subscriber_switches_layers() {
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let stats = server.ctx.media.stats().await;
     println!("server media stats: {stats:?}");
-    assert!(output.status.success(), "browser checks failed (output above)");
+    assert!(
+        output.status.success(),
+        "browser checks failed (output above)"
+    );
     assert!(stdout.contains(" passed, 0 failed"), "no summary line");
     assert!(stats.rtp_packets_forwarded > 0);
     server.stop().await;

@@ -15,7 +15,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + within;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -34,7 +37,9 @@ async fn join(server: &sfu::ServerHandle, room: &str, name: &str) -> (WsClient, 
 /// Answer subscriber offers until one lists `tracks` m-lines.
 async fn negotiate_subscriber(ws: &mut WsClient, peer: &Peer, tracks: usize) -> serde_json::Value {
     loop {
-        let offer = ws.notification("subscriberOffer", Duration::from_secs(10)).await;
+        let offer = ws
+            .notification("subscriberOffer", Duration::from_secs(10))
+            .await;
         peer.answer_subscriber_offer(ws, &offer).await;
         if offer["data"]["tracks"].as_array().unwrap().len() >= tracks {
             return offer;
@@ -58,7 +63,10 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     let mut publisher_ws = WsClient::connect(server.http_addr).await;
     publisher_ws.authenticate(&token(&server, "pub")).await;
     let created = publisher_ws
-        .request("createRoom", json!({ "name": "Forwarding", "roomId": "fwd" }))
+        .request(
+            "createRoom",
+            json!({ "name": "Forwarding", "roomId": "fwd" }),
+        )
         .await;
     assert_eq!(ok(&created, "createRoomResponse")["roomId"], "fwd");
     let reply = publisher_ws
@@ -83,7 +91,10 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     // Both subscribers are told and get an offer carrying both tracks.
     for ws in [&mut sub1_ws, &mut sub2_ws] {
         let n = ws.notification("newProducer", Duration::from_secs(5)).await;
-        assert_eq!(n["data"]["producer"]["participantId"], reply["data"]["participantId"]);
+        assert_eq!(
+            n["data"]["producer"]["participantId"],
+            reply["data"]["participantId"]
+        );
     }
     let offer1 = negotiate_subscriber(&mut sub1_ws, &sub1, 2).await;
     negotiate_subscriber(&mut sub2_ws, &sub2, 2).await;
@@ -97,13 +108,20 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
         .unwrap()
         .to_string();
 
-    wait_until("publisher connected", Duration::from_secs(10), || publisher.connected()).await;
+    wait_until("publisher connected", Duration::from_secs(10), || {
+        publisher.connected()
+    })
+    .await;
     // Auto starts on the highest layer; both subscribers receive it, plus audio.
     for sub in [&sub1, &sub2] {
-        wait_until("high layer and audio at subscriber", Duration::from_secs(10), || async {
-            let r = sub.received().await;
-            r.iter().any(|p| p.layer == 2) && r.iter().any(|p| p.layer == 255)
-        })
+        wait_until(
+            "high layer and audio at subscriber",
+            Duration::from_secs(10),
+            || async {
+                let r = sub.received().await;
+                r.iter().any(|p| p.layer == 2) && r.iter().any(|p| p.layer == 255)
+            },
+        )
         .await;
     }
 
@@ -116,7 +134,9 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
             )
             .await;
         ok(&reply, "setPreferredLayerResponse");
-        let changed = sub1_ws.notification("layerChanged", Duration::from_secs(5)).await;
+        let changed = sub1_ws
+            .notification("layerChanged", Duration::from_secs(5))
+            .await;
         assert_eq!(changed["data"]["layer"], layer);
         wait_until("switched layer flowing", Duration::from_secs(5), || async {
             let v = video_of(&sub1.received().await, &video_mid);
@@ -132,16 +152,25 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     for pair in video.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         assert_eq!(b.seq, a.seq + 1, "sequence gap between {a:?} and {b:?}");
-        assert!(b.timestamp.wrapping_sub(a.timestamp) < 90_000, "timestamp jump {a:?} {b:?}");
+        assert!(
+            b.timestamp.wrapping_sub(a.timestamp) < 90_000,
+            "timestamp jump {a:?} {b:?}"
+        );
         if a.layer != b.layer {
             switches += 1;
-            assert!(b.keyframe, "switch to layer {} not at a keyframe: {b:?}", b.layer);
+            assert!(
+                b.keyframe,
+                "switch to layer {} not at a keyframe: {b:?}",
+                b.layer
+            );
         }
     }
     assert_eq!(switches, 2, "expected exactly high→low→high");
     // The publisher was asked for keyframes (initial + each switch), and only on real layers.
     let requests = publisher.with(|s| s.keyframe_requests.clone()).await;
-    assert!(requests.iter().any(|r| r.map(|r| r.to_string()) == Some("q".into())));
+    assert!(requests
+        .iter()
+        .any(|r| r.map(|r| r.to_string()) == Some("q".into())));
 
     // sub2 never asked for anything: it stayed on the high layer only.
     let video2 = video_of(&sub2.received().await, &video_mid);
@@ -152,7 +181,10 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     assert_eq!((stats.producers, stats.consumers), (2, 4), "{stats:?}");
     assert!(stats.rtp_packets_forwarded > 0);
     for ws in [&mut publisher_ws, &mut sub1_ws, &mut sub2_ws] {
-        ok(&ws.request("leaveRoom", json!({})).await, "leaveRoomResponse");
+        ok(
+            &ws.request("leaveRoom", json!({})).await,
+            "leaveRoomResponse",
+        );
     }
     let stats = server.ctx.media.stats().await;
     assert_eq!(
@@ -170,11 +202,13 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
     let mut a = WsClient::connect(server.http_addr).await;
     a.authenticate(&token(&server, "a")).await;
     ok(
-        &a.request("createRoom", json!({ "name": "r", "roomId": "gone" })).await,
+        &a.request("createRoom", json!({ "name": "r", "roomId": "gone" }))
+            .await,
         "createRoomResponse",
     );
     ok(
-        &a.request("joinRoom", json!({ "roomId": "gone", "displayName": "A" })).await,
+        &a.request("joinRoom", json!({ "roomId": "gone", "displayName": "A" }))
+            .await,
         "joinRoomResponse",
     );
     let (mut b, _b_peer) = join(&server, "gone", "b").await;
@@ -184,9 +218,12 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
 
     // A's signaling connection drops without leaveRoom: B is told, state is cleaned.
     drop(a);
-    let closed = b.notification("producerClosed", Duration::from_secs(5)).await;
+    let closed = b
+        .notification("producerClosed", Duration::from_secs(5))
+        .await;
     assert!(closed["data"]["producerId"].is_string());
-    b.notification("participantLeft", Duration::from_secs(5)).await;
+    b.notification("participantLeft", Duration::from_secs(5))
+        .await;
     let stats = server.ctx.media.stats().await;
     assert_eq!(stats.producers, 0, "{stats:?}");
     server.stop().await;

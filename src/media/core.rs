@@ -281,8 +281,7 @@ impl WorkerCore {
             .filter(|(_, c)| {
                 c.tx_ssrc.is_some()
                     && c.selector.switch_pending()
-                    && c
-                        .last_keyframe_ask
+                    && c.last_keyframe_ask
                         .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
             })
             .map(|(k, _)| k)
@@ -323,14 +322,16 @@ impl WorkerCore {
         match event {
             Event::RtpPacket(packet) => self.forward(key, packet, now, egress),
             Event::MediaAdded(added) => {
-                let receiving = matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
+                let receiving =
+                    matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
                 if self.transports[key].role == Role::Publisher && receiving {
                     self.add_producer(key, added.mid, added.kind);
                 }
             }
             Event::KeyframeRequest(req) => {
                 if let Some(ck) = self.consumer_by_mid(key, req.mid) {
-                    self.deferred.push(Deferred::KeyframeRequest { consumer: ck });
+                    self.deferred
+                        .push(Deferred::KeyframeRequest { consumer: ck });
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -518,7 +519,11 @@ impl WorkerCore {
         let (active, n) = self.active_layers(pk);
         let consumers = self.producers[pk].consumers.clone();
         for ck in consumers {
-            if self.consumers[ck].selector.update_target(&active[..n]).is_some() {
+            if self.consumers[ck]
+                .selector
+                .update_target(&active[..n])
+                .is_some()
+            {
                 self.request_keyframe_for(ck, now);
             }
         }
@@ -526,7 +531,11 @@ impl WorkerCore {
 
     fn retarget_consumer(&mut self, ck: usize, now: Instant) {
         let (active, n) = self.active_layers(self.consumers[ck].producer);
-        if self.consumers[ck].selector.update_target(&active[..n]).is_some() {
+        if self.consumers[ck]
+            .selector
+            .update_target(&active[..n])
+            .is_some()
+        {
             self.request_keyframe_for(ck, now);
         }
     }
@@ -622,14 +631,20 @@ impl WorkerCore {
         // str0m emits MediaAdded only later (once polled past the handshake), but the reply
         // must list the producers: read the negotiated media directly.
         for mid in offered_mids {
-            let media = self.transports[key].rtc.media(mid).map(|m| (m.kind(), m.direction()));
+            let media = self.transports[key]
+                .rtc
+                .media(mid)
+                .map(|m| (m.kind(), m.direction()));
             if let Some((kind, Direction::RecvOnly | Direction::SendRecv)) = media {
                 self.add_producer(key, mid, kind);
             }
         }
         self.drain(key, now, egress);
         self.after_drain(now, egress);
-        Ok((answer.to_sdp_string(), std::mem::take(&mut self.new_producers)))
+        Ok((
+            answer.to_sdp_string(),
+            std::mem::take(&mut self.new_producers),
+        ))
     }
 
     fn add_producer(&mut self, key: usize, mid: Mid, kind: MediaKind) {
@@ -807,7 +822,8 @@ impl WorkerCore {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 // The offer is consumed; the transport cannot continue negotiating.
-                self.dead.push((key, format!("subscriber answer rejected: {e}")));
+                self.dead
+                    .push((key, format!("subscriber answer rejected: {e}")));
                 self.after_drain(now, egress);
                 return Err(MediaError::InvalidSdp(e.to_string()));
             }

@@ -211,8 +211,11 @@ impl MediaRouter {
         worker: usize,
         transport: TransportId,
     ) -> Result<(), MediaError> {
-        self.call(worker, |reply| Command::CreateSubscriber { transport, reply })
-            .await
+        self.call(worker, |reply| Command::CreateSubscriber {
+            transport,
+            reply,
+        })
+        .await
     }
 
     /// Start forwarding `producer` to the subscriber transport (triggers a subscriber offer).

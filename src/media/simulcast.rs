@@ -244,8 +244,14 @@ mod tests {
 
     #[test]
     fn fixed_preference_falls_back_to_nearest_lower_active_layer() {
-        assert_eq!(pick_layer(Preference::Fixed(2), &[true, true, false]), Some(1));
-        assert_eq!(pick_layer(Preference::Fixed(0), &[false, true, true]), Some(1));
+        assert_eq!(
+            pick_layer(Preference::Fixed(2), &[true, true, false]),
+            Some(1)
+        );
+        assert_eq!(
+            pick_layer(Preference::Fixed(0), &[false, true, true]),
+            Some(1)
+        );
         assert_eq!(pick_layer(Preference::Fixed(2), &[true]), Some(0));
         assert_eq!(pick_layer(Preference::Auto, &[true, true, false]), Some(1));
         assert_eq!(pick_layer(Preference::Auto, &[false, false, false]), None);

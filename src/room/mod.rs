@@ -11,7 +11,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::media::{Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId};
+use crate::media::{
+    Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId,
+};
 use crate::session::protocol::{
     ErrorCode, MediaKindName, OutboundEnvelope, ParticipantInfo, ProducerInfo, SubscriberTrack,
     UserInfo,
@@ -172,7 +174,10 @@ impl Rooms {
                 "`name` must be 1 to 128 characters",
             ));
         }
-        if description.as_ref().is_some_and(|d| d.chars().count() > 1024) {
+        if description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 1024)
+        {
             return Err(RoomError::new(
                 ErrorCode::InvalidPayload,
                 "`description` must be at most 1024 characters",
@@ -237,7 +242,10 @@ impl Rooms {
         }
         let worker = {
             let state = self.lock();
-            let room = state.rooms.get(room_id).ok_or_else(|| room_not_found(room_id))?;
+            let room = state
+                .rooms
+                .get(room_id)
+                .ok_or_else(|| room_not_found(room_id))?;
             check_capacity(room)?;
             room.worker
         };
@@ -269,7 +277,10 @@ impl Rooms {
         };
         for (producer, owner) in existing {
             // A producer closed meanwhile is not an error for the joiner.
-            let _ = self.media.subscribe(worker, subscriber, producer, owner).await;
+            let _ = self
+                .media
+                .subscribe(worker, subscriber, producer, owner)
+                .await;
         }
         tracing::info!(room = room_id, participant = %participant_id, user = %user.id, "participant joined");
         Ok(Joined {
@@ -287,7 +298,10 @@ impl Rooms {
         participant: Participant,
     ) -> Result<(Vec<ParticipantInfo>, Vec<(ProducerId, String)>), RoomError> {
         let mut state = self.lock();
-        let room = state.rooms.get_mut(room_id).ok_or_else(|| room_not_found(room_id))?;
+        let room = state
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| room_not_found(room_id))?;
         check_capacity(room)?;
         let info = participant.info(participant_id);
         let others: Vec<ParticipantInfo> =
@@ -307,7 +321,8 @@ impl Rooms {
             p.sink.send(joined.clone());
         }
         let (publisher, subscriber) = (participant.publisher, participant.subscriber);
-        room.participants.insert(participant_id.to_string(), participant);
+        room.participants
+            .insert(participant_id.to_string(), participant);
         let ids = (room_id.to_string(), participant_id.to_string());
         state.transports.insert(publisher, ids.clone());
         state.transports.insert(subscriber, ids);
@@ -351,7 +366,11 @@ impl Rooms {
         let (worker, publisher, subscriber) = removed;
         let _ = self.media.close_transport(worker, publisher).await;
         let _ = self.media.close_transport(worker, subscriber).await;
-        tracing::info!(room = room_id, participant = participant_id, "participant left");
+        tracing::info!(
+            room = room_id,
+            participant = participant_id,
+            "participant left"
+        );
     }
 
     fn participant_transports(
@@ -360,11 +379,13 @@ impl Rooms {
         participant_id: &str,
     ) -> Result<(usize, TransportId, TransportId), RoomError> {
         let state = self.lock();
-        let room = state.rooms.get(room_id).ok_or_else(|| room_not_found(room_id))?;
-        let p = room
-            .participants
-            .get(participant_id)
-            .ok_or_else(|| RoomError::new(ErrorCode::NotInRoom, "not a participant of this room"))?;
+        let room = state
+            .rooms
+            .get(room_id)
+            .ok_or_else(|| room_not_found(room_id))?;
+        let p = room.participants.get(participant_id).ok_or_else(|| {
+            RoomError::new(ErrorCode::NotInRoom, "not a participant of this room")
+        })?;
         Ok((room.worker, p.publisher, p.subscriber))
     }
 
@@ -382,9 +403,15 @@ impl Rooms {
         let mut subscribers = Vec::new();
         {
             let mut state = self.lock();
-            let room = state.rooms.get_mut(room_id).ok_or_else(|| room_not_found(room_id))?;
+            let room = state
+                .rooms
+                .get_mut(room_id)
+                .ok_or_else(|| room_not_found(room_id))?;
             let Some(me) = room.participants.get_mut(participant_id) else {
-                return Err(RoomError::new(ErrorCode::NotInRoom, "left the room meanwhile"));
+                return Err(RoomError::new(
+                    ErrorCode::NotInRoom,
+                    "left the room meanwhile",
+                ));
             };
             for p in &created {
                 let info = ProducerInfo {
@@ -413,7 +440,12 @@ impl Rooms {
             for p in &created {
                 let _ = self
                     .media
-                    .subscribe(worker, subscriber, p.producer_id, participant_id.to_string())
+                    .subscribe(
+                        worker,
+                        subscriber,
+                        p.producer_id,
+                        participant_id.to_string(),
+                    )
                     .await;
             }
         }
@@ -427,7 +459,10 @@ impl Rooms {
         sdp: String,
     ) -> Result<(), RoomError> {
         let (worker, _, subscriber) = self.participant_transports(room_id, participant_id)?;
-        Ok(self.media.subscriber_answer(worker, subscriber, sdp).await?)
+        Ok(self
+            .media
+            .subscriber_answer(worker, subscriber, sdp)
+            .await?)
     }
 
     pub async fn set_preference(
@@ -529,14 +564,20 @@ fn check_capacity(room: &Room) -> Result<(), RoomError> {
     if room.participants.len() >= room.summary.max_participants as usize {
         return Err(RoomError::new(
             ErrorCode::RoomFull,
-            format!("room is full ({} participants)", room.summary.max_participants),
+            format!(
+                "room is full ({} participants)",
+                room.summary.max_participants
+            ),
         ));
     }
     Ok(())
 }
 
 fn room_not_found(room_id: &str) -> RoomError {
-    RoomError::new(ErrorCode::RoomNotFound, format!("room `{room_id}` does not exist"))
+    RoomError::new(
+        ErrorCode::RoomNotFound,
+        format!("room `{room_id}` does not exist"),
+    )
 }
 
 fn valid_room_id(id: &str) -> bool {

@@ -119,7 +119,8 @@ impl Session {
         match request {
             Request::Authenticate(_) | Request::Ping => unreachable!("handled above"),
             Request::CreateRoom(r) => {
-                let room = rooms.create_room(r.name, r.description, r.max_participants, r.room_id)?;
+                let room =
+                    rooms.create_room(r.name, r.description, r.max_participants, r.room_id)?;
                 Ok(("createRoomResponse", json!(room)))
             }
             Request::JoinRoom(r) => {
@@ -154,7 +155,8 @@ impl Session {
             }
             Request::PublisherOffer(r) => {
                 let m = self.membership()?;
-                let (answer, producers) = rooms.publish(&m.room_id, &m.participant_id, r.sdp).await?;
+                let (answer, producers) =
+                    rooms.publish(&m.room_id, &m.participant_id, r.sdp).await?;
                 let producers: Vec<Value> = producers
                     .into_iter()
                     .map(|(info, mid)| {
@@ -163,11 +165,16 @@ impl Session {
                         v
                     })
                     .collect();
-                Ok(("publisherAnswer", json!({ "sdp": answer, "producers": producers })))
+                Ok((
+                    "publisherAnswer",
+                    json!({ "sdp": answer, "producers": producers }),
+                ))
             }
             Request::SubscriberAnswer(r) => {
                 let m = self.membership()?;
-                rooms.subscriber_answer(&m.room_id, &m.participant_id, r.sdp).await?;
+                rooms
+                    .subscriber_answer(&m.room_id, &m.participant_id, r.sdp)
+                    .await?;
                 Ok(("subscriberAnswerResponse", json!({})))
             }
             Request::SetPreferredLayer(r) => {

@@ -207,13 +207,22 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
     if text.len() > max_size {
         return Err(fail(
             ErrorCode::MessageTooLarge,
-            format!("message of {} bytes exceeds the limit of {max_size} bytes", text.len()),
+            format!(
+                "message of {} bytes exceeds the limit of {max_size} bytes",
+                text.len()
+            ),
             None,
             None,
         ));
     }
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| fail(ErrorCode::ParseError, format!("malformed JSON: {e}"), None, None))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        fail(
+            ErrorCode::ParseError,
+            format!("malformed JSON: {e}"),
+            None,
+            None,
+        )
+    })?;
     if !value.is_object() {
         return Err(fail(
             ErrorCode::InvalidMessage,
@@ -236,7 +245,10 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
         request_id,
     } = envelope;
 
-    fn payload<T: serde::de::DeserializeOwned>(kind: &str, data: Option<Value>) -> Result<T, String> {
+    fn payload<T: serde::de::DeserializeOwned>(
+        kind: &str,
+        data: Option<Value>,
+    ) -> Result<T, String> {
         let data = data.unwrap_or(Value::Object(Default::default()));
         serde_json::from_value(data).map_err(|e| format!("invalid data for `{kind}`: {e}"))
     }
@@ -333,14 +345,21 @@ mod tests {
         assert_eq!(code("[1,2]"), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"data":{}}"#), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"type":"launchRocket"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"joinRoom","data":{"roomId":1}}"#), ErrorCode::InvalidPayload);
-        assert_eq!(code(r#"{"type":"joinRoom","data":{}}"#), ErrorCode::InvalidPayload);
+        assert_eq!(
+            code(r#"{"type":"joinRoom","data":{"roomId":1}}"#),
+            ErrorCode::InvalidPayload
+        );
+        assert_eq!(
+            code(r#"{"type":"joinRoom","data":{}}"#),
+            ErrorCode::InvalidPayload
+        );
         assert_eq!(code(&"x".repeat(2000)), ErrorCode::MessageTooLarge);
     }
 
     #[test]
     fn request_id_is_kept_on_failure_and_success() {
-        let err = parse_request(r#"{"type":"joinRoom","data":{},"requestId":"7"}"#, 1024).unwrap_err();
+        let err =
+            parse_request(r#"{"type":"joinRoom","data":{},"requestId":"7"}"#, 1024).unwrap_err();
         assert_eq!(err.request_id, Some(Value::String("7".into())));
         let ok = parse_request(
             r#"{"type":"setPreferredLayer","data":{"producerId":"p","layer":"low"},"requestId":3}"#,
@@ -350,7 +369,10 @@ mod tests {
         assert_eq!(ok.request_id, Some(Value::from(3)));
         assert!(matches!(
             ok.request,
-            Request::SetPreferredLayer(SetPreferredLayer { layer: LayerPreference::Low, .. })
+            Request::SetPreferredLayer(SetPreferredLayer {
+                layer: LayerPreference::Low,
+                ..
+            })
         ));
     }
 }

@@ -32,7 +32,12 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
 async fn ws_upgrade(State(ctx): State<Arc<AppContext>>, ws: WebSocketUpgrade) -> Response {
     // The hard cap sits well above MAX_MESSAGE_SIZE so an oversized message gets a proper
     // error reply from the session instead of a dropped connection.
-    let hard_cap = ctx.settings.config.max_message_size.saturating_mul(16).max(1 << 20);
+    let hard_cap = ctx
+        .settings
+        .config
+        .max_message_size
+        .saturating_mul(16)
+        .max(1 << 20);
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| crate::transport::ws::serve(ctx, socket))
@@ -42,7 +47,11 @@ async fn ws_upgrade(State(ctx): State<Arc<AppContext>>, ws: WebSocketUpgrade) ->
 async fn readyz(State(ctx): State<Arc<AppContext>>) -> Response {
     match tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "media workers not responding").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media workers not responding",
+        )
+            .into_response(),
     }
 }
 
@@ -63,7 +72,11 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
             "roomStore": { "status": "ok", "kind": "memory" },
         },
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 

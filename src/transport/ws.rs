@@ -41,7 +41,11 @@ pub async fn serve(ctx: Arc<AppContext>, socket: WebSocket) {
         }
         // Flush whatever the request produced before reading the next frame.
         while let Ok(out) = rx.try_recv() {
-            if sink.send(Message::Text(out.to_json().into())).await.is_err() {
+            if sink
+                .send(Message::Text(out.to_json().into()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }

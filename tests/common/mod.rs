@@ -57,7 +57,8 @@ pub fn token(server: &sfu::ServerHandle, user: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Signaling client.
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct WsClient {
     ws: Ws,
@@ -88,9 +89,13 @@ impl WsClient {
     pub async fn recv(&mut self, within: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg.ok()? {
-                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).expect("server JSON")),
+                Message::Text(t) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server JSON"))
+                }
                 Message::Close(_) => return None,
                 _ => continue,
             }
@@ -135,7 +140,9 @@ impl WsClient {
     }
 
     pub async fn authenticate(&mut self, token: &str) -> Value {
-        let reply = self.request("authenticate", json!({ "token": token })).await;
+        let reply = self
+            .request("authenticate", json!({ "token": token }))
+            .await;
         assert_eq!(reply["type"], "connected", "{reply}");
         reply
     }
@@ -202,13 +209,27 @@ impl SyntheticSource {
         let now = Instant::now();
         let frame = self.frame;
         self.frame += 1;
-        let opus = rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt());
-        let vp8 = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).map(|p| p.pt());
-        let (Some(opus), Some(vp8)) = (opus, vp8) else { return };
+        let opus = rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt());
+        let vp8 = rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt());
+        let (Some(opus), Some(vp8)) = (opus, vp8) else {
+            return;
+        };
         let mut api = rtc.direct_api();
         if let Some(tx) = api.stream_tx_by_mid(self.audio, None) {
             let payload = vec![0xfc, 0xff, 0xfe, 0x00];
-            tx.write_rtp(RtpWrite::new(opus, SeqNo::from(frame + 1), (frame * 960) as u32, now, payload));
+            tx.write_rtp(RtpWrite::new(
+                opus,
+                SeqNo::from(frame + 1),
+                (frame * 960) as u32,
+                now,
+                payload,
+            ));
         }
         for (layer, rid) in LAYERS.iter().enumerate() {
             let rid = Rid::from(*rid);
@@ -228,9 +249,15 @@ impl SyntheticSource {
             ];
             if let Some(tx) = api.stream_tx_by_mid(self.video, Some(rid)) {
                 tx.write_rtp(
-                    RtpWrite::new(vp8, SeqNo::from(frame + 1), (frame * 1800) as u32, now, payload)
-                        .marker(true)
-                        .nackable(true),
+                    RtpWrite::new(
+                        vp8,
+                        SeqNo::from(frame + 1),
+                        (frame * 1800) as u32,
+                        now,
+                        payload,
+                    )
+                    .marker(true)
+                    .nackable(true),
                 );
             }
         }
@@ -262,7 +289,10 @@ impl Peer {
     }
 
     /// Run `f` on the peer's task and return its result.
-    pub async fn with<R: Send + 'static>(&self, f: impl FnOnce(&mut PeerState) -> R + Send + 'static) -> R {
+    pub async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut PeerState) -> R + Send + 'static,
+    ) -> R {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move |state| {
@@ -282,16 +312,21 @@ impl Peer {
                 for rid in LAYERS {
                     sim.add_send_layer(SimulcastLayer::new(rid));
                 }
-                let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
+                let video =
+                    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
                 let (offer, pending) = api.apply().expect("offer");
                 (offer.to_sdp_string(), pending, (audio, video))
             })
             .await;
         let reply = ws.request("publisherOffer", json!({ "sdp": offer })).await;
         let data = ok(&reply, "publisherAnswer").clone();
-        let answer = SdpAnswer::from_sdp_string(data["sdp"].as_str().unwrap()).expect("answer parses");
+        let answer =
+            SdpAnswer::from_sdp_string(data["sdp"].as_str().unwrap()).expect("answer parses");
         self.with(move |s| {
-            s.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+            s.rtc
+                .sdp_api()
+                .accept_answer(pending, answer)
+                .expect("answer accepted");
             s.source = Some(SyntheticSource {
                 audio: mids.0,
                 video: mids.1,
@@ -306,14 +341,23 @@ impl Peer {
 
     /// Answer one `subscriberOffer` notification.
     pub async fn answer_subscriber_offer(&self, ws: &mut WsClient, offer: &Value) {
-        let sdp = offer["data"]["sdp"].as_str().expect("offer sdp").to_string();
+        let sdp = offer["data"]["sdp"]
+            .as_str()
+            .expect("offer sdp")
+            .to_string();
         let answer = self
             .with(move |s| {
                 let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");
-                s.rtc.sdp_api().accept_offer(offer).expect("offer accepted").to_sdp_string()
+                s.rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .expect("offer accepted")
+                    .to_sdp_string()
             })
             .await;
-        let reply = ws.request("subscriberAnswer", json!({ "sdp": answer })).await;
+        let reply = ws
+            .request("subscriberAnswer", json!({ "sdp": answer }))
+            .await;
         ok(&reply, "subscriberAnswerResponse");
     }
 
@@ -377,7 +421,9 @@ async fn run_peer(
                 Err(_) => return,
             }
         };
-        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         tokio::select! {
             job = jobs.recv() => match job {
                 Some(job) => job(&mut state),
