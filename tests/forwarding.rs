@@ -97,16 +97,20 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
         );
     }
     let offer1 = negotiate_subscriber(&mut sub1_ws, &sub1, 2).await;
-    negotiate_subscriber(&mut sub2_ws, &sub2, 2).await;
-    let video_mid = offer1["data"]["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == "video")
-        .unwrap()["mid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let offer2 = negotiate_subscriber(&mut sub2_ws, &sub2, 2).await;
+    let video_mid_of = |offer: &serde_json::Value| {
+        offer["data"]["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["kind"] == "video")
+            .unwrap()["mid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Each subscriber transport has its own mids.
+    let (video_mid, video_mid2) = (video_mid_of(&offer1), video_mid_of(&offer2));
 
     wait_until("publisher connected", Duration::from_secs(10), || {
         publisher.connected()
@@ -172,8 +176,34 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
         .iter()
         .any(|r| r.map(|r| r.to_string()) == Some("q".into())));
 
-    // sub2 never asked for anything: it stayed on the high layer only.
-    let video2 = video_of(&sub2.received().await, &video_mid);
+    // A subscriber's PLI reaches the publisher as a keyframe request on the forwarded layer.
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the per-layer rate limit
+    let high_requests = |r: &Vec<Option<str0m::media::Rid>>| {
+        r.iter()
+            .filter(|r| r.map(|r| r.to_string()) == Some("f".into()))
+            .count()
+    };
+    let before = high_requests(&publisher.with(|s| s.keyframe_requests.clone()).await);
+    let mid = video_mid2.clone();
+    sub2.with(move |s| {
+        let mid: str0m::media::Mid = mid.as_str().into();
+        s.rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+            .expect("subscriber receive stream")
+            .request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+    })
+    .await;
+    wait_until(
+        "subscriber PLI forwarded to publisher",
+        Duration::from_secs(5),
+        || async { high_requests(&publisher.with(|s| s.keyframe_requests.clone()).await) > before },
+    )
+    .await;
+
+    // sub2 never asked for a layer: it stayed on the high layer only.
+    let video2 = video_of(&sub2.received().await, &video_mid2);
+    assert!(!video2.is_empty());
     assert!(video2.iter().all(|p| p.layer == 2));
 
     // Leaving cleans up: all transports, producers and consumers are gone.
