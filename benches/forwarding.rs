@@ -211,10 +211,21 @@ impl Setup {
                 .marker(true)
                 .nackable(true),
             );
+            // str0m releases queued RTP when time is fed in.
+            self.publisher
+                .rtc
+                .handle_input(Input::Timeout(now))
+                .unwrap();
             let mut sent = Vec::new();
             self.publisher.poll(&mut sent);
-            out.extend(sent.into_iter().map(|(_, d)| d).filter(|d| d[0] >> 6 == 2));
+            // RTP only (RFC 5761: RTCP has its packet type, 192..=223, in byte 1).
+            out.extend(
+                sent.into_iter()
+                    .map(|(_, d)| d)
+                    .filter(|d| d[0] >> 6 == 2 && !(192..=223).contains(&d[1])),
+            );
         }
+        assert_eq!(out.len() as u64, count, "one datagram per frame");
         out
     }
 }
