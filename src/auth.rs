@@ -1,17 +1,69 @@
-//! JWT verification for tokens issued by Django (djangorestframework-simplejwt, HS256).
+//! JWT verification for tokens issued by Django (djangorestframework-simplejwt): HS256 with
+//! DJANGO_JWT_SECRET and/or RS256 with a configured public key, plus per-token grants.
+//!
+//! The algorithm is read from the token header and checked against what is configured *before*
+//! any key is chosen, so `alg: none` and algorithm-confusion tokens never reach verification.
 
+use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::session::protocol::{ErrorCode, UserInfo};
 
+/// What a token allows. Absent from a token, [`Grants::default_for_role`] applies, so plain
+/// simplejwt tokens keep working as they did with the Node backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grants {
+    /// Room ids this token may join; `"*"` means any.
+    #[serde(default = "any_room")]
+    pub rooms: Vec<String>,
+    #[serde(default)]
+    pub create_room: bool,
+    /// Media kinds this token may publish (`"audio"`, `"video"`); empty = none.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: bool,
+    /// May kick participants and close rooms it can join.
+    #[serde(default)]
+    pub room_admin: bool,
+}
+
+fn any_room() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+impl Grants {
+    /// Full participant rights; room admin only for `role: "admin"`.
+    pub fn default_for_role(role: Option<&str>) -> Self {
+        Grants {
+            rooms: any_room(),
+            create_room: true,
+            publish: vec!["audio".into(), "video".into()],
+            subscribe: true,
+            room_admin: role == Some("admin"),
+        }
+    }
+
+    pub fn may_join(&self, room_id: &str) -> bool {
+        self.rooms.iter().any(|r| r == "*" || r == room_id)
+    }
+
+    pub fn may_publish(&self, kind: &str) -> bool {
+        self.publish.iter().any(|k| k == kind)
+    }
+}
+
 /// simplejwt's claims plus the optional user details the seed returns in `connected`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     /// simplejwt's USER_ID_CLAIM; a number or a string depending on the user model.
     pub user_id: serde_json::Value,
     pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,6 +74,15 @@ pub struct Claims {
     pub full_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
+}
+
+/// An authenticated user: what `connected` returns plus what the token allows.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserInfo,
+    pub grants: Grants,
 }
 
 #[derive(Debug, Clone)]
@@ -30,79 +91,150 @@ pub struct AuthError {
     pub message: String,
 }
 
+fn reject(code: ErrorCode, message: impl Into<String>) -> AuthError {
+    AuthError {
+        code,
+        message: message.into(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Authenticator {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
-    validation: Validation,
+    hs256: Option<(DecodingKey, EncodingKey)>,
+    rs256: Option<DecodingKey>,
 }
 
 impl Authenticator {
-    pub fn new(secret: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp"]);
-        validation.leeway = 5;
-        Authenticator {
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            validation,
-        }
+    /// HS256 with `secret`; RS256 too when `rsa_public_pem` is given.
+    pub fn new(secret: Option<&str>, rsa_public_pem: Option<&str>) -> Result<Self, String> {
+        let rs256 = rsa_public_pem
+            .map(|pem| {
+                DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| format!("JWT public key is not a valid RSA PEM: {e}"))
+            })
+            .transpose()?;
+        let hs256 = secret.map(|s| {
+            (
+                DecodingKey::from_secret(s.as_bytes()),
+                EncodingKey::from_secret(s.as_bytes()),
+            )
+        });
+        Ok(Authenticator { hs256, rs256 })
     }
 
-    pub fn verify(&self, token: &str) -> Result<UserInfo, AuthError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            let (code, message) = match e.kind() {
-                ErrorKind::ExpiredSignature => {
-                    (ErrorCode::TokenExpired, "token has expired".into())
-                }
-                ErrorKind::InvalidSignature => {
-                    (ErrorCode::InvalidToken, "token signature is invalid".into())
-                }
-                ErrorKind::InvalidAlgorithm => (
-                    ErrorCode::InvalidToken,
-                    "token algorithm is not accepted (HS256 required)".into(),
-                ),
-                _ => (ErrorCode::InvalidToken, format!("token is invalid: {e}")),
-            };
-            AuthError { code, message }
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let algorithm = header_algorithm(token)?;
+        let (key, alg) = match algorithm.as_str() {
+            a if a.eq_ignore_ascii_case("none") => {
+                return Err(reject(
+                    ErrorCode::TokenUnsigned,
+                    "unsigned tokens (alg: none) are not accepted",
+                ))
+            }
+            "HS256" if self.hs256.is_some() => (&self.hs256.as_ref().unwrap().0, Algorithm::HS256),
+            "RS256" if self.rs256.is_some() => (self.rs256.as_ref().unwrap(), Algorithm::RS256),
+            other => {
+                return Err(reject(
+                    ErrorCode::TokenAlgorithmNotAllowed,
+                    format!(
+                        "token algorithm `{other}` is not accepted (allowed: {})",
+                        self.allowed()
+                    ),
+                ))
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        let data = decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => reject(ErrorCode::TokenExpired, "token has expired"),
+            ErrorKind::ImmatureSignature => {
+                reject(ErrorCode::TokenNotYetValid, "token is not valid yet (nbf)")
+            }
+            ErrorKind::InvalidSignature => reject(
+                ErrorCode::TokenSignatureInvalid,
+                "token signature is invalid",
+            ),
+            _ => reject(ErrorCode::InvalidToken, format!("token is invalid: {e}")),
         })?;
         let claims = data.claims;
         let id = match &claims.user_id {
             serde_json::Value::String(s) if !s.is_empty() => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
             _ => {
-                return Err(AuthError {
-                    code: ErrorCode::InvalidToken,
-                    message: "token claim `user_id` must be a non-empty string or a number".into(),
-                })
+                return Err(reject(
+                    ErrorCode::InvalidToken,
+                    "token claim `user_id` must be a non-empty string or a number",
+                ))
             }
         };
-        Ok(UserInfo {
-            id,
-            email: claims.email,
-            full_name: claims.full_name,
-            role: claims.role,
+        let grants = claims
+            .grants
+            .unwrap_or_else(|| Grants::default_for_role(claims.role.as_deref()));
+        Ok(Identity {
+            user: UserInfo {
+                id,
+                email: claims.email,
+                full_name: claims.full_name,
+                role: claims.role,
+            },
+            grants,
         })
     }
 
-    /// Sign a token (dev token endpoint, CLI, tests).
-    pub fn issue(&self, claims: &Claims) -> String {
-        encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 signing")
+    fn allowed(&self) -> String {
+        let mut algs = Vec::new();
+        if self.hs256.is_some() {
+            algs.push("HS256");
+        }
+        if self.rs256.is_some() {
+            algs.push("RS256");
+        }
+        algs.join(", ")
     }
 
-    /// A token for `user_id` valid for `ttl_secs`.
-    pub fn issue_for(&self, user_id: &str, full_name: Option<&str>, ttl_secs: u64) -> String {
+    /// Sign an HS256 token (dev token endpoint, CLI, tests). `None` without a secret.
+    pub fn issue(&self, claims: &Claims) -> Option<String> {
+        let (_, encoding) = self.hs256.as_ref()?;
+        Some(encode(&Header::new(Algorithm::HS256), claims, encoding).expect("HS256 signing"))
+    }
+
+    /// An HS256 token for `user_id` valid for `ttl_secs`, with default grants.
+    pub fn issue_for(
+        &self,
+        user_id: &str,
+        full_name: Option<&str>,
+        ttl_secs: u64,
+    ) -> Option<String> {
         let now = unix_now();
         self.issue(&Claims {
             user_id: serde_json::Value::String(user_id.to_string()),
             exp: now + ttl_secs,
             iat: Some(now),
             jti: Some(uuid::Uuid::new_v4().simple().to_string()),
-            email: None,
             full_name: full_name.map(str::to_string),
             role: Some("participant".into()),
+            ..Default::default()
         })
     }
+}
+
+/// The `alg` of a compact JWS header, read without trusting anything else in the token.
+fn header_algorithm(token: &str) -> Result<String, AuthError> {
+    let malformed = || reject(ErrorCode::InvalidToken, "token is not a well-formed JWT");
+    let header = token.split('.').next().ok_or_else(malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| malformed())?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if token.split('.').count() != 3 {
+        return Err(malformed());
+    }
+    value["alg"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(malformed)
 }
 
 pub fn unix_now() -> u64 {
@@ -117,45 +249,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_simplejwt_numeric_user_id_and_rejects_forgery_and_expiry() {
-        let auth = Authenticator::new("test-secret-0123456789");
-        let token = auth.issue(&Claims {
-            user_id: serde_json::json!(42),
-            exp: unix_now() + 60,
-            iat: None,
-            jti: Some("j".into()),
-            email: Some("a@b.c".into()),
-            full_name: Some("Ada".into()),
-            role: Some("admin".into()),
-        });
-        let user = auth.verify(&token).unwrap();
-        assert_eq!(
-            (user.id.as_str(), user.role.as_deref()),
-            ("42", Some("admin"))
-        );
+    fn plain_simplejwt_token_gets_default_grants_and_numeric_id() {
+        let auth = Authenticator::new(Some("test-secret-0123456789"), None).unwrap();
+        let token = auth
+            .issue(&Claims {
+                user_id: serde_json::json!(42),
+                exp: unix_now() + 60,
+                role: Some("admin".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let identity = auth.verify(&token).unwrap();
+        assert_eq!(identity.user.id, "42");
+        assert!(identity.grants.room_admin && identity.grants.may_publish("video"));
+    }
 
-        let other = Authenticator::new("another-secret-0123456789");
+    #[test]
+    fn header_tricks_are_rejected_before_verification() {
+        let auth = Authenticator::new(Some("test-secret-0123456789"), None).unwrap();
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let body = b64(serde_json::json!({"user_id": "u", "exp": unix_now() + 60}));
+        let none = format!("{}.{body}.", b64(serde_json::json!({"alg": "none"})));
         assert_eq!(
-            other.verify(&token).unwrap_err().code,
-            ErrorCode::InvalidToken
+            auth.verify(&none).unwrap_err().code,
+            ErrorCode::TokenUnsigned
         );
-
-        // exp far in the past (leeway is 5 s).
-        let expired = auth.issue(&Claims {
-            user_id: serde_json::json!("u"),
-            exp: 1,
-            iat: None,
-            jti: None,
-            email: None,
-            full_name: None,
-            role: None,
-        });
+        let rs = format!("{}.{body}.sig", b64(serde_json::json!({"alg": "RS256"})));
         assert_eq!(
-            auth.verify(&expired).unwrap_err().code,
-            ErrorCode::TokenExpired
+            auth.verify(&rs).unwrap_err().code,
+            ErrorCode::TokenAlgorithmNotAllowed
         );
         assert_eq!(
-            auth.verify("not.a.jwt").unwrap_err().code,
+            auth.verify("garbage").unwrap_err().code,
             ErrorCode::InvalidToken
         );
     }

@@ -32,9 +32,33 @@ pub struct Config {
     #[arg(long, env = "DJANGO_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// Django backend URL (accepted for compatibility; room metadata lookups come later).
+    /// RS256 public key (PEM text) for tokens signed by Django with a private key.
+    #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true)]
+    pub jwt_public_key: Option<String>,
+
+    /// File holding the RS256 public key (PEM); alternative to JWT_PUBLIC_KEY.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Django backend URL, used for room lookups when DJANGO_ROOM_LOOKUP is on.
     #[arg(long, env = "DJANGO_BASE_URL", default_value = "http://127.0.0.1:8000")]
     pub django_base_url: String,
+
+    /// Look rooms up at DJANGO_BASE_URL + DJANGO_ROOM_LOOKUP_PATH + <roomId>/ when joined.
+    #[arg(long, env = "DJANGO_ROOM_LOOKUP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub django_room_lookup: bool,
+
+    #[arg(long, env = "DJANGO_ROOM_LOOKUP_PATH", default_value = "/api/rooms/")]
+    pub django_room_lookup_path: String,
+
+    /// Where signed webhooks (room started/finished, participant joined/left, producer
+    /// published) are POSTed. Off when unset.
+    #[arg(long, env = "DJANGO_WEBHOOK_URL")]
+    pub django_webhook_url: Option<String>,
+
+    /// HMAC-SHA256 key for webhook signatures. Default: DJANGO_JWT_SECRET.
+    #[arg(long, env = "DJANGO_WEBHOOK_SECRET", hide_env_values = true)]
+    pub django_webhook_secret: Option<String>,
 
     /// Redis URL (accepted for compatibility; the Redis room store comes later, memory is used).
     #[arg(long, env = "REDIS_URL")]
@@ -81,6 +105,35 @@ pub struct Config {
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Prometheus metrics port (`/metrics`). 0 picks a free port.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+
+    /// Origins allowed for CORS and WebSocket upgrades, comma-separated; `*` allows any.
+    /// Default: `*` in development, same-origin only in production.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// New WebSocket connections per client IP per minute.
+    #[arg(long, env = "RATE_LIMIT_CONNECTIONS_PER_MINUTE", default_value_t = 60)]
+    pub rate_limit_connections_per_minute: u32,
+
+    /// HTTP requests per client IP per minute (all endpoints).
+    #[arg(long, env = "RATE_LIMIT_HTTP_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_http_per_minute: u32,
+
+    /// Signaling messages per user per second (bursts of twice that are allowed).
+    #[arg(long, env = "RATE_LIMIT_MESSAGES_PER_SECOND", default_value_t = 20)]
+    pub rate_limit_messages_per_second: u32,
+
+    /// Most rooms this server holds at once.
+    #[arg(long, env = "MAX_ROOMS", default_value_t = 1000)]
+    pub max_rooms: usize,
+
+    /// Seconds connected clients get to leave after SIGTERM before the process exits.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
     /// Directory of the demo page served at `/`.
     #[arg(long, env = "WEB_DEMO_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web-demo"))]
     pub web_demo_dir: std::path::PathBuf,
@@ -108,7 +161,11 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub config: Config,
-    pub jwt_secret: String,
+    /// HS256 secret (generated in development when none is configured).
+    pub jwt_secret: Option<String>,
+    /// RS256 public key PEM, from JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE.
+    pub jwt_public_key: Option<String>,
+    pub allowed_origins: Vec<String>,
     pub dev_mode: bool,
     pub media: MediaConfig,
 }
@@ -117,15 +174,69 @@ impl Config {
     /// Validate and resolve defaults. The error is one line meant for an operator.
     pub fn resolve(self) -> Result<Settings, String> {
         let dev_mode = self.environment != Environment::Production;
+        let jwt_public_key = match (&self.jwt_public_key, &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err("set JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE, not both".into())
+            }
+            // Env files often carry PEMs on one line with literal \n.
+            (Some(pem), None) => Some(pem.replace("\\n", "\n")),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?,
+            ),
+            (None, None) => None,
+        };
         let jwt_secret = match (&self.jwt_secret, dev_mode) {
             (Some(s), _) if s.len() < 16 => {
                 return Err("DJANGO_JWT_SECRET must be at least 16 characters".into())
             }
-            (Some(s), _) => s.clone(),
-            (None, true) => random_secret(),
+            (Some(s), _) => Some(s.clone()),
+            (None, true) => Some(random_secret()),
+            (None, false) if jwt_public_key.is_some() => None,
             (None, false) => {
-                return Err("DJANGO_JWT_SECRET is required when NODE_ENV=production".into())
+                return Err(
+                    "DJANGO_JWT_SECRET is required when NODE_ENV=production (or JWT_PUBLIC_KEY for RS256)"
+                        .into(),
+                )
             }
+        };
+        if let Some(url) = &self.django_webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "DJANGO_WEBHOOK_URL must be an http(s) URL, got `{url}`"
+                ));
+            }
+            if self.django_webhook_secret.is_none() && jwt_secret.is_none() {
+                return Err(
+                    "DJANGO_WEBHOOK_URL needs DJANGO_WEBHOOK_SECRET (or DJANGO_JWT_SECRET)".into(),
+                );
+            }
+        }
+        for (name, value) in [
+            (
+                "RATE_LIMIT_CONNECTIONS_PER_MINUTE",
+                self.rate_limit_connections_per_minute,
+            ),
+            (
+                "RATE_LIMIT_HTTP_PER_MINUTE",
+                self.rate_limit_http_per_minute,
+            ),
+            (
+                "RATE_LIMIT_MESSAGES_PER_SECOND",
+                self.rate_limit_messages_per_second,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let allowed_origins = match &self.allowed_origins {
+            Some(list) => list
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .collect(),
+            None if dev_mode => vec!["*".to_string()],
+            None => Vec::new(),
         };
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -184,6 +295,8 @@ impl Config {
         Ok(Settings {
             config: self,
             jwt_secret,
+            jwt_public_key,
+            allowed_origins,
             dev_mode,
             media,
         })
@@ -213,6 +326,7 @@ mod tests {
     fn production_requires_a_secret() {
         let err = parse(&["--environment", "production"]).unwrap_err();
         assert!(err.contains("DJANGO_JWT_SECRET is required"), "{err}");
+        assert!(parse(&["--environment", "production", "--jwt-public-key", "PEM"]).is_ok());
         assert!(parse(&[
             "--environment",
             "production",
@@ -246,7 +360,8 @@ mod tests {
     fn development_defaults_work_with_nothing_set() {
         let s = parse(&[]).unwrap();
         assert!(s.dev_mode);
-        assert_eq!(s.jwt_secret.len(), 64);
+        assert_eq!(s.jwt_secret.map(|s| s.len()), Some(64));
+        assert_eq!(s.allowed_origins, vec!["*"]);
         assert_eq!(s.media.announced_ip, IpAddr::from([127, 0, 0, 1]));
     }
 }

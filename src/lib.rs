@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod integrations;
+pub mod limits;
 pub mod media;
 pub mod room;
 pub mod session;
@@ -12,16 +14,20 @@ pub mod telemetry;
 pub mod transport;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use auth::Authenticator;
 use config::Settings;
+use limits::Limits;
 use media::MediaRouter;
 use room::Rooms;
+use session::protocol::OutboundEnvelope;
+use session::SessionRegistry;
 
 /// Everything a session needs, shared by all connections.
 pub struct AppContext {
@@ -29,12 +35,23 @@ pub struct AppContext {
     pub auth: Authenticator,
     pub rooms: Arc<Rooms>,
     pub media: MediaRouter,
+    pub limits: Limits,
+    pub sessions: SessionRegistry,
     pub started: Instant,
+    draining: AtomicBool,
+}
+
+impl AppContext {
+    /// True once shutdown began: not ready, no new sessions or rooms.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// A running server: its bound addresses and a way to stop it.
 pub struct ServerHandle {
     pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub ctx: Arc<AppContext>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -49,27 +66,66 @@ impl ServerHandle {
         let _ = self.task.await;
     }
 
-    /// Wait until the server stops on its own (or `shutdown` resolves).
-    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        shutdown.await;
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+    /// Graceful shutdown: report not-ready, tell every client (`serverShuttingDown`), refuse
+    /// new sessions, and wait up to `timeout` for clients to leave before stopping.
+    /// Returns how many sessions were still connected at the deadline.
+    pub async fn drain(self, timeout: Duration) -> usize {
+        self.ctx.draining.store(true, Ordering::Relaxed);
+        let deadline_ms = timeout.as_millis() as u64;
+        self.ctx.sessions.broadcast(&OutboundEnvelope::notification(
+            "serverShuttingDown",
+            serde_json::json!({
+                "reason": "server is shutting down",
+                "deadlineMs": deadline_ms,
+                // Clients should reconnect (to another node behind the load balancer) after
+                // a short, jittered pause rather than all at once.
+                "reconnectAfterMs": 1000,
+            }),
+        ));
+        tracing::info!(sessions = self.ctx.sessions.count(), ?timeout, "draining");
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.ctx.sessions.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = self.task.await;
+        let remaining = self.ctx.sessions.count();
+        tracing::info!(remaining, "drain finished");
+        self.stop().await;
+        remaining
     }
 }
 
 /// Bind every socket and start serving. Used by `main` and by the integration tests.
 pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let auth = Authenticator::new(
+        settings.jwt_secret.as_deref(),
+        settings.jwt_public_key.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let media = MediaRouter::start(settings.media.clone(), events_tx)?;
-    let rooms = Rooms::new(media.clone());
+    let rooms = Rooms::new(media.clone(), settings.config.max_rooms);
     let ctx = Arc::new(AppContext {
-        auth: Authenticator::new(&settings.jwt_secret),
+        auth,
+        limits: Limits::new(&settings.config),
         settings,
         rooms: rooms.clone(),
         media,
+        sessions: SessionRegistry::default(),
         started: Instant::now(),
+        draining: AtomicBool::new(false),
+    });
+    telemetry::metrics::handle();
+
+    let prune_ctx = Arc::downgrade(&ctx);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(ctx) = prune_ctx.upgrade() else {
+                return;
+            };
+            ctx.limits.prune();
+        }
     });
 
     // Media events (offers, layer changes) are routed to sessions off the worker threads.
@@ -84,21 +140,35 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
     let http_addr = listener.local_addr()?;
+    let metrics_bind = SocketAddr::new(ctx.settings.config.host, ctx.settings.config.metrics_port);
+    let metrics_listener = TcpListener::bind(metrics_bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {metrics_bind} (METRICS_PORT): {e}"))?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let app = transport::http::router(ctx.clone());
+    let metrics_app = transport::http::metrics_router(ctx.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = shutdown_rx.await;
-            })
-            .await;
+        let metrics_task = tokio::spawn(async move {
+            let _ = axum::serve(metrics_listener, metrics_app).await;
+        });
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = shutdown_rx.await;
+        })
+        .await;
+        metrics_task.abort();
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tracing::info!(%http_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
+    tracing::info!(%http_addr, %metrics_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
     Ok(ServerHandle {
         http_addr,
+        metrics_addr,
         ctx,
         shutdown: Some(shutdown_tx),
         task,

@@ -1,5 +1,7 @@
 //! `sfu` binary: `sfu` / `sfu serve` runs the server; `sfu token` mints a token for testing.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use sfu::config::{Config, Environment};
 
@@ -41,8 +43,12 @@ fn main() {
             if settings.config.jwt_secret.is_none() {
                 fail("set DJANGO_JWT_SECRET to mint a token the server will accept");
             }
-            let auth = sfu::auth::Authenticator::new(&settings.jwt_secret);
-            println!("{}", auth.issue_for(&user_id, None, ttl));
+            let auth = sfu::auth::Authenticator::new(settings.jwt_secret.as_deref(), None)
+                .unwrap_or_else(|e| fail(&e));
+            println!(
+                "{}",
+                auth.issue_for(&user_id, None, ttl).expect("secret is set")
+            );
         }
         Command::Serve => {
             sfu::telemetry::init_logging(&settings.config.log_level, production)
@@ -59,13 +65,28 @@ fn main() {
                         handle.http_addr.port()
                     );
                 }
-                handle
-                    .run_until(async {
-                        let _ = tokio::signal::ctrl_c().await;
-                        tracing::info!("shutting down");
-                    })
-                    .await;
+                let drain_timeout =
+                    Duration::from_secs(handle.ctx.settings.config.drain_timeout_secs);
+                shutdown_signal().await;
+                // A second signal during the drain exits at once.
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    eprintln!("sfu: second signal, exiting now");
+                    std::process::exit(130);
+                });
+                let remaining = handle.drain(drain_timeout).await;
+                tracing::info!(remaining, "stopped");
             });
         }
+    }
+}
+
+/// SIGTERM (orchestrators) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

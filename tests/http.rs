@@ -36,6 +36,8 @@ async fn server(environment: &str) -> sfu::ServerHandle {
         "1",
         "--jwt-secret",
         "http-test-secret-0123",
+        "--metrics-port",
+        "0",
     ])
     .unwrap();
     sfu::start(config.resolve().unwrap()).await.unwrap()
@@ -63,7 +65,7 @@ async fn development_serves_demo_health_and_dev_tokens_that_authenticate() {
         .auth
         .verify(token["token"].as_str().unwrap())
         .expect("dev token verifies");
-    assert_eq!(user.full_name.as_deref(), Some("Ada"));
+    assert_eq!(user.user.full_name.as_deref(), Some("Ada"));
     server.stop().await;
 }
 

@@ -97,6 +97,8 @@ struct Consumer {
     selector: LayerSelector,
     munger: Munger,
     last_keyframe_ask: Option<Instant>,
+    /// Cumulative NACK count str0m last reported for this consumer's stream.
+    nacks_seen: u64,
 }
 
 /// Effects of subscriber events that touch publishers; applied after the current drain.
@@ -131,7 +133,11 @@ impl WorkerCore {
         events: UnboundedSender<MediaEvent>,
     ) -> Self {
         // One DTLS certificate per worker: generating one per transport costs a keygen each.
-        let mut template = RtcConfig::new().set_ice_lite(true).set_rtp_mode(true);
+        // Stats once a second give us NACK counts per consumer for metrics.
+        let mut template = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_stats_interval(Some(Duration::from_secs(1)));
         if let Some(cert) = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()
@@ -334,6 +340,13 @@ impl WorkerCore {
                         .push(Deferred::KeyframeRequest { consumer: ck });
                 }
             }
+            Event::MediaEgressStats(stats) => {
+                if let Some(ck) = self.consumer_by_mid(key, stats.mid) {
+                    let consumer = &mut self.consumers[ck];
+                    self.stats.nacks_received += stats.nacks.saturating_sub(consumer.nacks_seen);
+                    consumer.nacks_seen = consumer.nacks_seen.max(stats.nacks);
+                }
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.dead.push((key, "ice disconnected".into()));
             }
@@ -476,6 +489,7 @@ impl WorkerCore {
             if let Some(stream) = subscriber.rtc.direct_api().stream_tx(&ssrc) {
                 stream.write_rtp(write);
                 self.stats.rtp_packets_forwarded += 1;
+                self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
             }
             self.drain(sub_key, now, egress);
         }
@@ -725,6 +739,7 @@ impl WorkerCore {
             selector: LayerSelector::new(Preference::Auto, kind == Kind::Video),
             munger: Munger::new(clock_rate),
             last_keyframe_ask: None,
+            nacks_seen: 0,
         });
         self.producers[pk].consumers.push(ck);
         let transport = &mut self.transports[key];

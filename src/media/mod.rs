@@ -114,6 +114,10 @@ pub struct WorkerStats {
     pub consumers: usize,
     pub rtp_packets_in: u64,
     pub rtp_packets_forwarded: u64,
+    pub rtp_bytes_forwarded: u64,
+    /// NACKs subscribers sent us (str0m answers them from its send buffer).
+    pub nacks_received: u64,
+    /// PLIs we sent to publishers.
     pub keyframe_requests: u64,
     pub layer_switches: u64,
     pub datagrams_dropped: u64,
@@ -126,6 +130,8 @@ impl std::ops::AddAssign for WorkerStats {
         self.consumers += o.consumers;
         self.rtp_packets_in += o.rtp_packets_in;
         self.rtp_packets_forwarded += o.rtp_packets_forwarded;
+        self.rtp_bytes_forwarded += o.rtp_bytes_forwarded;
+        self.nacks_received += o.nacks_received;
         self.keyframe_requests += o.keyframe_requests;
         self.layer_switches += o.layer_switches;
         self.datagrams_dropped += o.datagrams_dropped;

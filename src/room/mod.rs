@@ -11,12 +11,12 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::auth::Identity;
 use crate::media::{
     Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId,
 };
 use crate::session::protocol::{
     ErrorCode, MediaKindName, OutboundEnvelope, ParticipantInfo, ProducerInfo, SubscriberTrack,
-    UserInfo,
 };
 
 /// Default and upper bound for `maxParticipants`.
@@ -88,6 +88,8 @@ struct Room {
 
 struct Participant {
     user_id: String,
+    /// False when the token lacks the subscribe grant: nothing is forwarded to it.
+    can_subscribe: bool,
     display_name: String,
     sink: SessionSink,
     publisher: TransportId,
@@ -122,6 +124,7 @@ pub struct Joined {
 pub struct Rooms {
     state: Mutex<State>,
     media: MediaRouter,
+    max_rooms: usize,
 }
 
 /// Counts for `/status`.
@@ -133,11 +136,19 @@ pub struct RoomCounts {
 }
 
 impl Rooms {
-    pub fn new(media: MediaRouter) -> Arc<Self> {
+    pub fn new(media: MediaRouter, max_rooms: usize) -> Arc<Self> {
         Arc::new(Rooms {
             state: Mutex::new(State::default()),
             media,
+            max_rooms,
         })
+    }
+
+    pub fn is_participant(&self, room_id: &str, participant_id: &str) -> bool {
+        self.lock()
+            .rooms
+            .get(room_id)
+            .is_some_and(|r| r.participants.contains_key(participant_id))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -207,6 +218,12 @@ impl Rooms {
                 format!("room `{room_id}` already exists"),
             ));
         }
+        if state.rooms.len() >= self.max_rooms {
+            return Err(RoomError::new(
+                ErrorCode::TooManyRooms,
+                format!("this server holds its maximum of {} rooms", self.max_rooms),
+            ));
+        }
         let summary = RoomSummary {
             room_id: room_id.clone(),
             name,
@@ -229,10 +246,12 @@ impl Rooms {
     pub async fn join(
         &self,
         room_id: &str,
-        user: &UserInfo,
+        identity: &Identity,
+        _token: &str,
         display_name: &str,
         sink: SessionSink,
     ) -> Result<Joined, RoomError> {
+        let user = &identity.user;
         let display_name = display_name.trim();
         if display_name.is_empty() || display_name.chars().count() > 64 {
             return Err(RoomError::new(
@@ -261,6 +280,7 @@ impl Rooms {
             &participant_id,
             Participant {
                 user_id: user.id.clone(),
+                can_subscribe: identity.grants.subscribe,
                 display_name: display_name.to_string(),
                 sink,
                 publisher,
@@ -274,6 +294,11 @@ impl Rooms {
                 let _ = self.media.close_transport(worker, subscriber).await;
                 return Err(e);
             }
+        };
+        let existing = if identity.grants.subscribe {
+            existing
+        } else {
+            Vec::new()
         };
         for (producer, owner) in existing {
             // A producer closed meanwhile is not an error for the joiner.
@@ -373,6 +398,53 @@ impl Rooms {
         );
     }
 
+    /// Remove `participant_id` on an admin's behalf; it is told why before the others.
+    pub async fn kick(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        reason: &str,
+    ) -> Result<(), RoomError> {
+        {
+            let state = self.lock();
+            let room = state
+                .rooms
+                .get(room_id)
+                .ok_or_else(|| room_not_found(room_id))?;
+            let target = room.participants.get(participant_id).ok_or_else(|| {
+                RoomError::new(
+                    ErrorCode::ParticipantNotFound,
+                    "no such participant in this room",
+                )
+            })?;
+            target.sink.send(OutboundEnvelope::notification(
+                "kicked",
+                json!({ "roomId": room_id, "reason": reason }),
+            ));
+        }
+        self.leave(room_id, participant_id).await;
+        Ok(())
+    }
+
+    /// Close a room for everyone: each participant gets `roomClosed`, all media stops.
+    pub async fn close_room(&self, room_id: &str) {
+        let participants: Vec<String> = {
+            let state = self.lock();
+            let Some(room) = state.rooms.get(room_id) else {
+                return;
+            };
+            let closed = OutboundEnvelope::notification("roomClosed", json!({ "roomId": room_id }));
+            for p in room.participants.values() {
+                p.sink.send(closed.clone());
+            }
+            room.participants.keys().cloned().collect()
+        };
+        for participant_id in participants {
+            self.leave(room_id, &participant_id).await;
+        }
+        self.lock().rooms.remove(room_id);
+    }
+
     fn participant_transports(
         &self,
         room_id: &str,
@@ -433,7 +505,9 @@ impl Rooms {
                         json!({ "producer": info }),
                     ));
                 }
-                subscribers.push(p.subscriber);
+                if p.can_subscribe {
+                    subscribers.push(p.subscriber);
+                }
             }
         }
         for subscriber in subscribers {
@@ -560,6 +634,41 @@ impl Rooms {
     }
 }
 
+/// Media kinds an SDP offer wants to send (m-sections that are sendonly or sendrecv).
+pub fn sdp_sending_kinds(sdp: &str) -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    let mut current: Option<(&'static str, bool)> = None;
+    let flush = |section: Option<(&'static str, bool)>, kinds: &mut Vec<&'static str>| {
+        if let Some((kind, true)) = section {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+    };
+    for line in sdp.lines().map(str::trim) {
+        if let Some(media) = line.strip_prefix("m=") {
+            flush(current.take(), &mut kinds);
+            let kind = if media.starts_with("audio") {
+                Some("audio")
+            } else if media.starts_with("video") {
+                Some("video")
+            } else {
+                None
+            };
+            // Direction defaults to sendrecv when the section has no attribute.
+            current = kind.map(|k| (k, true));
+        } else if let Some((kind, _)) = current {
+            match line {
+                "a=recvonly" | "a=inactive" => current = Some((kind, false)),
+                "a=sendonly" | "a=sendrecv" => current = Some((kind, true)),
+                _ => {}
+            }
+        }
+    }
+    flush(current, &mut kinds);
+    kinds
+}
+
 fn check_capacity(room: &Room) -> Result<(), RoomError> {
     if room.participants.len() >= room.summary.max_participants as usize {
         return Err(RoomError::new(
@@ -600,5 +709,17 @@ pub fn layer_name(layer: u8) -> &'static str {
         0 => "low",
         1 => "medium",
         _ => "high",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sdp_sending_kinds;
+
+    #[test]
+    fn sending_kinds_follow_direction_attributes() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert_eq!(sdp_sending_kinds(sdp), vec!["audio"]);
+        assert_eq!(sdp_sending_kinds("m=video 9 X 96\r\n"), vec!["video"]);
     }
 }

@@ -3,16 +3,20 @@
 
 pub mod protocol;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::{json, Value};
+use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::auth::Identity;
 use crate::media::Preference;
 use crate::room::{RoomError, SessionSink};
 use crate::AppContext;
 use protocol::{
-    parse_request, ErrorCode, LayerPreference, OutboundEnvelope, ParsedRequest, Request, UserInfo,
+    parse_request, ErrorCode, LayerPreference, OutboundEnvelope, ParsedRequest, Request,
 };
 
 struct Membership {
@@ -20,10 +24,42 @@ struct Membership {
     participant_id: String,
 }
 
+/// Every live session's sink, so the server can address all clients (shutdown notice).
+#[derive(Default)]
+pub struct SessionRegistry {
+    sinks: Mutex<HashMap<Uuid, SessionSink>>,
+}
+
+impl SessionRegistry {
+    pub fn register(&self, sink: SessionSink) {
+        self.lock().insert(sink.connection_id, sink);
+    }
+
+    pub fn unregister(&self, connection_id: Uuid) {
+        self.lock().remove(&connection_id);
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn broadcast(&self, message: &OutboundEnvelope) {
+        for sink in self.lock().values() {
+            sink.send(message.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SessionSink>> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub struct Session {
     ctx: Arc<AppContext>,
     sink: SessionSink,
-    user: Option<UserInfo>,
+    identity: Option<Identity>,
+    /// The raw token, forwarded to Django on room lookups.
+    token: Option<String>,
     membership: Option<Membership>,
 }
 
@@ -36,12 +72,18 @@ impl From<RoomError> for (ErrorCode, String) {
     }
 }
 
+fn deny(code: ErrorCode, message: &str) -> (ErrorCode, String) {
+    (code, message.to_string())
+}
+
 impl Session {
     pub fn new(ctx: Arc<AppContext>, sink: SessionSink) -> Self {
+        ctx.sessions.register(sink.clone());
         Session {
             ctx,
             sink,
-            user: None,
+            identity: None,
+            token: None,
             membership: None,
         }
     }
@@ -52,16 +94,37 @@ impl Session {
 
     /// Handle one text frame. Every outcome, good or bad, is answered through the sink.
     pub async fn on_text(&mut self, text: &str) {
+        let rate_key = match &self.identity {
+            Some(identity) => format!("user:{}", identity.user.id),
+            None => format!("conn:{}", self.connection_id()),
+        };
+        if let Err(retry_after) = self.ctx.limits.check_message(&rate_key) {
+            self.reply_error(
+                OutboundEnvelope::error(
+                    ErrorCode::RateLimited,
+                    format!("too many messages; retry in {} ms", retry_after.as_millis()),
+                    None,
+                    None,
+                )
+                .with_error_detail("retryAfterMs", json!(retry_after.as_millis() as u64)),
+                ErrorCode::RateLimited,
+            );
+            return;
+        }
         let parsed = match parse_request(text, self.ctx.settings.config.max_message_size) {
             Ok(parsed) => parsed,
             Err(f) => {
                 tracing::debug!(connection = %self.connection_id(), code = ?f.code, message = %f.message, "bad request");
-                self.sink.send(OutboundEnvelope::error(
-                    f.code,
-                    f.message,
-                    f.request_type.as_deref(),
-                    f.request_id,
-                ));
+                let code = f.code;
+                self.reply_error(
+                    OutboundEnvelope::error(
+                        code,
+                        f.message,
+                        f.request_type.as_deref(),
+                        f.request_id,
+                    ),
+                    code,
+                );
                 return;
             }
         };
@@ -70,68 +133,131 @@ impl Session {
             request_type,
             request_id,
         } = parsed;
-        let reply = self.dispatch(request).await;
-        let message = match reply {
-            Ok((kind, data)) => OutboundEnvelope::message(kind, data, request_id),
+        let span = tracing::info_span!(
+            "request",
+            request_id = %Uuid::new_v4().simple(),
+            client_request_id = %request_id.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+            r#type = %request_type,
+            connection = %self.connection_id(),
+        );
+        let started = Instant::now();
+        let reply = self.dispatch(request).instrument(span.clone()).await;
+        metrics::histogram!("sfu_signaling_request_duration_seconds", "type" => request_type.clone())
+            .record(started.elapsed().as_secs_f64());
+        match reply {
+            Ok((kind, data)) => self
+                .sink
+                .send(OutboundEnvelope::message(kind, data, request_id)),
             Err((code, message)) => {
-                OutboundEnvelope::error(code, message, Some(&request_type), request_id)
+                span.in_scope(|| tracing::debug!(code = ?code, %message, "request failed"));
+                self.reply_error(
+                    OutboundEnvelope::error(code, message, Some(&request_type), request_id),
+                    code,
+                );
             }
-        };
+        }
+    }
+
+    fn reply_error(&self, message: OutboundEnvelope, code: ErrorCode) {
+        let code_name = serde_json::to_value(code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        metrics::counter!("sfu_errors_total", "component" => "signaling", "code" => code_name)
+            .increment(1);
         self.sink.send(message);
     }
 
     /// A binary frame is never valid signaling.
     pub fn on_binary(&mut self) {
-        self.sink.send(OutboundEnvelope::error(
+        self.reply_error(
+            OutboundEnvelope::error(
+                ErrorCode::InvalidMessage,
+                "binary frames are not supported; send JSON text",
+                None,
+                None,
+            ),
             ErrorCode::InvalidMessage,
-            "binary frames are not supported; send JSON text",
-            None,
-            None,
-        ));
+        );
     }
 
     /// The connection is gone: leave the room so others are told.
     pub async fn on_close(&mut self) {
+        self.ctx.sessions.unregister(self.connection_id());
         if let Some(m) = self.membership.take() {
             self.ctx.rooms.leave(&m.room_id, &m.participant_id).await;
         }
     }
 
     async fn dispatch(&mut self, request: Request) -> Reply {
-        let user = match (&request, &self.user) {
-            (Request::Authenticate(auth), None) => return self.authenticate(&auth.token),
+        let identity = match (&request, &self.identity) {
+            (Request::Authenticate(auth), None) => {
+                let token = auth.token.clone();
+                return self.authenticate(token);
+            }
             (Request::Authenticate(_), Some(_)) => {
-                return Err((
+                return Err(deny(
                     ErrorCode::AlreadyAuthenticated,
-                    "this connection is already authenticated".into(),
+                    "this connection is already authenticated",
                 ))
             }
             (Request::Ping, _) => return Ok(("pong", json!({}))),
             (_, None) => {
-                return Err((
+                return Err(deny(
                     ErrorCode::NotAuthenticated,
-                    "send `authenticate` with a valid token first".into(),
+                    "send `authenticate` with a valid token first",
                 ))
             }
-            (_, Some(user)) => user.clone(),
+            (_, Some(identity)) => identity.clone(),
         };
+        let grants = &identity.grants;
         let rooms = self.ctx.rooms.clone();
+        let draining = self.ctx.is_draining();
         match request {
             Request::Authenticate(_) | Request::Ping => unreachable!("handled above"),
             Request::CreateRoom(r) => {
+                if draining {
+                    return Err(shutting_down());
+                }
+                if !grants.create_room {
+                    return Err(deny(
+                        ErrorCode::CreateRoomDenied,
+                        "this token may not create rooms",
+                    ));
+                }
                 let room =
                     rooms.create_room(r.name, r.description, r.max_participants, r.room_id)?;
                 Ok(("createRoomResponse", json!(room)))
             }
             Request::JoinRoom(r) => {
-                if self.membership.is_some() {
+                if draining {
+                    return Err(shutting_down());
+                }
+                if !grants.may_join(&r.room_id) {
                     return Err((
-                        ErrorCode::AlreadyInRoom,
-                        "leave the current room before joining another".into(),
+                        ErrorCode::RoomAccessDenied,
+                        format!("this token may not join room `{}`", r.room_id),
                     ));
                 }
+                if let Some(m) = &self.membership {
+                    // A kick or a closed room ends membership without this session acting.
+                    if rooms.is_participant(&m.room_id, &m.participant_id) {
+                        return Err(deny(
+                            ErrorCode::AlreadyInRoom,
+                            "leave the current room before joining another",
+                        ));
+                    }
+                    self.membership = None;
+                }
+                let token = self.token.clone().unwrap_or_default();
                 let joined = rooms
-                    .join(&r.room_id, &user, &r.display_name, self.sink.clone())
+                    .join(
+                        &r.room_id,
+                        &identity,
+                        &token,
+                        &r.display_name,
+                        self.sink.clone(),
+                    )
                     .await?;
                 self.membership = Some(Membership {
                     room_id: r.room_id.clone(),
@@ -155,6 +281,14 @@ impl Session {
             }
             Request::PublisherOffer(r) => {
                 let m = self.membership()?;
+                for kind in crate::room::sdp_sending_kinds(&r.sdp) {
+                    if !grants.may_publish(kind) {
+                        return Err((
+                            ErrorCode::PublishDenied,
+                            format!("this token may not publish {kind}"),
+                        ));
+                    }
+                }
                 let (answer, producers) =
                     rooms.publish(&m.room_id, &m.participant_id, r.sdp).await?;
                 let producers: Vec<Value> = producers
@@ -171,6 +305,12 @@ impl Session {
                 ))
             }
             Request::SubscriberAnswer(r) => {
+                if !grants.subscribe {
+                    return Err(deny(
+                        ErrorCode::SubscribeDenied,
+                        "this token may not subscribe",
+                    ));
+                }
                 let m = self.membership()?;
                 rooms
                     .subscriber_answer(&m.room_id, &m.participant_id, r.sdp)
@@ -178,6 +318,12 @@ impl Session {
                 Ok(("subscriberAnswerResponse", json!({})))
             }
             Request::SetPreferredLayer(r) => {
+                if !grants.subscribe {
+                    return Err(deny(
+                        ErrorCode::SubscribeDenied,
+                        "this token may not subscribe",
+                    ));
+                }
                 let m = self.membership()?;
                 let preference = match r.layer {
                     LayerPreference::Auto => Preference::Auto,
@@ -193,18 +339,50 @@ impl Session {
                     json!({ "producerId": r.producer_id, "layer": r.layer }),
                 ))
             }
+            Request::KickParticipant(r) => {
+                let m = self.membership()?;
+                if !grants.room_admin {
+                    return Err(deny(
+                        ErrorCode::AdminRequired,
+                        "kicking needs the room-admin grant",
+                    ));
+                }
+                let reason = r.reason.unwrap_or_else(|| "removed by an admin".into());
+                rooms.kick(&m.room_id, &r.participant_id, &reason).await?;
+                tracing::warn!(room = %m.room_id, admin = %identity.user.id, target = %r.participant_id, "participant kicked");
+                Ok((
+                    "kickParticipantResponse",
+                    json!({ "participantId": r.participant_id }),
+                ))
+            }
+            Request::CloseRoom => {
+                let m = self.membership()?;
+                if !grants.room_admin {
+                    return Err(deny(
+                        ErrorCode::AdminRequired,
+                        "closing a room needs the room-admin grant",
+                    ));
+                }
+                let room_id = m.room_id.clone();
+                self.membership = None;
+                rooms.close_room(&room_id).await;
+                tracing::warn!(room = %room_id, admin = %identity.user.id, "room closed by admin");
+                Ok(("closeRoomResponse", json!({ "roomId": room_id })))
+            }
         }
     }
 
-    fn authenticate(&mut self, token: &str) -> Reply {
-        match self.ctx.auth.verify(token) {
-            Ok(user) => {
-                tracing::info!(connection = %self.connection_id(), user = %user.id, "authenticated");
-                let data = json!({ "connectionId": self.connection_id(), "user": user });
-                self.user = Some(user);
+    fn authenticate(&mut self, token: String) -> Reply {
+        match self.ctx.auth.verify(&token) {
+            Ok(identity) => {
+                tracing::info!(connection = %self.connection_id(), user = %identity.user.id, "authenticated");
+                let data = json!({ "connectionId": self.connection_id(), "user": identity.user });
+                self.identity = Some(identity);
+                self.token = Some(token);
                 Ok(("connected", data))
             }
             Err(e) => {
+                // Security event: always at warn, never with the token itself.
                 tracing::warn!(connection = %self.connection_id(), code = ?e.code, reason = %e.message, "authentication failed");
                 Err((e.code, e.message))
             }
@@ -214,6 +392,13 @@ impl Session {
     fn membership(&self) -> Result<&Membership, (ErrorCode, String)> {
         self.membership
             .as_ref()
-            .ok_or((ErrorCode::NotInRoom, "join a room first".into()))
+            .ok_or_else(|| deny(ErrorCode::NotInRoom, "join a room first"))
     }
+}
+
+fn shutting_down() -> (ErrorCode, String) {
+    deny(
+        ErrorCode::ServerShuttingDown,
+        "this server is shutting down; reconnect to join",
+    )
 }

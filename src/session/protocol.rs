@@ -25,10 +25,37 @@ pub enum ErrorCode {
     NotAuthenticated,
     /// `authenticate` on an already authenticated connection.
     AlreadyAuthenticated,
-    /// The JWT is malformed, has a bad signature or lacks required claims.
+    /// The JWT is malformed or lacks required claims.
     InvalidToken,
+    /// The JWT's signature does not verify (forged or signed with another key).
+    TokenSignatureInvalid,
+    /// The JWT says `alg: none`.
+    TokenUnsigned,
+    /// The JWT's algorithm is not one this server accepts (HS256/RS256 as configured).
+    TokenAlgorithmNotAllowed,
     /// The JWT's `exp` is in the past.
     TokenExpired,
+    /// The JWT's `nbf` is in the future.
+    TokenNotYetValid,
+    /// The token's grants do not include this room.
+    RoomAccessDenied,
+    /// The token may not create rooms.
+    CreateRoomDenied,
+    /// The token may not publish (this kind of) media.
+    PublishDenied,
+    /// The token may not subscribe to media.
+    SubscribeDenied,
+    /// The operation needs the room-admin grant.
+    AdminRequired,
+    ParticipantNotFound,
+    /// Too many requests; `data.retryAfterMs` says when to try again.
+    RateLimited,
+    /// The server holds MAX_ROOMS rooms already.
+    TooManyRooms,
+    /// The server is draining for shutdown; reconnect elsewhere.
+    ServerShuttingDown,
+    /// The Django room lookup failed (Django unreachable or erroring).
+    RoomLookupFailed,
     RoomNotFound,
     RoomExists,
     RoomFull,
@@ -101,6 +128,14 @@ impl OutboundEnvelope {
         }
     }
 
+    /// Attach extra machine-readable fields to an error's `data` (e.g. `retryAfterMs`).
+    pub fn with_error_detail(mut self, key: &str, value: Value) -> Self {
+        if let Some(Value::Object(map)) = self.data.as_mut() {
+            map.insert(key.to_string(), value);
+        }
+        self
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("envelope serializes")
     }
@@ -151,6 +186,14 @@ pub struct SubscriberAnswer {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KickParticipant {
+    pub participant_id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetPreferredLayer {
     pub producer_id: String,
     pub layer: LayerPreference,
@@ -176,6 +219,8 @@ pub enum Request {
     PublisherOffer(PublisherOffer),
     SubscriberAnswer(SubscriberAnswer),
     SetPreferredLayer(SetPreferredLayer),
+    KickParticipant(KickParticipant),
+    CloseRoom,
     Ping,
 }
 
@@ -261,6 +306,8 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
         "publisherOffer" => payload(&kind, data).map(Request::PublisherOffer),
         "subscriberAnswer" => payload(&kind, data).map(Request::SubscriberAnswer),
         "setPreferredLayer" => payload(&kind, data).map(Request::SetPreferredLayer),
+        "kickParticipant" => payload(&kind, data).map(Request::KickParticipant),
+        "closeRoom" => Ok(Request::CloseRoom),
         "ping" => Ok(Request::Ping),
         other => {
             return Err(fail(

@@ -1,16 +1,21 @@
-//! The HTTP surface on PORT: WebSocket upgrade, health and status, dev token, demo page.
+//! The HTTP surface on PORT: WebSocket upgrade, health and status, dev token, demo page; and
+//! the Prometheus endpoint on METRICS_PORT.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::AppContext;
 
@@ -24,12 +29,132 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
     if ctx.settings.dev_mode {
         router = router.route("/dev/token", get(dev_token));
     }
-    router
+    let router = router
         .fallback_service(ServeDir::new(&ctx.settings.config.web_demo_dir))
+        .layer(middleware::from_fn_with_state(ctx.clone(), http_rate_limit))
+        .layer(cors(&ctx.settings.allowed_origins));
+    security_headers(router).with_state(ctx)
+}
+
+/// `/metrics` alone, for the METRICS_PORT listener (kept off the public port).
+pub fn metrics_router(ctx: Arc<AppContext>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(ctx): State<Arc<AppContext>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::telemetry::metrics::render(&ctx).await,
+                )
+            }),
+        )
         .with_state(ctx)
 }
 
-async fn ws_upgrade(State(ctx): State<Arc<AppContext>>, ws: WebSocketUpgrade) -> Response {
+fn security_headers(router: Router<Arc<AppContext>>) -> Router<Arc<AppContext>> {
+    let headers: [(&str, &str); 5] = [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cross-origin-opener-policy", "same-origin"),
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; \
+             connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    ];
+    headers.into_iter().fold(router, |router, (name, value)| {
+        router.layer(SetResponseHeaderLayer::if_not_present(
+            header::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
+fn cors(allowed: &[String]) -> CorsLayer {
+    let origin = if allowed.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+}
+
+fn too_many(retry_after: Duration, what: &str) -> Response {
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        Json(json!({
+            "error": format!("too many {what}; retry in {secs} s"),
+            "code": "RATE_LIMITED",
+            "retryAfterMs": retry_after.as_millis() as u64,
+        })),
+    )
+        .into_response()
+}
+
+/// Per-IP request rate on every endpoint except the probes (kubelet polls those).
+async fn http_rate_limit(
+    State(ctx): State<Arc<AppContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path != "/healthz" && path != "/readyz" {
+        if let Err(retry_after) = ctx.limits.check_http(peer.ip()) {
+            return too_many(retry_after, "requests");
+        }
+    }
+    next.run(request).await
+}
+
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    // Non-browser clients send no Origin; browsers always do, and must match (CSWSH).
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    allowed.iter().any(|a| a == "*" || a == origin)
+        || headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| origin.ends_with(&format!("//{host}")))
+}
+
+async fn ws_upgrade(
+    State(ctx): State<Arc<AppContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if ctx.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "server is shutting down", "code": "SERVER_SHUTTING_DOWN" })),
+        )
+            .into_response();
+    }
+    if !origin_allowed(&ctx.settings.allowed_origins, &headers) {
+        tracing::warn!(%peer, origin = ?headers.get(header::ORIGIN), "websocket origin refused");
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "origin not allowed", "code": "ORIGIN_NOT_ALLOWED" })),
+        )
+            .into_response();
+    }
+    if let Err(retry_after) = ctx.limits.check_connection(peer.ip()) {
+        return too_many(retry_after, "connections");
+    }
     // The hard cap sits well above MAX_MESSAGE_SIZE so an oversized message gets a proper
     // error reply from the session instead of a dropped connection.
     let hard_cap = ctx
@@ -43,8 +168,11 @@ async fn ws_upgrade(State(ctx): State<Arc<AppContext>>, ws: WebSocketUpgrade) ->
         .on_upgrade(move |socket| crate::transport::ws::serve(ctx, socket))
 }
 
-/// Ready when every media worker answers within a second.
+/// Ready when not draining and every media worker answers within a second.
 async fn readyz(State(ctx): State<Arc<AppContext>>) -> Response {
+    if ctx.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(_) => (
@@ -60,8 +188,13 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
     let workers = tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let ok = workers.is_ok();
+    let status = match (ok, ctx.is_draining()) {
+        (false, _) => "degraded",
+        (true, true) => "draining",
+        (true, false) => "ok",
+    };
     let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
+        "status": status,
         "uptimeSeconds": ctx.started.elapsed().as_secs(),
         "dependencies": {
             "mediaWorkers": {
@@ -69,7 +202,7 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
                 "count": ctx.media.worker_count(),
                 "latencyMs": latency_ms,
             },
-            "roomStore": { "status": "ok", "kind": "memory" },
+            "roomStore": { "status": "ok", "kind": "memory", "latencyMs": 0.0 },
         },
     });
     let code = if ok {
@@ -86,6 +219,8 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "environment": format!("{:?}", ctx.settings.config.environment).to_lowercase(),
         "uptimeSeconds": ctx.started.elapsed().as_secs(),
+        "draining": ctx.is_draining(),
+        "sessions": ctx.sessions.count(),
         "rooms": ctx.rooms.counts(),
         "media": media,
         "workers": ctx.media.worker_addrs(),
@@ -98,12 +233,15 @@ struct DevTokenQuery {
 }
 
 /// Development only: mint a short-lived token so the demo page works with no Django.
-async fn dev_token(
-    State(ctx): State<Arc<AppContext>>,
-    Query(q): Query<DevTokenQuery>,
-) -> Json<serde_json::Value> {
+async fn dev_token(State(ctx): State<Arc<AppContext>>, Query(q): Query<DevTokenQuery>) -> Response {
     let user_id = format!("dev-{}", uuid::Uuid::new_v4().simple());
     let name = q.name.filter(|n| !n.trim().is_empty() && n.len() <= 64);
-    let token = ctx.auth.issue_for(&user_id, name.as_deref(), 12 * 3600);
-    Json(json!({ "token": token, "userId": user_id }))
+    match ctx.auth.issue_for(&user_id, name.as_deref(), 12 * 3600) {
+        Some(token) => Json(json!({ "token": token, "userId": user_id })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no HS256 secret configured to sign development tokens",
+        )
+            .into_response(),
+    }
 }

@@ -39,6 +39,8 @@ pub async fn start_server() -> sfu::ServerHandle {
         "integration-test-secret",
         "--log-level",
         "warn",
+        "--metrics-port",
+        "0",
     ])
     .expect("test config parses");
     let _ = sfu::telemetry::init_logging(
@@ -51,7 +53,11 @@ pub async fn start_server() -> sfu::ServerHandle {
 }
 
 pub fn token(server: &sfu::ServerHandle, user: &str) -> String {
-    server.ctx.auth.issue_for(user, Some(user), 600)
+    server
+        .ctx
+        .auth
+        .issue_for(user, Some(user), 600)
+        .expect("HS256 secret configured")
 }
 
 // ---------------------------------------------------------------------------------------------

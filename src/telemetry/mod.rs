@@ -13,3 +13,5 @@ pub fn init_logging(level: &str, json: bool) -> Result<(), String> {
     };
     result.map_err(|e| format!("logging already initialised: {e}"))
 }
+
+pub mod metrics;

@@ -1,0 +1,3 @@
+//! Integrations with external systems. Each is optional and off unless configured.
+
+pub mod django;
