@@ -240,15 +240,21 @@ async fn webhooks_arrive_in_order_signed_and_flush_reports_delivery() {
 
     assert_eq!(
         requests[1].json()["data"],
-        serde_json::json!({"roomId": "r1", "participantId": "p1", "userId": "42", "displayName": "Ada"})
+        serde_json::json!({
+            "roomId": "r1", "participantId": "p1", "userId": "42", "displayName": "Ada"
+        })
     );
     assert_eq!(
         requests[2].json()["data"],
-        serde_json::json!({"roomId": "r1", "participantId": "p1", "producerId": "m1", "kind": "video"})
+        serde_json::json!({
+            "roomId": "r1", "participantId": "p1", "producerId": "m1", "kind": "video"
+        })
     );
     assert_eq!(
         requests[3].json()["data"],
-        serde_json::json!({"roomId": "r1", "participantId": "p1", "userId": "42", "durationSeconds": 61})
+        serde_json::json!({
+            "roomId": "r1", "participantId": "p1", "userId": "42", "durationSeconds": 61
+        })
     );
     assert_eq!(
         requests[4].json()["data"],
@@ -398,7 +404,7 @@ async fn room_lookup_answers() {
         let (status, body) = match request.path.as_str() {
             "/api/rooms/snake/" => (
                 200,
-                r#"{"name": "Standup", "description": "daily", "max_participants": 8, "extra": true}"#,
+                r#"{"name": "Standup", "description": "daily", "max_participants": 8, "x": 1}"#,
             ),
             "/api/rooms/camel/" => (200, r#"{"name": "Retro", "maxParticipants": 12}"#),
             "/api/rooms/minimal/" => (200, r#"{"name": "Bare"}"#),

@@ -44,7 +44,7 @@ pub async fn start_server() -> sfu::ServerHandle {
     ])
     .expect("test config parses");
     let _ = sfu::telemetry::init_logging(
-        &std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        &std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()),
         false,
     );
     sfu::start(config.resolve().expect("test config valid"))
