@@ -94,24 +94,31 @@ impl Session {
 
     /// Handle one text frame. Every outcome, good or bad, is answered through the sink.
     pub async fn on_text(&mut self, text: &str) {
+        // Parsing is bounded by MAX_MESSAGE_SIZE; doing it first lets every reply, including
+        // a rate-limit refusal, carry the request's id and type.
+        let parsed = parse_request(text, self.ctx.settings.config.max_message_size);
         let rate_key = match &self.identity {
             Some(identity) => format!("user:{}", identity.user.id),
             None => format!("conn:{}", self.connection_id()),
         };
         if let Err(retry_after) = self.ctx.limits.check_message(&rate_key) {
+            let (request_type, request_id) = match &parsed {
+                Ok(p) => (Some(p.request_type.clone()), p.request_id.clone()),
+                Err(f) => (f.request_type.clone(), f.request_id.clone()),
+            };
             self.reply_error(
                 OutboundEnvelope::error(
                     ErrorCode::RateLimited,
                     format!("too many messages; retry in {} ms", retry_after.as_millis()),
-                    None,
-                    None,
+                    request_type.as_deref(),
+                    request_id,
                 )
                 .with_error_detail("retryAfterMs", json!(retry_after.as_millis() as u64)),
                 ErrorCode::RateLimited,
             );
             return;
         }
-        let parsed = match parse_request(text, self.ctx.settings.config.max_message_size) {
+        let parsed = match parsed {
             Ok(parsed) => parsed,
             Err(f) => {
                 tracing::debug!(connection = %self.connection_id(), code = ?f.code, message = %f.message, "bad request");
