@@ -88,6 +88,10 @@ impl ServerHandle {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let remaining = self.ctx.sessions.count();
+        // Participants who left produced webhooks; deliver them before exiting (bounded).
+        if !self.ctx.rooms.flush_webhooks(Duration::from_secs(5)).await {
+            tracing::warn!("webhook queue not fully delivered before exit");
+        }
         tracing::info!(remaining, "drain finished");
         self.stop().await;
         remaining
@@ -103,7 +107,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let media = MediaRouter::start(settings.media.clone(), events_tx)?;
-    let rooms = Rooms::new(media.clone(), settings.config.max_rooms);
+    let webhooks = settings.config.django_webhook_url.as_ref().map(|url| {
+        let secret = settings
+            .config
+            .django_webhook_secret
+            .clone()
+            .or_else(|| settings.jwt_secret.clone())
+            .unwrap_or_default();
+        integrations::django::Webhooks::start(integrations::django::WebhookConfig::new(
+            url.clone(),
+            secret,
+        ))
+    });
+    let lookup = settings.config.django_room_lookup.then(|| {
+        integrations::django::RoomLookup::new(
+            &settings.config.django_base_url,
+            &settings.config.django_room_lookup_path,
+            Duration::from_secs(3),
+        )
+    });
+    let rooms = Rooms::new(media.clone(), settings.config.max_rooms, webhooks, lookup);
     let ctx = Arc::new(AppContext {
         auth,
         limits: Limits::new(&settings.config),

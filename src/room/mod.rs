@@ -6,12 +6,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::auth::Identity;
+use crate::integrations::django::{LookupError, RoomLookup, WebhookEvent, Webhooks};
 use crate::media::{
     Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId,
 };
@@ -82,12 +84,14 @@ pub struct RoomSummary {
 
 struct Room {
     summary: RoomSummary,
+    created_at: Instant,
     worker: usize,
     participants: BTreeMap<String, Participant>,
 }
 
 struct Participant {
     user_id: String,
+    joined_at: Instant,
     /// False when the token lacks the subscribe grant: nothing is forwarded to it.
     can_subscribe: bool,
     display_name: String,
@@ -125,6 +129,8 @@ pub struct Rooms {
     state: Mutex<State>,
     media: MediaRouter,
     max_rooms: usize,
+    webhooks: Option<Webhooks>,
+    lookup: Option<RoomLookup>,
 }
 
 /// Counts for `/status`.
@@ -136,12 +142,68 @@ pub struct RoomCounts {
 }
 
 impl Rooms {
-    pub fn new(media: MediaRouter, max_rooms: usize) -> Arc<Self> {
+    pub fn new(
+        media: MediaRouter,
+        max_rooms: usize,
+        webhooks: Option<Webhooks>,
+        lookup: Option<RoomLookup>,
+    ) -> Arc<Self> {
         Arc::new(Rooms {
             state: Mutex::new(State::default()),
             media,
             max_rooms,
+            webhooks,
+            lookup,
         })
+    }
+
+    /// Tell Django, if a webhook URL is configured. Never blocks.
+    fn emit(&self, event: WebhookEvent) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.notify(event);
+        }
+    }
+
+    /// Wait (bounded) until queued webhooks are delivered; for graceful shutdown.
+    pub async fn flush_webhooks(&self, timeout: std::time::Duration) -> bool {
+        match &self.webhooks {
+            Some(webhooks) => webhooks.flush(timeout).await,
+            None => true,
+        }
+    }
+
+    /// A room unknown here may be defined in Django: create it from its metadata.
+    async fn materialize_from_django(&self, room_id: &str, token: &str) -> Result<(), RoomError> {
+        let Some(lookup) = &self.lookup else {
+            return Ok(());
+        };
+        if self.lock().rooms.contains_key(room_id) {
+            return Ok(());
+        }
+        match lookup.lookup(room_id, token).await {
+            Ok(Some(meta)) => {
+                match self.create_room(
+                    meta.name,
+                    meta.description,
+                    meta.max_participants,
+                    Some(room_id.to_string()),
+                ) {
+                    Ok(_) => Ok(()),
+                    // Another join materialized it meanwhile.
+                    Err(e) if e.code == ErrorCode::RoomExists => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(None) => Ok(()),
+            Err(LookupError::Denied) => Err(RoomError::new(
+                ErrorCode::RoomAccessDenied,
+                format!("Django denied access to room `{room_id}`"),
+            )),
+            Err(e) => Err(RoomError::new(
+                ErrorCode::RoomLookupFailed,
+                format!("room lookup failed: {e}"),
+            )),
+        }
     }
 
     pub fn is_participant(&self, room_id: &str, participant_id: &str) -> bool {
@@ -235,10 +297,15 @@ impl Rooms {
             room_id,
             Room {
                 summary: summary.clone(),
+                created_at: Instant::now(),
                 worker,
                 participants: BTreeMap::new(),
             },
         );
+        self.emit(WebhookEvent::RoomStarted {
+            room_id: summary.room_id.clone(),
+            name: summary.name.clone(),
+        });
         tracing::info!(room = %summary.room_id, worker, "room created");
         Ok(summary)
     }
@@ -247,7 +314,7 @@ impl Rooms {
         &self,
         room_id: &str,
         identity: &Identity,
-        _token: &str,
+        token: &str,
         display_name: &str,
         sink: SessionSink,
     ) -> Result<Joined, RoomError> {
@@ -259,6 +326,7 @@ impl Rooms {
                 "`displayName` must be 1 to 64 characters",
             ));
         }
+        self.materialize_from_django(room_id, token).await?;
         let worker = {
             let state = self.lock();
             let room = state
@@ -280,6 +348,7 @@ impl Rooms {
             &participant_id,
             Participant {
                 user_id: user.id.clone(),
+                joined_at: Instant::now(),
                 can_subscribe: identity.grants.subscribe,
                 display_name: display_name.to_string(),
                 sink,
@@ -295,6 +364,12 @@ impl Rooms {
                 return Err(e);
             }
         };
+        self.emit(WebhookEvent::ParticipantJoined {
+            room_id: room_id.to_string(),
+            participant_id: participant_id.clone(),
+            user_id: user.id.clone(),
+            display_name: display_name.to_string(),
+        });
         let existing = if identity.grants.subscribe {
             existing
         } else {
@@ -380,9 +455,20 @@ impl Rooms {
                 p.sink.send(left.clone());
             }
             let worker = room.worker;
+            self.emit(WebhookEvent::ParticipantLeft {
+                room_id: room_id.to_string(),
+                participant_id: participant_id.to_string(),
+                user_id: participant.user_id.clone(),
+                duration_seconds: participant.joined_at.elapsed().as_secs(),
+            });
             if room.participants.is_empty() {
                 tracing::info!(room = room_id, "last participant left; room closed");
+                let duration_seconds = room.created_at.elapsed().as_secs();
                 state.rooms.remove(room_id);
+                self.emit(WebhookEvent::RoomFinished {
+                    room_id: room_id.to_string(),
+                    duration_seconds,
+                });
             }
             state.transports.remove(&participant.publisher);
             state.transports.remove(&participant.subscriber);
@@ -442,7 +528,13 @@ impl Rooms {
         for participant_id in participants {
             self.leave(room_id, &participant_id).await;
         }
-        self.lock().rooms.remove(room_id);
+        // The last leave normally removed it; a room emptied meanwhile is removed here.
+        if let Some(room) = self.lock().rooms.remove(room_id) {
+            self.emit(WebhookEvent::RoomFinished {
+                room_id: room_id.to_string(),
+                duration_seconds: room.created_at.elapsed().as_secs(),
+            });
+        }
     }
 
     fn participant_transports(
@@ -493,6 +585,15 @@ impl Rooms {
                     layers: p.rids.clone(),
                 };
                 me.producers.push(info.clone());
+                self.emit(WebhookEvent::ProducerPublished {
+                    room_id: room_id.to_string(),
+                    participant_id: participant_id.to_string(),
+                    producer_id: info.producer_id.clone(),
+                    kind: match p.kind {
+                        Kind::Audio => "audio".into(),
+                        Kind::Video => "video".into(),
+                    },
+                });
                 announced.push((info, p.mid.clone()));
             }
             for (id, p) in room.participants.iter() {
