@@ -129,6 +129,10 @@ pub struct Config {
     /// Most rooms this server holds at once.
     #[arg(long, env = "MAX_ROOMS", default_value_t = 1000)]
     pub max_rooms: usize,
+    /// Seconds a dropped client has to resume its session (over either transport) before it
+    /// is removed from its room.
+    #[arg(long, env = "SESSION_RESUME_GRACE_SECS", default_value_t = 15)]
+    pub resume_grace_secs: u64,
 
     /// Seconds connected clients get to leave after SIGTERM before the process exits.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 30)]

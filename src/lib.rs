@@ -84,10 +84,12 @@ impl ServerHandle {
         ));
         tracing::info!(sessions = self.ctx.sessions.count(), ?timeout, "draining");
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.ctx.sessions.count() > 0 && tokio::time::Instant::now() < deadline {
+        // Only connected clients hold the drain; a dropped one waiting to resume would
+        // reconnect to another node anyway.
+        while self.ctx.sessions.attached_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let remaining = self.ctx.sessions.count();
+        let remaining = self.ctx.sessions.attached_count();
         // Participants who left produced webhooks; deliver them before exiting (bounded).
         if !self.ctx.rooms.flush_webhooks(Duration::from_secs(5)).await {
             tracing::warn!("webhook queue not fully delivered before exit");

@@ -1,15 +1,30 @@
 // Browser client for the SFU.
 //
-// One WebSocket carries JSON signaling; one RTCPeerConnection publishes our camera and mic
-// (video as three simulcast layers) and a second one receives everything the server forwards.
-// The server drives the subscriber connection: it sends offers, we only answer.
+// One signaling connection carries JSON messages: a WebTransport bidirectional stream when the
+// server offers one (GET /webtransport), else a WebSocket at /ws (signaling.js hides which).
+// One RTCPeerConnection publishes our camera and mic (video as three simulcast layers) and a
+// second one receives everything the server forwards. The server drives the subscriber
+// connection: it sends offers, we only answer.
+//
+// When the signaling connection drops while joined, the session is resumed on a new connection
+// (`resume` with the token from `connected` and the highest `seq` seen); the PeerConnections
+// are kept and media never stops. If the server cannot resume, the page rejoins from scratch.
+//
+// Query parameters: room, name, autojoin=1, width, height (see below); transport=ws|wt forces
+// one transport (no fallback); wtTimeout=<ms> bounds the WebTransport handshake (default 3000).
 //
 // Test hooks live on `window.sfuDemo` (see the bottom of this file).
+
+import { connectSignaling, DEFAULT_WT_TIMEOUT_MS } from './signaling.js';
 
 const LAYER_CHOICES = ['auto', 'low', 'medium', 'high'];
 const REQUEST_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 20000;
 const STATS_INTERVAL_MS = 1000;
+// Resume: used when `connected` carries no resumeGraceMs; attempts back off like this.
+const DEFAULT_RESUME_GRACE_MS = 10000;
+const RESUME_BACKOFF_MS = [0, 250, 500, 1000, 2000, 4000];
+const RESUME_REPLY_TIMEOUT_MS = 5000;
 
 // Low → high: the server maps rid order to the low/medium/high layers.
 const SIMULCAST_ENCODINGS = [
@@ -30,14 +45,24 @@ const ui = {
   localVideo: document.getElementById('local-video'),
   localInfo: document.getElementById('local-info'),
   log: document.getElementById('log'),
+  transport: document.getElementById('transport'),
 };
 
 const params = new URLSearchParams(location.search);
+
+// 'auto' (WebTransport, else WebSocket), 'wt' or 'ws'.
+const TRANSPORT_PREFERENCE = ({ wt: 'wt', webtransport: 'wt', ws: 'ws', websocket: 'ws' })[params.get('transport')] ?? 'auto';
+const WT_TIMEOUT_MS = Number(params.get('wtTimeout')) > 0 ? Number(params.get('wtTimeout')) : DEFAULT_WT_TIMEOUT_MS;
 
 const app = {
   state: 'idle',
   lastError: null,
   session: null,
+  transport: null, // kind of the last signaling connection made: 'webtransport' | 'websocket'
+  fallbackReason: null, // why the last connection is not WebTransport (null if it is, or forced)
+  signaling: 'closed', // 'connecting' | 'connected' | 'reconnecting' | 'closed'
+  resumes: 0, // sessions resumed after a signaling drop
+  rejoins: 0, // full rejoins after a resume failed
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -67,6 +92,31 @@ function reportError(err, { fatal = false } = {}) {
   ui.error.textContent = message;
   ui.error.hidden = false;
   log(fatal ? `fatal: ${message}` : message, 'error');
+}
+
+function renderTransport() {
+  const badge = ui.transport;
+  if (!badge) return;
+  let text = '';
+  if (app.signaling === 'reconnecting') text = 'Signaling: reconnecting…';
+  else if (app.signaling === 'connecting') text = 'Signaling: connecting…';
+  else if (app.transport === 'webtransport') text = 'Signaling: WebTransport';
+  else if (app.transport === 'websocket') text = `Signaling: WebSocket${app.fallbackReason ? ' (fallback)' : ''}`;
+  badge.textContent = text;
+  badge.hidden = !text;
+  badge.dataset.transport = app.transport ?? '';
+  badge.dataset.signaling = app.signaling;
+  badge.title = app.fallbackReason ? `WebTransport not used: ${app.fallbackReason}` : '';
+  badge.className = `transport-badge transport-${app.signaling === 'reconnecting' ? 'reconnecting' : (app.transport ?? 'none')}`;
+}
+
+function setSignaling(signaling, transport) {
+  app.signaling = signaling;
+  if (transport) {
+    app.transport = transport.kind;
+    app.fallbackReason = transport.fallbackReason ?? null;
+  }
+  renderTransport();
 }
 
 function clearError() {
@@ -123,6 +173,8 @@ async function fetchDevToken(displayName) {
   return body;
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 function pickInboundRtp(report) {
   // After an SSRC change there can be two entries; the busier one is the live stream.
   let best = null;
@@ -138,9 +190,16 @@ function pickInboundRtp(report) {
 class Session {
   constructor() {
     this.closed = false;
-    this.ws = null;
+    this.transport = null; // see signaling.js for the interface
     this.nextRequestId = 1;
     this.pending = new Map(); // String(requestId) -> {type, resolve, reject, timer}
+    this.outbox = []; // requests made while reconnecting, sent once resumed
+    this.lastSeq = 0; // highest `seq` received from the server
+    this.resumeToken = null;
+    this.resumeGraceMs = 0;
+    this.reconnecting = false;
+    this.roomName = null;
+    this.displayName = null;
     this.participantId = null;
     this.localStream = null;
     this.pubPc = null;
@@ -157,47 +216,94 @@ class Session {
 
   // --- signaling transport ------------------------------------------------------------------
 
-  openSocket() {
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url);
-      this.ws = ws;
-      let opened = false;
-      ws.onopen = () => {
-        opened = true;
-        resolve();
-      };
-      ws.onmessage = (ev) => this.onMessage(ev.data);
-      ws.onerror = () => {
-        if (!opened) reject(new Error(`cannot connect to ${url}`));
-      };
-      ws.onclose = (ev) => {
-        if (!opened) reject(new Error(`cannot connect to ${url} (close code ${ev.code})`));
-        else if (!this.closed) fail(new Error(`signaling connection closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`));
-      };
-    });
+  async connect() {
+    setSignaling('connecting');
+    const transport = await connectSignaling({ preference: TRANSPORT_PREFERENCE, wtTimeoutMs: WT_TIMEOUT_MS, log });
+    if (this.closed) {
+      transport.close('join cancelled');
+      throw new Error('join cancelled');
+    }
+    this.attach(transport);
+    setSignaling('connected', transport);
+    log(`signaling over ${transport.kind} (${transport.url})`);
   }
 
-  send(message) {
-    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) throw new Error('signaling connection is not open');
-    this.ws.send(JSON.stringify(message));
+  attach(transport) {
+    this.transport = transport;
+    transport.onmessage = (text) => {
+      if (this.transport === transport) this.onMessage(text);
+    };
+    transport.onclose = ({ reason }) => {
+      if (this.transport === transport) this.onTransportClosed(reason);
+    };
   }
 
-  request(type, data = {}) {
+  /** Forgets the current connection and closes it without reporting a drop. */
+  detach(reason) {
+    const transport = this.transport;
+    this.transport = null;
+    transport?.close(reason);
+  }
+
+  onTransportClosed(reason) {
+    this.transport = null;
+    if (this.closed) return;
+    if (this.reconnecting) {
+      // The connection carrying our `resume` died: fail that attempt, the loop tries again.
+      for (const [key, p] of [...this.pending]) {
+        if (p.type !== 'resume') continue;
+        this.pending.delete(key);
+        clearTimeout(p.timer);
+        p.reject(new SignalingError(`resume: ${reason}`, 'DISCONNECTED', 'resume'));
+      }
+      return;
+    }
+    if (this.resumeToken && this.participantId) {
+      this.reconnect(reason);
+    } else if (app.session === this) {
+      fail(new Error(`signaling connection closed (${reason})`));
+    }
+  }
+
+  /** Closes the connection abruptly, as a network drop would (test hook). */
+  dropSignaling() {
+    const transport = this.transport;
+    if (!transport) return false;
+    log(`dropping the ${transport.kind} signaling connection (test hook)`, 'warn');
+    transport.drop();
+    return true;
+  }
+
+  send(message, transport = this.transport) {
+    if (!transport) throw new Error('signaling connection is not open');
+    transport.send(message);
+  }
+
+  /**
+   * Sends a request and resolves with the reply's data. While reconnecting, requests wait in
+   * the outbox until the session is resumed (`direct` sends at once: only `resume` does).
+   */
+  request(type, data = {}, { timeoutMs = REQUEST_TIMEOUT_MS, direct = false } = {}) {
     const requestId = this.nextRequestId++;
+    const key = String(requestId);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.pending.delete(String(requestId));
-        reject(new SignalingError(`${type}: no reply within ${REQUEST_TIMEOUT_MS / 1000}s`, 'TIMEOUT', type));
-      }, REQUEST_TIMEOUT_MS);
-      this.pending.set(String(requestId), { type, resolve, reject, timer });
-      try {
-        this.send({ type, data, requestId });
-      } catch (err) {
-        clearTimeout(timer);
-        this.pending.delete(String(requestId));
-        reject(err);
-      }
+        this.pending.delete(key);
+        reject(new SignalingError(`${type}: no reply within ${timeoutMs / 1000}s`, 'TIMEOUT', type));
+      }, timeoutMs);
+      this.pending.set(key, { type, resolve, reject, timer });
+      const sendNow = () => {
+        if (!this.pending.has(key)) return; // timed out or closed meanwhile
+        try {
+          this.send({ type, data, requestId });
+        } catch (err) {
+          clearTimeout(timer);
+          this.pending.delete(key);
+          reject(err);
+        }
+      };
+      if (this.reconnecting && !direct) this.outbox.push(sendNow);
+      else sendNow();
     });
   }
 
@@ -209,16 +315,38 @@ class Session {
       log(`ignoring non-JSON frame: ${String(text).slice(0, 100)}`, 'warn');
       return;
     }
+    if (!msg || typeof msg !== 'object') {
+      log(`ignoring non-object message: ${String(text).slice(0, 100)}`, 'warn');
+      return;
+    }
     const key = msg.requestId == null ? null : String(msg.requestId);
-    if (key !== null && this.pending.has(key)) {
-      const p = this.pending.get(key);
+    const p = key === null ? undefined : this.pending.get(key);
+
+    // Replayed messages keep their original seq; anything at or below the highest seen was
+    // handled already. The reply to `resume` is exempt: where it sits in the sequence is up to
+    // the server, and it must not hide the replay that follows it.
+    if (typeof msg.seq === 'number' && p?.type !== 'resume') {
+      if (msg.seq <= this.lastSeq) {
+        log(`ignoring ${msg.type} with seq ${msg.seq} (already at ${this.lastSeq})`, 'warn');
+        return;
+      }
+      this.lastSeq = msg.seq;
+    }
+
+    if (p) {
       this.pending.delete(key);
       clearTimeout(p.timer);
       if (msg.type === 'error') {
         const code = msg.data?.code;
-        p.reject(new SignalingError(`${p.type} failed: ${msg.error || msg.data?.message || 'error'}${code ? ` (${code})` : ''}`,
-          code, msg.data?.requestType ?? p.type));
+        const err = new SignalingError(`${p.type} failed: ${msg.error || msg.data?.message || 'error'}${code ? ` (${code})` : ''}`,
+          code, msg.data?.requestType ?? p.type);
+        err.retryAfterMs = msg.data?.retryAfterMs;
+        p.reject(err);
       } else {
+        // Resumed: from here on the connection is live again. This must happen before the next
+        // frame (possibly a replayed message in the same chunk) is handled, so not in a promise
+        // continuation.
+        if (p.type === 'resume') this.onResumed();
         p.resolve(msg.data ?? {});
       }
       return;
@@ -228,6 +356,77 @@ class Session {
     } catch (err) {
       reportError(new Error(`handling ${msg.type}: ${err.message}`));
     }
+  }
+
+  // --- resume ---------------------------------------------------------------------------------
+
+  onResumed() {
+    this.reconnecting = false;
+    setSignaling('connected', this.transport);
+    const outbox = this.outbox;
+    this.outbox = [];
+    for (const sendNow of outbox) sendNow();
+  }
+
+  /**
+   * Reconnects after an unexpected drop and resumes the session (same PeerConnections). Tries
+   * with backoff while the server still holds the session (resumeGraceMs); rejoins from scratch
+   * when the server refuses the resume or the grace period is over.
+   */
+  async reconnect(reason) {
+    this.reconnecting = true;
+    setSignaling('reconnecting');
+    const graceMs = this.resumeGraceMs > 0 ? this.resumeGraceMs : DEFAULT_RESUME_GRACE_MS;
+    const deadline = performance.now() + graceMs;
+    log(`signaling lost (${reason}); resuming (grace ${graceMs} ms, last seq ${this.lastSeq})`, 'warn');
+
+    for (let attempt = 1; ; attempt++) {
+      const delay = RESUME_BACKOFF_MS[Math.min(attempt - 1, RESUME_BACKOFF_MS.length - 1)];
+      if (performance.now() + delay >= deadline) break;
+      await sleep(delay);
+      if (this.closed) return;
+
+      let transport;
+      try {
+        transport = await connectSignaling({ preference: TRANSPORT_PREFERENCE, wtTimeoutMs: WT_TIMEOUT_MS, log });
+      } catch (err) {
+        log(`resume attempt ${attempt}: cannot connect: ${err.message}`, 'warn');
+        continue;
+      }
+      if (this.closed) {
+        transport.close('leaving');
+        return;
+      }
+      this.attach(transport);
+      app.transport = transport.kind;
+      app.fallbackReason = transport.fallbackReason ?? null;
+
+      const timeoutMs = Math.max(1000, Math.min(RESUME_REPLY_TIMEOUT_MS, deadline - performance.now()));
+      try {
+        const res = await this.request('resume', { token: this.resumeToken, lastSeq: this.lastSeq }, { direct: true, timeoutMs });
+        if (typeof res.resumeToken === 'string' && res.resumeToken) this.resumeToken = res.resumeToken;
+        if (res.participantId && res.participantId !== this.participantId) {
+          log(`resumed as ${res.participantId}, expected ${this.participantId}`, 'warn');
+        }
+        app.resumes++;
+        log(`resumed over ${transport.kind} (attempt ${attempt}, connection ${res.connectionId ?? '?'}, ` +
+          `${res.replayed ?? '?'} message(s) replayed after seq ${this.lastSeq})`);
+        return;
+      } catch (err) {
+        if (this.closed) return;
+        if (this.transport === transport) this.detach('resume failed');
+        // No answer, or the new connection died too: the session may still be there, try again.
+        if (['TIMEOUT', 'DISCONNECTED', 'RATE_LIMITED'].includes(err.code) || !err.code) {
+          log(`resume attempt ${attempt}: ${err.message}`, 'warn');
+          if (err.code === 'RATE_LIMITED' && err.retryAfterMs > 0) await sleep(Math.min(err.retryAfterMs, 5000));
+          continue;
+        }
+        // RESUME_FAILED (unknown or expired token), INVALID_PAYLOAD, UNKNOWN_TYPE (old server)...
+        rejoin(this, err.message);
+        return;
+      }
+    }
+    if (!this.closed) rejoin(this, `no resume within ${graceMs} ms`);
   }
 
   onNotification(msg) {
@@ -276,13 +475,18 @@ class Session {
   }
 
   async join(roomName, displayName) {
+    this.roomName = roomName;
+    this.displayName = displayName;
     this.localStream = await this.getLocalMedia();
     this.assertOpen();
     const { token } = await fetchDevToken(displayName);
     this.assertOpen();
-    await this.openSocket();
+    await this.connect();
     const connected = await this.request('authenticate', { token });
-    log(`authenticated as ${connected.user?.fullName ?? connected.user?.id ?? '?'} (connection ${connected.connectionId})`);
+    if (typeof connected.resumeToken === 'string' && connected.resumeToken) this.resumeToken = connected.resumeToken;
+    if (Number(connected.resumeGraceMs) > 0) this.resumeGraceMs = Number(connected.resumeGraceMs);
+    log(`authenticated as ${connected.user?.fullName ?? connected.user?.id ?? '?'} (connection ${connected.connectionId}` +
+      `${this.resumeToken ? `, resumable for ${this.resumeGraceMs || DEFAULT_RESUME_GRACE_MS} ms` : ''})`);
 
     const roomId = sanitizeRoomId(roomName);
     const joined = await this.joinOrCreate(roomId, roomName.trim() || roomId, displayName);
@@ -290,7 +494,9 @@ class Session {
     log(`joined room ${joined.roomId ?? roomId} as ${this.participantId}; ${joined.participants?.length ?? 0} other(s) present`);
     for (const p of joined.participants ?? []) this.addParticipant(p);
 
-    this.pingTimer = setInterval(() => this.request('ping').catch(() => {}), PING_INTERVAL_MS);
+    this.pingTimer = setInterval(() => {
+      if (!this.reconnecting) this.request('ping').catch(() => {});
+    }, PING_INTERVAL_MS);
     this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
 
     await this.publish();
@@ -581,7 +787,7 @@ class Session {
   // --- teardown -------------------------------------------------------------------------------
 
   async leave() {
-    if (this.ws?.readyState === WebSocket.OPEN) {
+    if (this.transport?.isOpen && !this.reconnecting) {
       try {
         await this.request('leaveRoom', {});
       } catch (err) {
@@ -601,6 +807,8 @@ class Session {
       p.reject(new Error(`${p.type}: session closed`));
     }
     this.pending.clear();
+    this.outbox = [];
+    this.reconnecting = false;
     this.pubPc?.close();
     this.subPc?.close();
     this.localStream?.getTracks().forEach((t) => t.stop());
@@ -609,7 +817,7 @@ class Session {
     for (const id of [...this.remotes.keys()]) this.removeRemote(id);
     for (const p of this.participants.values()) p.tile.remove();
     this.participants.clear();
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'leaving');
+    this.detach('leaving');
   }
 }
 
@@ -628,6 +836,7 @@ async function join(roomName, displayName) {
   const session = new Session();
   app.session = session;
   setState('joining');
+  setSignaling('connecting');
   try {
     await session.join(roomName, displayName);
     if (app.session === session) setState('joined');
@@ -641,6 +850,7 @@ async function leave() {
   app.session = null;
   if (session) await session.leave();
   setState('idle');
+  setSignaling('closed');
   log('left');
 }
 
@@ -650,6 +860,17 @@ function fail(err) {
   app.session = null;
   session?.close();
   setState('error');
+  setSignaling('closed');
+}
+
+// The server could not resume `session`: tear everything down and join the same room again.
+async function rejoin(session, reason) {
+  if (app.session !== session) return;
+  log(`cannot resume (${reason}); rejoining from scratch`, 'warn');
+  app.session = null;
+  session.close();
+  app.rejoins++;
+  await join(session.roomName, session.displayName);
 }
 
 ui.form.addEventListener('submit', (ev) => {
@@ -658,6 +879,10 @@ ui.form.addEventListener('submit', (ev) => {
 });
 ui.leave.addEventListener('click', () => leave());
 window.addEventListener('pagehide', () => app.session?.close());
+// A Content-Security-Policy without the WebTransport origin in connect-src blocks it silently.
+document.addEventListener('securitypolicyviolation', (ev) => {
+  log(`blocked by Content-Security-Policy ${ev.effectiveDirective}: ${ev.blockedURI}`, 'warn');
+});
 
 // ---------------------------------------------------------------------------------------------
 // Test hooks
@@ -666,6 +891,18 @@ window.sfuDemo = {
   get state() { return app.state; },
   get participantId() { return app.session?.participantId ?? null; },
   get lastError() { return app.lastError; },
+  /** Kind of the signaling connection in use (or last used): 'webtransport' | 'websocket' | null. */
+  get transport() { return app.transport; },
+  /** Why WebTransport was not used for it (null when it was, or when ?transport=ws forced WebSocket). */
+  get transportFallbackReason() { return app.fallbackReason; },
+  /** 'connecting' | 'connected' | 'reconnecting' | 'closed'. */
+  get signaling() { return app.signaling; },
+  /** Successful session resumes after a signaling drop. */
+  get resumes() { return app.resumes; },
+  /** Full rejoins after a resume was refused or the grace period ran out. */
+  get rejoins() { return app.rejoins; },
+  /** Highest server `seq` handled by the current session. */
+  get lastSeq() { return app.session?.lastSeq ?? 0; },
   /** Every remote track with fresh inbound-rtp stats. */
   remotes: async () => (app.session ? app.session.snapshot() : []),
   /** Sends setPreferredLayer; resolves with the server's response data. */
@@ -673,6 +910,8 @@ window.sfuDemo = {
     app.session ? app.session.setLayer(producerId, layer) : Promise.reject(new Error('not joined')),
   join,
   leave,
+  /** Closes the signaling connection abruptly, as a network drop would; true if one was open. */
+  dropSignaling: () => app.session?.dropSignaling() ?? false,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -681,4 +920,5 @@ window.sfuDemo = {
 ui.room.value = params.get('room') ?? '';
 ui.name.value = params.get('name') ?? '';
 setState('idle');
+renderTransport();
 if (params.get('autojoin') === '1' && ui.room.value && ui.name.value) join(ui.room.value, ui.name.value);

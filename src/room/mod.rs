@@ -4,12 +4,15 @@
 //! delegated to the room's worker through [`MediaRouter`]. Notifications go to each
 //! participant's [`SessionSink`], whichever transport that session uses.
 
+mod sink;
+
+pub use sink::{ReplayGap, SessionSink, REPLAY_BUFFER};
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::json;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::auth::Identity;
@@ -24,26 +27,6 @@ use crate::session::protocol::{
 /// Default and upper bound for `maxParticipants`.
 pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
 pub const MAX_PARTICIPANTS_LIMIT: u32 = 1000;
-
-/// Where a session's outbound messages go. Bounded: a client that stops reading loses
-/// messages (and is logged) instead of growing server memory.
-#[derive(Clone)]
-pub struct SessionSink {
-    pub connection_id: Uuid,
-    tx: mpsc::Sender<OutboundEnvelope>,
-}
-
-impl SessionSink {
-    pub fn new(connection_id: Uuid, tx: mpsc::Sender<OutboundEnvelope>) -> Self {
-        SessionSink { connection_id, tx }
-    }
-
-    pub fn send(&self, message: OutboundEnvelope) {
-        if self.tx.try_send(message).is_err() {
-            tracing::warn!(connection = %self.connection_id, "outbound queue full or closed; message dropped");
-        }
-    }
-}
 
 /// A request the room layer refused, with the code the client sees.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! The session layer: one state machine per client connection, fed text frames and producing
 //! outbound envelopes. It never sees a socket, so WebSocket and WebTransport share it.
 
+pub mod driver;
 pub mod protocol;
 
 use std::collections::HashMap;
@@ -24,13 +25,34 @@ struct Membership {
     participant_id: String,
 }
 
-/// Every live session's sink, so the server can address all clients (shutdown notice).
+/// A session shared by the connections that carry it over its life (resume swaps them).
+pub type SharedSession = Arc<tokio::sync::Mutex<Session>>;
+
+/// Every session's sink, so the server can address all clients (shutdown notice), and the
+/// sessions a client may resume, by resume token.
 #[derive(Default)]
 pub struct SessionRegistry {
     sinks: Mutex<HashMap<Uuid, SessionSink>>,
+    resumable: Mutex<HashMap<String, SharedSession>>,
 }
 
 impl SessionRegistry {
+    pub fn register_resumable(&self, token: String, session: SharedSession) {
+        self.resumable_lock().insert(token, session);
+    }
+
+    pub fn resumable(&self, token: &str) -> Option<SharedSession> {
+        self.resumable_lock().get(token).cloned()
+    }
+
+    pub fn forget_resumable(&self, token: &str) {
+        self.resumable_lock().remove(token);
+    }
+
+    fn resumable_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SharedSession>> {
+        self.resumable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn register(&self, sink: SessionSink) {
         self.lock().insert(sink.connection_id, sink);
     }
@@ -41,6 +63,11 @@ impl SessionRegistry {
 
     pub fn count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Sessions with a live connection (excludes those waiting for a resume).
+    pub fn attached_count(&self) -> usize {
+        self.lock().values().filter(|s| s.is_attached()).count()
     }
 
     pub fn broadcast(&self, message: &OutboundEnvelope) {
@@ -60,7 +87,24 @@ pub struct Session {
     identity: Option<Identity>,
     /// The raw token, forwarded to Django on room lookups.
     token: Option<String>,
+    /// Secret that lets a new connection take this session over after a drop.
+    resume_token: Option<String>,
     membership: Option<Membership>,
+}
+
+/// What the connection driver must do after a frame was handled.
+pub enum Flow {
+    Continue,
+    /// Authentication succeeded: the session can now be resumed with this token.
+    Authenticated {
+        resume_token: String,
+    },
+    /// The client asks to continue another session on this connection.
+    Resume {
+        token: String,
+        last_seq: u64,
+        request_id: Option<Value>,
+    },
 }
 
 /// Outcome of one request: a reply, or an error with its code.
@@ -77,13 +121,15 @@ fn deny(code: ErrorCode, message: &str) -> (ErrorCode, String) {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<AppContext>, sink: SessionSink) -> Self {
+    pub fn new(ctx: Arc<AppContext>) -> Self {
+        let sink = SessionSink::new(Uuid::new_v4());
         ctx.sessions.register(sink.clone());
         Session {
             ctx,
             sink,
             identity: None,
             token: None,
+            resume_token: None,
             membership: None,
         }
     }
@@ -92,8 +138,23 @@ impl Session {
         self.sink.connection_id
     }
 
+    pub fn sink(&self) -> &SessionSink {
+        &self.sink
+    }
+
+    /// Worth keeping through a drop: an authenticated session (with or without a room).
+    pub fn is_resumable(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    pub fn room(&self) -> Option<(String, String)> {
+        self.membership
+            .as_ref()
+            .map(|m| (m.room_id.clone(), m.participant_id.clone()))
+    }
+
     /// Handle one text frame. Every outcome, good or bad, is answered through the sink.
-    pub async fn on_text(&mut self, text: &str) {
+    pub async fn on_text(&mut self, text: &str) -> Flow {
         // Parsing is bounded by MAX_MESSAGE_SIZE; doing it first lets every reply, including
         // a rate-limit refusal, carry the request's id and type.
         let parsed = parse_request(text, self.ctx.settings.config.max_message_size);
@@ -116,7 +177,7 @@ impl Session {
                 .with_error_detail("retryAfterMs", json!(retry_after.as_millis() as u64)),
                 ErrorCode::RateLimited,
             );
-            return;
+            return Flow::Continue;
         }
         let parsed = match parsed {
             Ok(parsed) => parsed,
@@ -132,7 +193,7 @@ impl Session {
                     ),
                     code,
                 );
-                return;
+                return Flow::Continue;
             }
         };
         let ParsedRequest {
@@ -140,6 +201,25 @@ impl Session {
             request_type,
             request_id,
         } = parsed;
+        if let Request::Resume(resume) = &request {
+            if self.identity.is_some() {
+                self.reply_error(
+                    OutboundEnvelope::error(
+                        ErrorCode::AlreadyAuthenticated,
+                        "resume must be the first message of a new connection",
+                        Some(&request_type),
+                        request_id,
+                    ),
+                    ErrorCode::AlreadyAuthenticated,
+                );
+                return Flow::Continue;
+            }
+            return Flow::Resume {
+                token: resume.token.clone(),
+                last_seq: resume.last_seq,
+                request_id,
+            };
+        }
         let span = tracing::info_span!(
             "request",
             request_id = %Uuid::new_v4().simple(),
@@ -152,9 +232,17 @@ impl Session {
         metrics::histogram!("sfu_signaling_request_duration_seconds", "type" => request_type.clone())
             .record(started.elapsed().as_secs_f64());
         match reply {
-            Ok((kind, data)) => self
-                .sink
-                .send(OutboundEnvelope::message(kind, data, request_id)),
+            Ok((kind, data)) => {
+                self.sink
+                    .send(OutboundEnvelope::message(kind, data, request_id));
+                if kind == "connected" {
+                    if let Some(token) = &self.resume_token {
+                        return Flow::Authenticated {
+                            resume_token: token.clone(),
+                        };
+                    }
+                }
+            }
             Err((code, message)) => {
                 span.in_scope(|| tracing::debug!(code = ?code, %message, "request failed"));
                 self.reply_error(
@@ -163,6 +251,7 @@ impl Session {
                 );
             }
         }
+        Flow::Continue
     }
 
     fn reply_error(&self, message: OutboundEnvelope, code: ErrorCode) {
@@ -175,22 +264,21 @@ impl Session {
         self.sink.send(message);
     }
 
-    /// A binary frame is never valid signaling.
-    pub fn on_binary(&mut self) {
+    /// A frame that is not JSON text (binary, invalid UTF-8): answered, connection kept.
+    pub fn on_invalid_frame(&mut self, why: &str) {
         self.reply_error(
-            OutboundEnvelope::error(
-                ErrorCode::InvalidMessage,
-                "binary frames are not supported; send JSON text",
-                None,
-                None,
-            ),
+            OutboundEnvelope::error(ErrorCode::InvalidMessage, why, None, None),
             ErrorCode::InvalidMessage,
         );
     }
 
-    /// The connection is gone: leave the room so others are told.
-    pub async fn on_close(&mut self) {
+    /// The session ends for good (not resumed in time, or never resumable): leave the room
+    /// so others are told, and forget it.
+    pub async fn close(&mut self) {
         self.ctx.sessions.unregister(self.connection_id());
+        if let Some(token) = self.resume_token.take() {
+            self.ctx.sessions.forget_resumable(&token);
+        }
         if let Some(m) = self.membership.take() {
             self.ctx.rooms.leave(&m.room_id, &m.participant_id).await;
         }
@@ -209,6 +297,7 @@ impl Session {
                 ))
             }
             (Request::Ping, _) => return Ok(("pong", json!({}))),
+            (Request::Resume(_), _) => unreachable!("handled by the connection driver"),
             (_, None) => {
                 return Err(deny(
                     ErrorCode::NotAuthenticated,
@@ -221,7 +310,9 @@ impl Session {
         let rooms = self.ctx.rooms.clone();
         let draining = self.ctx.is_draining();
         match request {
-            Request::Authenticate(_) | Request::Ping => unreachable!("handled above"),
+            Request::Authenticate(_) | Request::Ping | Request::Resume(_) => {
+                unreachable!("handled above")
+            }
             Request::CreateRoom(r) => {
                 if draining {
                     return Err(shutting_down());
@@ -383,9 +474,16 @@ impl Session {
         match self.ctx.auth.verify(&token) {
             Ok(identity) => {
                 tracing::info!(connection = %self.connection_id(), user = %identity.user.id, "authenticated");
-                let data = json!({ "connectionId": self.connection_id(), "user": identity.user });
+                let resume_token = random_token();
+                let data = json!({
+                    "connectionId": self.connection_id(),
+                    "user": identity.user,
+                    "resumeToken": resume_token,
+                    "resumeGraceMs": self.ctx.settings.config.resume_grace_secs * 1000,
+                });
                 self.identity = Some(identity);
                 self.token = Some(token);
+                self.resume_token = Some(resume_token);
                 Ok(("connected", data))
             }
             Err(e) => {
@@ -401,6 +499,14 @@ impl Session {
             .as_ref()
             .ok_or_else(|| deny(ErrorCode::NotInRoom, "join a room first"))
     }
+}
+
+/// 256 random bits, hex: unguessable, so holding it proves the session is yours.
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn shutting_down() -> (ErrorCode, String) {

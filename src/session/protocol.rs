@@ -56,6 +56,9 @@ pub enum ErrorCode {
     ServerShuttingDown,
     /// The Django room lookup failed (Django unreachable or erroring).
     RoomLookupFailed,
+    /// The resume token is unknown or expired, or missed messages are no longer buffered:
+    /// authenticate and join again.
+    ResumeFailed,
     RoomNotFound,
     RoomExists,
     RoomFull,
@@ -92,6 +95,9 @@ pub struct OutboundEnvelope {
     pub request_id: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Per-session sequence number of server → client messages (for resume).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl OutboundEnvelope {
@@ -101,6 +107,7 @@ impl OutboundEnvelope {
             data: Some(serde_json::to_value(data).unwrap_or(Value::Null)),
             request_id,
             error: None,
+            seq: None,
         }
     }
 
@@ -125,6 +132,7 @@ impl OutboundEnvelope {
             })),
             request_id,
             error: Some(message),
+            seq: None,
         }
     }
 
@@ -184,6 +192,15 @@ pub struct SubscriberAnswer {
     pub sdp: String,
 }
 
+/// First message on a new connection to continue a session after a drop.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resume {
+    pub token: String,
+    /// Highest `seq` the client received; everything after it is replayed.
+    pub last_seq: u64,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KickParticipant {
@@ -213,6 +230,7 @@ pub enum LayerPreference {
 #[derive(Debug)]
 pub enum Request {
     Authenticate(Authenticate),
+    Resume(Resume),
     CreateRoom(CreateRoom),
     JoinRoom(JoinRoom),
     LeaveRoom,
@@ -300,6 +318,7 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
 
     let request = match kind.as_str() {
         "authenticate" => payload(&kind, data).map(Request::Authenticate),
+        "resume" => payload(&kind, data).map(Request::Resume),
         "createRoom" => payload(&kind, data).map(Request::CreateRoom),
         "joinRoom" => payload(&kind, data).map(Request::JoinRoom),
         "leaveRoom" => Ok(Request::LeaveRoom),

@@ -41,6 +41,8 @@ pub async fn start_server() -> sfu::ServerHandle {
         "warn",
         "--metrics-port",
         "0",
+        "--resume-grace-secs",
+        "1",
     ])
     .expect("test config parses");
     let _ = sfu::telemetry::init_logging(

@@ -1,0 +1,195 @@
+//! How the server reaches a client, across reconnects.
+//!
+//! Every message gets a per-session sequence number and stays in a bounded replay ring. The
+//! live connection (WebSocket or WebTransport) can be detached and another attached later:
+//! a resuming client says which `seq` it saw last and gets everything after it, so no
+//! notification is lost between a drop and a resume.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use crate::session::protocol::OutboundEnvelope;
+
+/// Messages kept for replay. A session that misses more than this must rejoin.
+pub const REPLAY_BUFFER: usize = 1024;
+
+/// The connection currently carrying a session's messages.
+struct Live {
+    tx: mpsc::Sender<Arc<str>>,
+    /// Told to close the connection when it cannot keep up (the client then resumes).
+    kick: Arc<Notify>,
+}
+
+struct Outbox {
+    next_seq: u64,
+    ring: VecDeque<(u64, Arc<str>)>,
+    live: Option<Live>,
+    /// Bumped on every attach, so a stale detach or expiry can tell it lost the race.
+    generation: u64,
+}
+
+#[derive(Clone)]
+pub struct SessionSink {
+    pub connection_id: Uuid,
+    outbox: Arc<Mutex<Outbox>>,
+}
+
+/// A resume asked for messages that already left the replay ring.
+#[derive(Debug)]
+pub struct ReplayGap;
+
+impl SessionSink {
+    pub fn new(connection_id: Uuid) -> Self {
+        SessionSink {
+            connection_id,
+            outbox: Arc::new(Mutex::new(Outbox {
+                next_seq: 1,
+                ring: VecDeque::new(),
+                live: None,
+                generation: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sequence, remember and (if a connection is attached) deliver one message.
+    pub fn send(&self, mut message: OutboundEnvelope) {
+        let mut outbox = self.lock();
+        let seq = outbox.next_seq;
+        outbox.next_seq += 1;
+        message.seq = Some(seq);
+        let text: Arc<str> = message.to_json().into();
+        if outbox.ring.len() == REPLAY_BUFFER {
+            outbox.ring.pop_front();
+        }
+        outbox.ring.push_back((seq, text.clone()));
+        if let Some(live) = &outbox.live {
+            if live.tx.try_send(text).is_err() {
+                // The client stopped reading. Cut it loose; it resumes and replays from the
+                // ring instead of the server buffering without bound.
+                tracing::warn!(session = %self.connection_id, "outbound queue full; disconnecting the client");
+                live.kick.notify_one();
+                outbox.live = None;
+            }
+        }
+    }
+
+    /// Route messages to a new connection. Returns the generation of this attachment.
+    pub fn attach(&self, tx: mpsc::Sender<Arc<str>>, kick: Arc<Notify>) -> u64 {
+        let mut outbox = self.lock();
+        if let Some(old) = outbox.live.take() {
+            // A resume elsewhere supersedes a connection the server still thinks is live.
+            old.kick.notify_one();
+        }
+        outbox.live = Some(Live { tx, kick });
+        outbox.generation += 1;
+        outbox.generation
+    }
+
+    /// Attach `tx` and queue every message after `last_seq` on it, in order.
+    pub fn resume(
+        &self,
+        last_seq: u64,
+        tx: mpsc::Sender<Arc<str>>,
+        kick: Arc<Notify>,
+    ) -> Result<(u64, usize), ReplayGap> {
+        let mut outbox = self.lock();
+        let oldest = outbox
+            .ring
+            .front()
+            .map(|(s, _)| *s)
+            .unwrap_or(outbox.next_seq);
+        if last_seq + 1 < oldest || last_seq >= outbox.next_seq {
+            return Err(ReplayGap);
+        }
+        let mut replayed = 0;
+        for (seq, text) in outbox.ring.iter() {
+            if *seq > last_seq {
+                if tx.try_send(text.clone()).is_err() {
+                    return Err(ReplayGap);
+                }
+                replayed += 1;
+            }
+        }
+        if let Some(old) = outbox.live.take() {
+            old.kick.notify_one();
+        }
+        outbox.live = Some(Live { tx, kick });
+        outbox.generation += 1;
+        Ok((outbox.generation, replayed))
+    }
+
+    /// Stop delivering to the connection of `generation` (if it is still the attached one).
+    /// Returns true when this call detached it.
+    pub fn detach(&self, generation: u64) -> bool {
+        let mut outbox = self.lock();
+        if outbox.generation == generation && outbox.live.is_some() {
+            outbox.live = None;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a connection currently carries this session.
+    pub fn is_attached(&self) -> bool {
+        self.lock().live.is_some()
+    }
+
+    /// Whether the attachment of `generation` is gone and nobody re-attached since.
+    pub fn still_detached_since(&self, generation: u64) -> bool {
+        let outbox = self.lock();
+        outbox.generation == generation && outbox.live.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn note(n: u64) -> OutboundEnvelope {
+        OutboundEnvelope::notification("n", json!({ "n": n }))
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_was_missed() {
+        let sink = SessionSink::new(Uuid::new_v4());
+        let (tx, mut rx) = mpsc::channel(16);
+        let generation = sink.attach(tx, Arc::new(Notify::new()));
+        sink.send(note(1));
+        sink.send(note(2));
+        assert!(sink.detach(generation));
+        sink.send(note(3));
+        sink.send(note(4));
+        let (tx2, mut rx2) = mpsc::channel(16);
+        // The client saw seq 1 only (2 was lost in flight).
+        let (_, replayed) = sink.resume(1, tx2, Arc::new(Notify::new())).unwrap();
+        assert_eq!(replayed, 3);
+        let seqs: Vec<u64> = std::iter::from_fn(|| rx2.try_recv().ok())
+            .map(|t| {
+                serde_json::from_str::<serde_json::Value>(&t).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+    }
+
+    #[test]
+    fn resume_beyond_the_ring_is_a_gap() {
+        let sink = SessionSink::new(Uuid::new_v4());
+        for n in 0..(REPLAY_BUFFER as u64 + 10) {
+            sink.send(note(n));
+        }
+        let (tx, _rx) = mpsc::channel(4096);
+        assert!(sink.resume(1, tx.clone(), Arc::new(Notify::new())).is_err());
+        assert!(sink.resume(99_999, tx, Arc::new(Notify::new())).is_err());
+    }
+}
