@@ -105,6 +105,32 @@ pub struct Config {
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Serve WebTransport signaling (QUIC, UDP) next to WebSocket.
+    #[arg(long, env = "WEBTRANSPORT_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webtransport_enabled: bool,
+
+    /// UDP port of the WebTransport endpoint (`https://host:port/wt`). 0 picks a free port.
+    #[arg(long, env = "WEBTRANSPORT_PORT", default_value_t = 3001)]
+    pub webtransport_port: u16,
+
+    /// URL announced to clients, when it differs from `https://<page host>:<port>/wt`
+    /// (a load balancer, another port mapping).
+    #[arg(long, env = "WEBTRANSPORT_PUBLIC_URL")]
+    pub webtransport_public_url: Option<String>,
+
+    /// Operator certificate chain (PEM) for WebTransport; self-signed + rotated when unset.
+    #[arg(long, env = "WEBTRANSPORT_CERT_FILE")]
+    pub webtransport_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) for WEBTRANSPORT_CERT_FILE.
+    #[arg(long, env = "WEBTRANSPORT_KEY_FILE")]
+    pub webtransport_key_file: Option<std::path::PathBuf>,
+
+    /// Validity of the self-signed certificate in seconds (at most 14 days, Chrome's limit
+    /// for serverCertificateHashes); it is replaced at half of that.
+    #[arg(long, env = "WEBTRANSPORT_CERT_VALIDITY_SECS", default_value_t = 14 * 24 * 3600)]
+    pub webtransport_cert_validity_secs: u64,
+
     /// Prometheus metrics port (`/metrics`). 0 picks a free port.
     #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
@@ -233,6 +259,21 @@ impl Config {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        match (&self.webtransport_cert_file, &self.webtransport_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "set both WEBTRANSPORT_CERT_FILE and WEBTRANSPORT_KEY_FILE, or neither".into(),
+                )
+            }
+            _ => {}
+        }
+        if !(10..=14 * 24 * 3600).contains(&self.webtransport_cert_validity_secs) {
+            return Err(format!(
+                "WEBTRANSPORT_CERT_VALIDITY_SECS must be between 10 and {} (14 days), got {}",
+                14 * 24 * 3600,
+                self.webtransport_cert_validity_secs
+            ));
         }
         let allowed_origins = match &self.allowed_origins {
             Some(list) => list

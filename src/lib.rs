@@ -38,6 +38,8 @@ pub struct AppContext {
     pub limits: Limits,
     pub sessions: SessionRegistry,
     pub started: Instant,
+    /// Set once the WebTransport endpoint is bound (absent when disabled).
+    pub webtransport: std::sync::OnceLock<Arc<transport::webtransport::WebTransportState>>,
     draining: AtomicBool,
 }
 
@@ -102,6 +104,9 @@ impl ServerHandle {
 
 /// Bind every socket and start serving. Used by `main` and by the integration tests.
 pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
+    // rustls is built with more than one crypto backend in this tree; pick one explicitly
+    // (the same aws-lc-rs str0m uses). An error only means it was installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let auth = Authenticator::new(
         settings.jwt_secret.as_deref(),
@@ -137,6 +142,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         media,
         sessions: SessionRegistry::default(),
         started: Instant::now(),
+        webtransport: std::sync::OnceLock::new(),
         draining: AtomicBool::new(false),
     });
     telemetry::metrics::handle();
@@ -165,6 +171,36 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
     let http_addr = listener.local_addr()?;
+    if ctx.settings.config.webtransport_enabled {
+        let config = &ctx.settings.config;
+        let source = match (
+            &config.webtransport_cert_file,
+            &config.webtransport_key_file,
+        ) {
+            (Some(cert), Some(key)) => transport::webtransport::CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => {
+                let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+                sans.push(ctx.settings.media.announced_ip.to_string());
+                sans.dedup();
+                transport::webtransport::CertSource::SelfSigned {
+                    validity: Duration::from_secs(config.webtransport_cert_validity_secs),
+                    sans,
+                }
+            }
+        };
+        let bind = SocketAddr::new(config.host, config.webtransport_port);
+        let state = transport::webtransport::start(
+            ctx.clone(),
+            bind,
+            source,
+            config.webtransport_public_url.clone(),
+        )
+        .await?;
+        let _ = ctx.webtransport.set(state);
+    }
     let metrics_bind = SocketAddr::new(ctx.settings.config.host, ctx.settings.config.metrics_port);
     let metrics_listener = TcpListener::bind(metrics_bind)
         .await

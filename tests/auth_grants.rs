@@ -69,6 +69,8 @@ async fn server_with_rsa(public_pem: &str) -> sfu::ServerHandle {
         "0",
         "--metrics-port",
         "0",
+        "--webtransport-port",
+        "0",
         "--rtc-min-port",
         "0",
         "--rtc-listen-ip",

@@ -82,6 +82,8 @@ async fn sfu_with(django_url: &str) -> sfu::ServerHandle {
         "0",
         "--metrics-port",
         "0",
+        "--webtransport-port",
+        "0",
         "--rtc-min-port",
         "0",
         "--rtc-listen-ip",

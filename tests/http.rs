@@ -38,6 +38,8 @@ async fn server(environment: &str) -> sfu::ServerHandle {
         "http-test-secret-0123",
         "--metrics-port",
         "0",
+        "--webtransport-port",
+        "0",
     ])
     .unwrap();
     sfu::start(config.resolve().unwrap()).await.unwrap()

@@ -116,6 +116,8 @@ async fn message_rate_limit_trips_for_one_user_and_recovers() {
         "0",
         "--metrics-port",
         "0",
+        "--webtransport-port",
+        "0",
         "--rtc-min-port",
         "0",
         "--workers",

@@ -40,6 +40,7 @@ async fn spawn(drain_timeout_secs: u64) -> Server {
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("METRICS_PORT", "0")
+        .env("WEBTRANSPORT_PORT", "0")
         .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
         .env("RTC_LISTEN_IP", "127.0.0.1")
         .env("SFU_WORKERS", "1")

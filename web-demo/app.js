@@ -402,15 +402,16 @@ class Session {
       app.fallbackReason = transport.fallbackReason ?? null;
 
       const timeoutMs = Math.max(1000, Math.min(RESUME_REPLY_TIMEOUT_MS, deadline - performance.now()));
+      const lastSeq = this.lastSeq;
       try {
-        const res = await this.request('resume', { token: this.resumeToken, lastSeq: this.lastSeq }, { direct: true, timeoutMs });
+        const res = await this.request('resume', { token: this.resumeToken, lastSeq }, { direct: true, timeoutMs });
         if (typeof res.resumeToken === 'string' && res.resumeToken) this.resumeToken = res.resumeToken;
         if (res.participantId && res.participantId !== this.participantId) {
           log(`resumed as ${res.participantId}, expected ${this.participantId}`, 'warn');
         }
         app.resumes++;
         log(`resumed over ${transport.kind} (attempt ${attempt}, connection ${res.connectionId ?? '?'}, ` +
-          `${res.replayed ?? '?'} message(s) replayed after seq ${this.lastSeq})`);
+          `${res.replayed ?? '?'} message(s) replayed after seq ${lastSeq})`);
         return;
       } catch (err) {
         if (this.closed) return;

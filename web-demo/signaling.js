@@ -292,7 +292,8 @@ export async function fetchWebTransportInfo(timeoutMs = WT_INFO_TIMEOUT_MS) {
   } finally {
     clearTimeout(timer);
   }
-  if (res.status === 404) throw new Error('the server offers no WebTransport (GET /webtransport: 404)');
+  // 404 is the contract for "no WebTransport here"; 204 and `{"url": null}` are read the same way.
+  if (res.status === 404 || res.status === 204) throw new Error(`the server offers no WebTransport (GET /webtransport: ${res.status})`);
   if (!res.ok) throw new Error(`GET /webtransport: HTTP ${res.status}`);
   let body;
   try {
@@ -300,6 +301,7 @@ export async function fetchWebTransportInfo(timeoutMs = WT_INFO_TIMEOUT_MS) {
   } catch {
     throw new Error('GET /webtransport returned no JSON');
   }
+  if (body && body.url == null) throw new Error('the server offers no WebTransport (GET /webtransport: no url)');
   if (!body || typeof body.url !== 'string' || !body.url) throw new Error('GET /webtransport returned no url');
   const hashes = (Array.isArray(body.certificateHashes) ? body.certificateHashes : []).map((h, i) => {
     if (!h || typeof h.value !== 'string') throw new Error(`certificateHashes[${i}] has no value`);

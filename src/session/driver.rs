@@ -76,7 +76,10 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                                 session.lock().await.close().await;
                                 session = existing;
                                 generation = new_generation;
-                                let guard = session.lock().await;
+                                let mut guard = session.lock().await;
+                                // Single use: whoever else holds the old token gets nothing.
+                                let fresh_token = guard.rotate_resume_token();
+                                ctx.sessions.register_resumable(fresh_token.clone(), session.clone());
                                 let (room_id, participant_id) = guard.room().unzip();
                                 tracing::info!(session = %guard.connection_id(), transport, replayed, "session resumed");
                                 metrics::counter!("sfu_session_resumes_total", "transport" => transport).increment(1);
@@ -86,7 +89,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                                     "connectionId": guard.connection_id(),
                                     "roomId": room_id,
                                     "participantId": participant_id,
-                                    "resumeToken": token,
+                                    "resumeToken": fresh_token,
                                     "replayed": replayed,
                                 }), request_id);
                                 drop(guard);

@@ -147,6 +147,15 @@ impl Session {
         self.identity.is_some()
     }
 
+    /// Replace the resume token (after a successful resume, so a token works once).
+    pub fn rotate_resume_token(&mut self) -> String {
+        let token = random_token();
+        if let Some(old) = self.resume_token.replace(token.clone()) {
+            self.ctx.sessions.forget_resumable(&old);
+        }
+        token
+    }
+
     pub fn room(&self) -> Option<(String, String)> {
         self.membership
             .as_ref()

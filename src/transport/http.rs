@@ -25,7 +25,8 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
-        .route("/status", get(status));
+        .route("/status", get(status))
+        .route("/webtransport", get(webtransport_info));
     if ctx.settings.dev_mode {
         router = router.route("/dev/token", get(dev_token));
     }
@@ -225,6 +226,21 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "media": media,
         "workers": ctx.media.worker_addrs(),
     }))
+}
+
+/// Where and how to reach the WebTransport endpoint (URL, certificate hash, framing).
+async fn webtransport_info(State(ctx): State<Arc<AppContext>>, headers: HeaderMap) -> Response {
+    match ctx.webtransport.get() {
+        Some(state) => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(state.describe(host)),
+            )
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "WebTransport is disabled").into_response(),
+    }
 }
 
 #[derive(Deserialize)]

@@ -41,6 +41,8 @@ pub async fn start_server() -> sfu::ServerHandle {
         "warn",
         "--metrics-port",
         "0",
+        "--webtransport-port",
+        "0",
         "--resume-grace-secs",
         "1",
     ])
@@ -68,11 +70,72 @@ pub fn token(server: &sfu::ServerHandle, user: &str) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Which signaling transport a client uses; tests run the same body over both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    WebTransport,
+}
+
+enum Pipe {
+    Ws(Ws),
+    Wt {
+        // Kept alive for the session's lifetime.
+        _endpoint: wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+        connection: wtransport::Connection,
+        send: wtransport::SendStream,
+        recv: wtransport::RecvStream,
+        buffer: Vec<u8>,
+    },
+}
+
+/// A signaling client over WebSocket or WebTransport (4-byte length-prefixed JSON frames).
 pub struct WsClient {
-    ws: Ws,
+    pipe: Pipe,
     next_id: u64,
+    /// Highest `seq` seen, for resume.
+    pub last_seq: u64,
     /// Notifications received while waiting for a reply.
     pub backlog: Vec<Value>,
+}
+
+pub type SignalClient = WsClient;
+
+/// Connect to the server's WebTransport endpoint, trusting the certificate by its hash.
+pub async fn connect_wt(server: &sfu::ServerHandle) -> Result<WsClient, String> {
+    let state = server.ctx.webtransport.get().expect("WebTransport enabled");
+    let hash = state.certificate_hash().expect("self-signed certificate");
+    connect_wt_with(state.local_addr.port(), hash).await
+}
+
+pub async fn connect_wt_with(port: u16, hash: [u8; 32]) -> Result<WsClient, String> {
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).map_err(|e| e.to_string())?;
+    let connection = endpoint
+        .connect(format!("https://127.0.0.1:{port}/wt"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(WsClient {
+        pipe: Pipe::Wt {
+            _endpoint: endpoint,
+            connection,
+            send,
+            recv,
+            buffer: Vec::new(),
+        },
+        next_id: 1,
+        last_seq: 0,
+        backlog: Vec::new(),
+    })
 }
 
 impl WsClient {
@@ -81,33 +144,84 @@ impl WsClient {
             .await
             .expect("websocket connects");
         WsClient {
-            ws,
+            pipe: Pipe::Ws(ws),
             next_id: 1,
+            last_seq: 0,
             backlog: Vec::new(),
         }
     }
 
+    pub async fn connect_with(server: &sfu::ServerHandle, transport: Transport) -> Self {
+        match transport {
+            Transport::WebSocket => Self::connect(server.http_addr).await,
+            Transport::WebTransport => connect_wt(server).await.expect("WebTransport connects"),
+        }
+    }
+
+    /// Send one message as a frame (WebSocket text, or a length-prefixed WebTransport frame).
     pub async fn send_raw(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.to_string().into()))
-            .await
-            .expect("send");
+        match &mut self.pipe {
+            Pipe::Ws(ws) => ws
+                .send(Message::Text(text.to_string().into()))
+                .await
+                .expect("send"),
+            Pipe::Wt { send, .. } => {
+                let mut frame = (text.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(text.as_bytes());
+                send.write_all(&frame).await.expect("send");
+            }
+        }
+    }
+
+    /// Write bytes to the WebTransport stream as they are (framing is the caller's).
+    pub async fn send_bytes_wt(&mut self, bytes: &[u8]) {
+        let Pipe::Wt { send, .. } = &mut self.pipe else {
+            panic!("not a WebTransport client")
+        };
+        send.write_all(bytes).await.expect("send");
+    }
+
+    pub fn wt_connection(&self) -> &wtransport::Connection {
+        let Pipe::Wt { connection, .. } = &self.pipe else {
+            panic!("not a WebTransport client")
+        };
+        connection
     }
 
     pub async fn recv(&mut self, within: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
-            match msg.ok()? {
-                Message::Text(t) => {
-                    return Some(serde_json::from_str(t.as_str()).expect("server JSON"))
+        let text = match &mut self.pipe {
+            Pipe::Ws(ws) => loop {
+                let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+                match msg.ok()? {
+                    Message::Text(t) => break t.to_string(),
+                    Message::Close(_) => return None,
+                    _ => continue,
                 }
-                Message::Close(_) => return None,
-                _ => continue,
-            }
+            },
+            Pipe::Wt { recv, buffer, .. } => loop {
+                if buffer.len() >= 4 {
+                    let len =
+                        u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+                    if buffer.len() >= 4 + len {
+                        let text = String::from_utf8(buffer[4..4 + len].to_vec()).expect("UTF-8");
+                        buffer.drain(..4 + len);
+                        break text;
+                    }
+                }
+                let mut chunk = [0u8; 8192];
+                let n = tokio::time::timeout_at(deadline, recv.read(&mut chunk))
+                    .await
+                    .ok()?
+                    .ok()??;
+                buffer.extend_from_slice(&chunk[..n]);
+            },
+        };
+        let value: Value = serde_json::from_str(&text).expect("server JSON");
+        if let Some(seq) = value["seq"].as_u64() {
+            self.last_seq = self.last_seq.max(seq);
         }
+        Some(value)
     }
 
     /// Send a request and wait for the message carrying its requestId (reply or error).
@@ -153,6 +267,13 @@ impl WsClient {
             .await;
         assert_eq!(reply["type"], "connected", "{reply}");
         reply
+    }
+
+    /// Continue a dropped session on this (new) connection.
+    pub async fn resume(&mut self, token: &str, last_seq: u64) -> Value {
+        self.last_seq = last_seq;
+        self.request("resume", json!({ "token": token, "lastSeq": last_seq }))
+            .await
     }
 }
 
