@@ -18,6 +18,11 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Make a self-signed WebTransport certificate and key for development.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Print a JWT signed with DJANGO_JWT_SECRET (for curl/wscat testing).
     Token {
         /// The `user_id` claim.
@@ -27,6 +32,68 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Write `webtransport-cert.pem` and `webtransport-key.pem` (ECDSA P-256) into a directory
+    /// and print the certificate's SHA-256 for `serverCertificateHashes`.
+    Generate {
+        #[arg(long, default_value = "certs")]
+        out_dir: std::path::PathBuf,
+        /// Validity in days (browsers accept at most 14 for hash-pinned certificates).
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        /// Subject alternative names, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        san: Vec<String>,
+    },
+}
+
+fn generate_certs(out_dir: &std::path::Path, days: u32, san: &[String]) -> Result<(), String> {
+    use std::io::Write;
+    if !(1..=14).contains(&days) {
+        return Err("--days must be between 1 and 14".into());
+    }
+    let identity = wtransport::Identity::self_signed_builder()
+        .subject_alt_names(san)
+        .from_now_utc()
+        .validity_days(days)
+        .build()
+        .map_err(|e| format!("invalid subject alternative name: {e}"))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let cert = &identity.certificate_chain().as_slice()[0];
+    let cert_path = out_dir.join("webtransport-cert.pem");
+    let key_path = out_dir.join("webtransport-key.pem");
+    std::fs::write(&cert_path, cert.to_pem())
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    // The key is readable by its owner only.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&key_path)
+        .and_then(|mut f| f.write_all(identity.private_key().to_secret_pem().as_bytes()))
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let hash = cert.hash();
+    println!("certificate: {}", cert_path.display());
+    println!("key:         {}", key_path.display());
+    println!(
+        "sha-256:     {}",
+        hash.fmt(wtransport::tls::Sha256DigestFmt::DottedHex)
+    );
+    use base64::Engine;
+    println!(
+        "base64:      {}",
+        base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
+    );
+    println!(
+        "use: WEBTRANSPORT_CERT_FILE={} WEBTRANSPORT_KEY_FILE={}",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(())
 }
 
 fn fail(message: &str) -> ! {
@@ -39,6 +106,9 @@ fn main() {
     let production = cli.config.environment == Environment::Production;
     let settings = cli.config.resolve().unwrap_or_else(|e| fail(&e));
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Certs {
+            action: CertsAction::Generate { out_dir, days, san },
+        } => generate_certs(&out_dir, days, &san).unwrap_or_else(|e| fail(&e)),
         Command::Token { user_id, ttl } => {
             if settings.config.jwt_secret.is_none() {
                 fail("set DJANGO_JWT_SECRET to mint a token the server will accept");

@@ -328,3 +328,72 @@ async fn hostile_webtransport_clients_are_bounded_and_isolated() {
     let _: Option<Value> = None;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_certificate_from_files_is_used() {
+    let dir = std::env::temp_dir().join(format!("sfu-certs-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sfu"))
+        .args(["certs", "generate", "--out-dir"])
+        .arg(&dir)
+        .args(["--days", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let b64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("base64:"))
+        .unwrap()
+        .trim();
+    use base64::Engine;
+    let hash: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let cert_arg = format!(
+        "--webtransport-cert-file={}",
+        dir.join("webtransport-cert.pem").display()
+    );
+    let key_arg = format!(
+        "--webtransport-key-file={}",
+        dir.join("webtransport-key.pem").display()
+    );
+    let config = sfu::config::Config::parse_from([
+        "sfu",
+        "--environment",
+        "test",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--webtransport-port",
+        "0",
+        "--rtc-min-port",
+        "0",
+        "--workers",
+        "1",
+        "--jwt-secret",
+        "operator-cert-secret-0123",
+        &cert_arg,
+        &key_arg,
+    ])
+    .unwrap();
+    let server = sfu::start(config.resolve().unwrap()).await.unwrap();
+    let state = server.ctx.webtransport.get().unwrap();
+    // A CA-style certificate is not advertised by hash...
+    assert_eq!(state.describe(None)["certificateHashes"], json!([]));
+    // ...but it is the one the endpoint presents.
+    let mut client = connect_wt_with(state.local_addr.port(), hash)
+        .await
+        .expect("file certificate");
+    client.authenticate(&token(&server, "op")).await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -98,7 +98,8 @@ function renderTransport() {
   const badge = ui.transport;
   if (!badge) return;
   let text = '';
-  if (app.signaling === 'reconnecting') text = 'Signaling: reconnecting…';
+  if (app.signaling === 'closed') text = '';
+  else if (app.signaling === 'reconnecting') text = 'Signaling: reconnecting…';
   else if (app.signaling === 'connecting') text = 'Signaling: connecting…';
   else if (app.transport === 'webtransport') text = 'Signaling: WebTransport';
   else if (app.transport === 'websocket') text = `Signaling: WebSocket${app.fallbackReason ? ' (fallback)' : ''}`;
