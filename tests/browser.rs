@@ -1,6 +1,12 @@
-//! Headless Chromium against the real server: page A publishes 1280x720 simulcast, page B
-//! subscribes, decodes, and switches layers. The browser side is tests/browser/simulcast.mjs;
-//! `.ci/run` installs Chromium and its npm packages.
+//! Headless Chromium against the real server. The browser side lives in tests/browser/*.mjs;
+//! `tests/run.sh` installs Chromium and its npm packages.
+//!
+//! - simulcast.mjs: page A publishes 1280x720 simulcast, page B subscribes, decodes, switches
+//!   layers.
+//! - webtransport.mjs wt: both pages signal over WebTransport (serverCertificateHashes), media
+//!   flows, and B survives a signaling drop by resuming.
+//! - webtransport.mjs fallback: the advertised WebTransport port is unreachable; the pages fall
+//!   back to WebSocket and media flows.
 
 mod common;
 
@@ -8,39 +14,66 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_publishes_simulcast_and_subscriber_switches_layers() {
+fn browser_dir() -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run `npm ci --prefix tests/browser` (see .ci/run)"
+        "playwright-core missing: run `npm ci --prefix tests/browser` (tests/run.sh does)"
     );
     assert!(
         Path::new("/usr/bin/chromium").exists(),
-        "Chromium missing: `apt-get install chromium` (see .ci/run)"
+        "Chromium missing: `apt-get install chromium` (tests/run.sh does)"
     );
-    let server = common::start_server().await;
+    dir
+}
+
+/// Run one browser script against `server`; it prints `N passed, M failed` and exits 0 on success.
+async fn run_script(server: &sfu::ServerHandle, script: &str, args: &[&str]) {
+    let dir = browser_dir();
     let url = format!("http://{}", server.http_addr);
     let run = tokio::process::Command::new("node")
-        .arg(dir.join("simulcast.mjs"))
+        .arg(dir.join(script))
         .arg(&url)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(150), run)
         .await
-        .expect("browser test finishes within 150 s")
+        .expect("browser script finishes within 150 s")
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let stats = server.ctx.media.stats().await;
     println!("server media stats: {stats:?}");
-    assert!(
-        output.status.success(),
-        "browser checks failed (output above)"
-    );
+    assert!(output.status.success(), "{script} {args:?} failed (output above)");
     assert!(stdout.contains(" passed, 0 failed"), "no summary line");
     assert!(stats.rtp_packets_forwarded > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_simulcast_and_subscriber_switches_layers() {
+    let server = common::start_server().await;
+    run_script(&server, "simulcast.mjs", &[]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_signals_over_webtransport_and_resumes_after_a_drop() {
+    let server = common::start_server().await;
+    run_script(&server, "webtransport.mjs", &["wt"]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_falls_back_to_websocket_when_webtransport_is_unreachable() {
+    // Advertise a WebTransport URL where nothing listens.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let public_url = format!("--webtransport-public-url=https://127.0.0.1:{port}/wt");
+    let server = common::start_server_with(&[&public_url]).await;
+    run_script(&server, "webtransport.mjs", &["fallback"]).await;
     server.stop().await;
 }

@@ -412,7 +412,7 @@ class Session {
         }
         app.resumes++;
         log(`resumed over ${transport.kind} (attempt ${attempt}, connection ${res.connectionId ?? '?'}, ` +
-          `${res.replayed ?? '?'} message(s) replayed after seq ${lastSeq})`);
+          `${Array.isArray(res.replayed) ? res.replayed.length : res.replayed ?? '?'} message(s) replayed after seq ${lastSeq})`);
         return;
       } catch (err) {
         if (this.closed) return;

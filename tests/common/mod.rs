@@ -21,7 +21,12 @@ use tokio_tungstenite::tungstenite::Message;
 pub const LAYERS: [&str; 3] = ["q", "h", "f"];
 
 pub async fn start_server() -> sfu::ServerHandle {
-    let config = sfu::config::Config::parse_from([
+    start_server_with(&[]).await
+}
+
+/// The test server, with extra command-line style settings appended.
+pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
+    let mut args = vec![
         "sfu",
         "--environment",
         "test",
@@ -45,8 +50,9 @@ pub async fn start_server() -> sfu::ServerHandle {
         "0",
         "--resume-grace-secs",
         "1",
-    ])
-    .expect("test config parses");
+    ];
+    args.extend_from_slice(extra);
+    let config = sfu::config::Config::parse_from(args).expect("test config parses");
     let _ = sfu::telemetry::init_logging(
         &std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()),
         false,
