@@ -47,7 +47,10 @@ async fn run_script(server: &sfu::ServerHandle, script: &str, args: &[&str]) {
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let stats = server.ctx.media.stats().await;
     println!("server media stats: {stats:?}");
-    assert!(output.status.success(), "{script} {args:?} failed (output above)");
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed (output above)"
+    );
     assert!(stdout.contains(" passed, 0 failed"), "no summary line");
     assert!(stats.rtp_packets_forwarded > 0);
 }

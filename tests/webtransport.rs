@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The signaling assertions of the WebSocket tests, run over `transport`.
 async fn room_lifecycle(server: &sfu::ServerHandle, transport: Transport) {
@@ -316,7 +316,7 @@ async fn hostile_webtransport_clients_are_bounded_and_isolated() {
     let dgrams = connect_wt(&server).await.unwrap();
     let conn = dgrams.wt_connection().clone();
     for _ in 0..200 {
-        if conn.send_datagram(b"noise".to_vec()).is_err() {
+        if conn.send_datagram(b"noise").is_err() {
             break;
         }
     }
@@ -325,7 +325,6 @@ async fn hostile_webtransport_clients_are_bounded_and_isolated() {
 
     // Nobody else noticed.
     ok(&bystander.request("ping", json!({})).await, "pong");
-    let _: Option<Value> = None;
     server.stop().await;
 }
 

@@ -464,6 +464,10 @@ class Session {
         break;
       case 'pong':
         break;
+      case 'resumed':
+        // A reply to an earlier resume attempt that was given up on (or replayed): nothing to do.
+        log('ignoring a late resumed reply');
+        break;
       default:
         log(`ignoring unexpected message ${msg.type}`, 'warn');
     }
