@@ -241,12 +241,18 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
             .await,
         "joinRoomResponse",
     );
-    let (mut b, _b_peer) = join(&server, "gone", "b").await;
+    let (mut b, b_peer) = join(&server, "gone", "b").await;
     let publisher = Peer::spawn().await;
     publisher.publish(&mut a).await;
     b.notification("newProducer", Duration::from_secs(5)).await;
+    negotiate_subscriber(&mut b, &b_peer, 2).await;
+    wait_until("b receives A", Duration::from_secs(10), || async {
+        b_peer.received().await.len() > 10
+    })
+    .await;
 
-    // A's signaling connection drops without leaveRoom: B is told, state is cleaned.
+    // A's signaling connection drops without leaveRoom: after the grace period B is told,
+    // and state is cleaned.
     drop(a);
     let closed = b
         .notification("producerClosed", Duration::from_secs(5))
@@ -256,5 +262,32 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
         .await;
     let stats = server.ctx.media.stats().await;
     assert_eq!(stats.producers, 0, "{stats:?}");
+
+    // B's re-offer keeps the dead m-lines in the BUNDLE as inactive: a browser would tear the
+    // whole transport down if every m-line were stopped (port 0), and B could never receive again.
+    let offer = b
+        .notification("subscriberOffer", Duration::from_secs(5))
+        .await;
+    assert_eq!(offer["data"]["tracks"], json!([]));
+    let sdp = offer["data"]["sdp"].as_str().unwrap();
+    assert!(
+        !sdp.contains("m=audio 0 ") && !sdp.contains("m=video 0 "),
+        "{sdp}"
+    );
+    assert_eq!(sdp.matches("a=inactive").count(), 2, "{sdp}");
+    b_peer.answer_subscriber_offer(&mut b, &offer).await;
+
+    // And B still receives the next publisher on the same transport.
+    let before = b_peer.received().await.len();
+    let (mut c, _) = join(&server, "gone", "c").await;
+    let c_peer = Peer::spawn().await;
+    c_peer.publish(&mut c).await;
+    negotiate_subscriber(&mut b, &b_peer, 2).await;
+    wait_until(
+        "b receives C on the same transport",
+        Duration::from_secs(10),
+        || async { b_peer.received().await.len() > before + 10 },
+    )
+    .await;
     server.stop().await;
 }

@@ -787,7 +787,10 @@ impl WorkerCore {
                     );
                     consumer.mid = Some(mid);
                 }
-                SubscriberChange::Stop(mid) => api.stop_media(mid),
+                // Inactive, not stopped: a stopped m-line leaves the BUNDLE group, and when it
+                // was the last one the browser tears down the whole transport (DTLS close),
+                // so the subscriber could never receive again.
+                SubscriberChange::Stop(mid) => api.set_direction(mid, Direction::Inactive),
             }
         }
         let Some((offer, pending)) = api.apply() else {

@@ -61,7 +61,8 @@ fn security_headers(router: Router<Arc<AppContext>>) -> Router<Arc<AppContext>> 
         (
             "content-security-policy",
             "default-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; \
-             connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+             connect-src 'self' ws: wss: https:; object-src 'none'; base-uri 'none'; \
+             frame-ancestors 'none'",
         ),
     ];
     headers.into_iter().fold(router, |router, (name, value)| {
@@ -239,7 +240,8 @@ async fn webtransport_info(State(ctx): State<Arc<AppContext>>, headers: HeaderMa
             )
                 .into_response()
         }
-        None => (StatusCode::NOT_FOUND, "WebTransport is disabled").into_response(),
+        // 200 with no URL rather than 404, so browsers log no failed request on every load.
+        None => Json(json!({ "url": null, "certificateHashes": [] })).into_response(),
     }
 }
 

@@ -225,11 +225,13 @@ async fn handle_session(ctx: Arc<AppContext>, incoming: IncomingSession) {
     }
     let origin_ok = match request.origin() {
         None => true,
-        Some(origin) => ctx
-            .settings
-            .allowed_origins
-            .iter()
-            .any(|a| a == "*" || a == origin),
+        Some(origin) => {
+            ctx.settings
+                .allowed_origins
+                .iter()
+                .any(|a| a == "*" || a == origin)
+                || same_site(origin, request.authority())
+        }
     };
     if !origin_ok {
         tracing::warn!(%peer, origin = ?request.origin(), "WebTransport origin refused");
@@ -263,6 +265,20 @@ async fn handle_session(ctx: Arc<AppContext>, incoming: IncomingSession) {
         strays: 0,
     };
     drive(ctx, conn).await;
+}
+
+/// The page and this endpoint share a host (the page is served from PORT, WebTransport
+/// listens on another port of the same host), the WebTransport analogue of same-origin.
+fn same_site(origin: &str, authority: &str) -> bool {
+    let host_of = |s: &str| -> String {
+        let s = s.split("://").nth(1).unwrap_or(s);
+        let s = s.split('/').next().unwrap_or(s);
+        match s.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
+            _ => s.to_string(),
+        }
+    };
+    !origin.is_empty() && host_of(origin).eq_ignore_ascii_case(&host_of(authority))
 }
 
 /// Frames up to this size are read (and answered with MESSAGE_TOO_LARGE when above
@@ -381,5 +397,21 @@ impl SignalingConnection for WtConnection {
 
     fn kind(&self) -> &'static str {
         "webtransport"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn same_site_ignores_ports_only() {
+        assert!(super::same_site("http://127.0.0.1:3000", "127.0.0.1:3001"));
+        assert!(super::same_site(
+            "https://sfu.example.com",
+            "sfu.example.com:3001"
+        ));
+        assert!(!super::same_site(
+            "https://evil.example",
+            "sfu.example.com:3001"
+        ));
     }
 }
