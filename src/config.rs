@@ -60,9 +60,18 @@ pub struct Config {
     #[arg(long, env = "DJANGO_WEBHOOK_SECRET", hide_env_values = true)]
     pub django_webhook_secret: Option<String>,
 
-    /// Redis URL (accepted for compatibility; the Redis room store comes later, memory is used).
+    /// Redis URL: share rooms across nodes (registry, placement, redirects). Unset: single node.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// This node's id in the Redis registry. Default: a random id per process.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Base URL clients use to reach this node's HTTP/WebSocket port, given to clients
+    /// redirected here. Default: http://ANNOUNCED_IP:PORT.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
 
     /// PostgreSQL URL (accepted for compatibility; the audit log comes later).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

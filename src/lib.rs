@@ -10,6 +10,7 @@ pub mod limits;
 pub mod media;
 pub mod room;
 pub mod session;
+pub mod store;
 pub mod telemetry;
 pub mod transport;
 
@@ -102,6 +103,33 @@ impl ServerHandle {
     }
 }
 
+/// Keep this node registered in Redis with its load; re-registers by itself after an outage.
+async fn heartbeat(ctx: std::sync::Weak<AppContext>, directory: Arc<store::RedisDirectory>) {
+    let mut healthy = true;
+    loop {
+        let Some(ctx) = ctx.upgrade() else { return };
+        if ctx.is_draining() {
+            let _ = directory.deregister().await;
+            return;
+        }
+        let load = ctx.rooms.counts().participants as u64;
+        drop(ctx);
+        match directory.heartbeat(load).await {
+            Ok(()) if !healthy => {
+                tracing::info!(node = %directory.node_id, "Redis reachable again; node re-registered");
+                healthy = true;
+            }
+            Ok(()) => {}
+            Err(e) if healthy => {
+                tracing::warn!(error = %e, "Redis unreachable; local rooms keep running");
+                healthy = false;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(store::HEARTBEAT).await;
+    }
+}
+
 /// Bind every socket and start serving. Used by `main` and by the integration tests.
 pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     // rustls is built with more than one crypto backend in this tree; pick one explicitly
@@ -133,7 +161,35 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
             Duration::from_secs(3),
         )
     });
-    let rooms = Rooms::new(media.clone(), settings.config.max_rooms, webhooks, lookup);
+    // Bound early: a node's public URL (for redirects) needs the real port.
+    let bind = SocketAddr::new(settings.config.host, settings.config.port);
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let http_addr = listener.local_addr()?;
+    let directory = match &settings.config.redis_url {
+        Some(url) => {
+            let node_id = settings
+                .config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+            let public_url = settings.config.public_url.clone().unwrap_or_else(|| {
+                format!("http://{}:{}", settings.media.announced_ip, http_addr.port())
+            });
+            Some(Arc::new(
+                store::RedisDirectory::new(url, node_id, public_url).map_err(|e| anyhow::anyhow!(e))?,
+            ))
+        }
+        None => None,
+    };
+    let rooms = Rooms::new(
+        media.clone(),
+        settings.config.max_rooms,
+        webhooks,
+        lookup,
+        directory.clone(),
+    );
     let ctx = Arc::new(AppContext {
         auth,
         limits: Limits::new(&settings.config),
@@ -166,11 +222,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         }
     });
 
-    let bind = SocketAddr::new(ctx.settings.config.host, ctx.settings.config.port);
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-    let http_addr = listener.local_addr()?;
+    if let Some(directory) = directory {
+        tokio::spawn(heartbeat(Arc::downgrade(&ctx), directory));
+    }
     if ctx.settings.config.webtransport_enabled {
         let config = &ctx.settings.config;
         let source = match (

@@ -16,6 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Identity;
+use crate::store::{DirectoryError, Placement, RedisDirectory, RoomRecord};
 use crate::integrations::django::{LookupError, RoomLookup, WebhookEvent, Webhooks};
 use crate::media::{
     Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId,
@@ -33,6 +34,8 @@ pub const MAX_PARTICIPANTS_LIMIT: u32 = 1000;
 pub struct RoomError {
     pub code: ErrorCode,
     pub message: String,
+    /// An extra machine-readable field for the error's `data` (e.g. `nodeUrl`).
+    pub detail: Option<(&'static str, serde_json::Value)>,
 }
 
 impl RoomError {
@@ -40,7 +43,18 @@ impl RoomError {
         RoomError {
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+}
+
+impl From<DirectoryError> for RoomError {
+    fn from(e: DirectoryError) -> Self {
+        tracing::warn!(error = %e, "room directory unavailable");
+        RoomError::new(
+            ErrorCode::DirectoryUnavailable,
+            "the room directory is unavailable; try again shortly",
+        )
     }
 }
 
@@ -63,6 +77,9 @@ pub struct RoomSummary {
     pub name: String,
     pub description: Option<String>,
     pub max_participants: u32,
+    /// With several nodes: where the room lives (join there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_url: Option<String>,
 }
 
 struct Room {
@@ -114,6 +131,7 @@ pub struct Rooms {
     max_rooms: usize,
     webhooks: Option<Webhooks>,
     lookup: Option<RoomLookup>,
+    directory: Option<Arc<RedisDirectory>>,
 }
 
 /// Counts for `/status`.
@@ -130,6 +148,7 @@ impl Rooms {
         max_rooms: usize,
         webhooks: Option<Webhooks>,
         lookup: Option<RoomLookup>,
+        directory: Option<Arc<RedisDirectory>>,
     ) -> Arc<Self> {
         Arc::new(Rooms {
             state: Mutex::new(State::default()),
@@ -137,7 +156,28 @@ impl Rooms {
             max_rooms,
             webhooks,
             lookup,
+            directory,
         })
+    }
+
+    pub fn directory(&self) -> Option<&Arc<RedisDirectory>> {
+        self.directory.as_ref()
+    }
+
+    /// Tell the directory in the background; a Redis outage must not slow signaling.
+    fn directory_update<F, Fut>(&self, update: F)
+    where
+        F: FnOnce(Arc<RedisDirectory>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), DirectoryError>> + Send + 'static,
+    {
+        if let Some(directory) = self.directory.clone() {
+            let fut = update(directory);
+            tokio::spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::warn!(error = %e, "room directory update failed");
+                }
+            });
+        }
     }
 
     /// Tell Django, if a webhook URL is configured. Never blocks.
@@ -165,12 +205,13 @@ impl Rooms {
         }
         match lookup.lookup(room_id, token).await {
             Ok(Some(meta)) => {
-                match self.create_room(
+                let summary = validate_room(
                     meta.name,
                     meta.description,
                     meta.max_participants,
                     Some(room_id.to_string()),
-                ) {
+                )?;
+                match self.insert_room(summary) {
                     Ok(_) => Ok(()),
                     // Another join materialized it meanwhile.
                     Err(e) if e.code == ErrorCode::RoomExists => Ok(()),
@@ -216,52 +257,48 @@ impl Rooms {
         }
     }
 
-    pub fn create_room(
+    pub async fn create_room(
         &self,
         name: String,
         description: Option<String>,
         max_participants: Option<u32>,
         room_id: Option<String>,
     ) -> Result<RoomSummary, RoomError> {
-        let name = name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 128 {
-            return Err(RoomError::new(
-                ErrorCode::InvalidPayload,
-                "`name` must be 1 to 128 characters",
-            ));
+        let summary = validate_room(name, description, max_participants, room_id)?;
+        if self.lock().rooms.contains_key(&summary.room_id) {
+            return Err(room_exists(&summary.room_id));
         }
-        if description
-            .as_ref()
-            .is_some_and(|d| d.chars().count() > 1024)
-        {
-            return Err(RoomError::new(
-                ErrorCode::InvalidPayload,
-                "`description` must be at most 1024 characters",
-            ));
-        }
-        let max_participants = max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS);
-        if !(1..=MAX_PARTICIPANTS_LIMIT).contains(&max_participants) {
-            return Err(RoomError::new(
-                ErrorCode::InvalidPayload,
-                format!("`maxParticipants` must be between 1 and {MAX_PARTICIPANTS_LIMIT}"),
-            ));
-        }
-        let room_id = match room_id {
-            Some(id) if valid_room_id(&id) => id,
-            Some(_) => {
-                return Err(RoomError::new(
-                    ErrorCode::InvalidPayload,
-                    "`roomId` must match [A-Za-z0-9_-]{1,64}",
-                ))
-            }
-            None => Uuid::new_v4().to_string(),
+        let Some(directory) = &self.directory else {
+            return self.insert_room(summary);
         };
+        let record = RoomRecord {
+            room_id: summary.room_id.clone(),
+            node: directory.node_id.clone(),
+            name: summary.name.clone(),
+            description: summary.description.clone(),
+            max_participants: summary.max_participants,
+        };
+        match directory.create_room(record).await? {
+            Err(()) => Err(room_exists(&summary.room_id)),
+            Ok(node) if node.id == directory.node_id => {
+                let mut summary = self.insert_room(summary)?;
+                summary.node_url = Some(node.url);
+                Ok(summary)
+            }
+            // Placed on a less loaded node; clients join there.
+            Ok(node) => Ok(RoomSummary {
+                node_url: Some(node.url),
+                ..summary
+            }),
+        }
+    }
+
+    /// Create the room on this node.
+    fn insert_room(&self, summary: RoomSummary) -> Result<RoomSummary, RoomError> {
+        let room_id = summary.room_id.clone();
         let mut state = self.lock();
         if state.rooms.contains_key(&room_id) {
-            return Err(RoomError::new(
-                ErrorCode::RoomExists,
-                format!("room `{room_id}` already exists"),
-            ));
+            return Err(room_exists(&room_id));
         }
         if state.rooms.len() >= self.max_rooms {
             return Err(RoomError::new(
@@ -269,12 +306,6 @@ impl Rooms {
                 format!("this server holds its maximum of {} rooms", self.max_rooms),
             ));
         }
-        let summary = RoomSummary {
-            room_id: room_id.clone(),
-            name,
-            description,
-            max_participants,
-        };
         let worker = self.media.worker_for_room(&room_id);
         state.rooms.insert(
             room_id,
@@ -293,6 +324,39 @@ impl Rooms {
         Ok(summary)
     }
 
+    /// A room unknown locally may live in the directory: here (create it from its record),
+    /// or on another node (redirect the client there).
+    async fn locate_in_directory(&self, room_id: &str) -> Result<(), RoomError> {
+        let Some(directory) = &self.directory else {
+            return Ok(());
+        };
+        if self.lock().rooms.contains_key(room_id) {
+            return Ok(());
+        }
+        match directory.locate(room_id).await? {
+            Placement::Unknown => Ok(()),
+            Placement::Here(record) => {
+                let summary = RoomSummary {
+                    room_id: record.room_id,
+                    name: record.name,
+                    description: record.description,
+                    max_participants: record.max_participants,
+                    node_url: None,
+                };
+                match self.insert_room(summary) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.code == ErrorCode::RoomExists => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Placement::Elsewhere { node, url } => Err(RoomError {
+                code: ErrorCode::RoomOnOtherNode,
+                message: format!("room `{room_id}` lives on node {node}; join it at {url}"),
+                detail: Some(("nodeUrl", serde_json::Value::String(url))),
+            }),
+        }
+    }
+
     pub async fn join(
         &self,
         room_id: &str,
@@ -309,6 +373,7 @@ impl Rooms {
                 "`displayName` must be 1 to 64 characters",
             ));
         }
+        self.locate_in_directory(room_id).await?;
         self.materialize_from_django(room_id, token).await?;
         let worker = {
             let state = self.lock();
@@ -347,6 +412,8 @@ impl Rooms {
                 return Err(e);
             }
         };
+        let (room, participant) = (room_id.to_string(), participant_id.clone());
+        self.directory_update(|d| async move { d.participant_joined(&room, &participant).await });
         self.emit(WebhookEvent::ParticipantJoined {
             room_id: room_id.to_string(),
             participant_id: participant_id.clone(),
@@ -444,8 +511,12 @@ impl Rooms {
                 user_id: participant.user_id.clone(),
                 duration_seconds: participant.joined_at.elapsed().as_secs(),
             });
+            let (room_key, participant_key) = (room_id.to_string(), participant_id.to_string());
+            self.directory_update(|d| async move { d.participant_left(&room_key, &participant_key).await });
             if room.participants.is_empty() {
                 tracing::info!(room = room_id, "last participant left; room closed");
+                let released = room_id.to_string();
+                self.directory_update(|d| async move { d.release_room(&released).await });
                 let duration_seconds = room.created_at.elapsed().as_secs();
                 state.rooms.remove(room_id);
                 self.emit(WebhookEvent::RoomFinished {
@@ -513,6 +584,8 @@ impl Rooms {
         }
         // The last leave normally removed it; a room emptied meanwhile is removed here.
         if let Some(room) = self.lock().rooms.remove(room_id) {
+            let released = room_id.to_string();
+            self.directory_update(|d| async move { d.release_room(&released).await });
             self.emit(WebhookEvent::RoomFinished {
                 room_id: room_id.to_string(),
                 duration_seconds: room.created_at.elapsed().as_secs(),
@@ -716,6 +789,56 @@ impl Rooms {
             MediaEvent::TransportClosed { .. } => {}
         }
     }
+}
+
+fn room_exists(room_id: &str) -> RoomError {
+    RoomError::new(ErrorCode::RoomExists, format!("room `{room_id}` already exists"))
+}
+
+/// Check a room's parameters and fill in defaults (a UUID when no id is given).
+fn validate_room(
+    name: String,
+    description: Option<String>,
+    max_participants: Option<u32>,
+    room_id: Option<String>,
+) -> Result<RoomSummary, RoomError> {
+    let name = name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(RoomError::new(
+            ErrorCode::InvalidPayload,
+            "`name` must be 1 to 128 characters",
+        ));
+    }
+    if description.as_ref().is_some_and(|d| d.chars().count() > 1024) {
+        return Err(RoomError::new(
+            ErrorCode::InvalidPayload,
+            "`description` must be at most 1024 characters",
+        ));
+    }
+    let max_participants = max_participants.unwrap_or(DEFAULT_MAX_PARTICIPANTS);
+    if !(1..=MAX_PARTICIPANTS_LIMIT).contains(&max_participants) {
+        return Err(RoomError::new(
+            ErrorCode::InvalidPayload,
+            format!("`maxParticipants` must be between 1 and {MAX_PARTICIPANTS_LIMIT}"),
+        ));
+    }
+    let room_id = match room_id {
+        Some(id) if valid_room_id(&id) => id,
+        Some(_) => {
+            return Err(RoomError::new(
+                ErrorCode::InvalidPayload,
+                "`roomId` must match [A-Za-z0-9_-]{1,64}",
+            ))
+        }
+        None => Uuid::new_v4().to_string(),
+    };
+    Ok(RoomSummary {
+        room_id,
+        name,
+        description,
+        max_participants,
+        node_url: None,
+    })
 }
 
 /// Media kinds an SDP offer wants to send (m-sections that are sendonly or sendrecv).

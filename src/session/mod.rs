@@ -108,16 +108,37 @@ pub enum Flow {
 }
 
 /// Outcome of one request: a reply, or an error with its code.
-type Reply = Result<(&'static str, Value), (ErrorCode, String)>;
+type Reply = Result<(&'static str, Value), Failure>;
 
-impl From<RoomError> for (ErrorCode, String) {
-    fn from(e: RoomError) -> Self {
-        (e.code, e.message)
+/// A refused request: code, human message, and optionally one extra `data` field.
+pub struct Failure {
+    code: ErrorCode,
+    message: String,
+    detail: Option<(&'static str, Value)>,
+}
+
+impl From<(ErrorCode, String)> for Failure {
+    fn from((code, message): (ErrorCode, String)) -> Self {
+        Failure {
+            code,
+            message,
+            detail: None,
+        }
     }
 }
 
-fn deny(code: ErrorCode, message: &str) -> (ErrorCode, String) {
-    (code, message.to_string())
+impl From<RoomError> for Failure {
+    fn from(e: RoomError) -> Self {
+        Failure {
+            code: e.code,
+            message: e.message,
+            detail: e.detail,
+        }
+    }
+}
+
+fn deny(code: ErrorCode, message: &str) -> Failure {
+    (code, message.to_string()).into()
 }
 
 impl Session {
@@ -252,12 +273,17 @@ impl Session {
                     }
                 }
             }
-            Err((code, message)) => {
+            Err(Failure {
+                code,
+                message,
+                detail,
+            }) => {
                 span.in_scope(|| tracing::debug!(code = ?code, %message, "request failed"));
-                self.reply_error(
-                    OutboundEnvelope::error(code, message, Some(&request_type), request_id),
-                    code,
-                );
+                let mut error = OutboundEnvelope::error(code, message, Some(&request_type), request_id);
+                if let Some((key, value)) = detail {
+                    error = error.with_error_detail(key, value);
+                }
+                self.reply_error(error, code);
             }
         }
         Flow::Continue
@@ -333,7 +359,7 @@ impl Session {
                     ));
                 }
                 let room =
-                    rooms.create_room(r.name, r.description, r.max_participants, r.room_id)?;
+                    rooms.create_room(r.name, r.description, r.max_participants, r.room_id).await?;
                 Ok(("createRoomResponse", json!(room)))
             }
             Request::JoinRoom(r) => {
@@ -344,7 +370,8 @@ impl Session {
                     return Err((
                         ErrorCode::RoomAccessDenied,
                         format!("this token may not join room `{}`", r.room_id),
-                    ));
+                    )
+                        .into());
                 }
                 if let Some(m) = &self.membership {
                     // A kick or a closed room ends membership without this session acting.
@@ -393,7 +420,8 @@ impl Session {
                         return Err((
                             ErrorCode::PublishDenied,
                             format!("this token may not publish {kind}"),
-                        ));
+                        )
+                            .into());
                     }
                 }
                 let (answer, producers) =
@@ -498,12 +526,12 @@ impl Session {
             Err(e) => {
                 // Security event: always at warn, never with the token itself.
                 tracing::warn!(connection = %self.connection_id(), code = ?e.code, reason = %e.message, "authentication failed");
-                Err((e.code, e.message))
+                Err((e.code, e.message).into())
             }
         }
     }
 
-    fn membership(&self) -> Result<&Membership, (ErrorCode, String)> {
+    fn membership(&self) -> Result<&Membership, Failure> {
         self.membership
             .as_ref()
             .ok_or_else(|| deny(ErrorCode::NotInRoom, "join a room first"))
@@ -518,7 +546,7 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn shutting_down() -> (ErrorCode, String) {
+fn shutting_down() -> Failure {
     deny(
         ErrorCode::ServerShuttingDown,
         "this server is shutting down; reconnect to join",

@@ -56,6 +56,10 @@ pub enum ErrorCode {
     ServerShuttingDown,
     /// The Django room lookup failed (Django unreachable or erroring).
     RoomLookupFailed,
+    /// The room lives on another node: reconnect to `data.nodeUrl` and join there.
+    RoomOnOtherNode,
+    /// The cross-node room directory (Redis) is unreachable; local rooms keep working.
+    DirectoryUnavailable,
     /// The resume token is unknown or expired, or missed messages are no longer buffered:
     /// authenticate and join again.
     ResumeFailed,

@@ -189,7 +189,20 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
     let started = std::time::Instant::now();
     let workers = tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let ok = workers.is_ok();
+    let room_store = match ctx.rooms.directory() {
+        None => json!({ "status": "ok", "kind": "memory", "latencyMs": 0.0 }),
+        Some(directory) => match directory.ping().await {
+            Ok(rtt) => json!({
+                "status": "ok",
+                "kind": "redis",
+                "nodeId": directory.node_id,
+                "latencyMs": rtt.as_secs_f64() * 1000.0,
+            }),
+            Err(e) => json!({ "status": "unavailable", "kind": "redis", "error": e.to_string() }),
+        },
+    };
+    let store_ok = room_store["status"] == "ok";
+    let ok = workers.is_ok() && store_ok;
     let status = match (ok, ctx.is_draining()) {
         (false, _) => "degraded",
         (true, true) => "draining",
@@ -204,7 +217,7 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
                 "count": ctx.media.worker_count(),
                 "latencyMs": latency_ms,
             },
-            "roomStore": { "status": "ok", "kind": "memory", "latencyMs": 0.0 },
+            "roomStore": room_store,
         },
     });
     let code = if ok {
