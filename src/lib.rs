@@ -175,10 +175,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
             let public_url = settings.config.public_url.clone().unwrap_or_else(|| {
-                format!("http://{}:{}", settings.media.announced_ip, http_addr.port())
+                format!(
+                    "http://{}:{}",
+                    settings.media.announced_ip,
+                    http_addr.port()
+                )
             });
             Some(Arc::new(
-                store::RedisDirectory::new(url, node_id, public_url).map_err(|e| anyhow::anyhow!(e))?,
+                store::RedisDirectory::new(url, node_id, public_url)
+                    .map_err(|e| anyhow::anyhow!(e))?,
             ))
         }
         None => None,

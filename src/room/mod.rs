@@ -16,7 +16,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Identity;
-use crate::store::{DirectoryError, Placement, RedisDirectory, RoomRecord};
 use crate::integrations::django::{LookupError, RoomLookup, WebhookEvent, Webhooks};
 use crate::media::{
     Kind, MediaError, MediaEvent, MediaRouter, Preference, ProducerId, TransportId,
@@ -24,6 +23,7 @@ use crate::media::{
 use crate::session::protocol::{
     ErrorCode, MediaKindName, OutboundEnvelope, ParticipantInfo, ProducerInfo, SubscriberTrack,
 };
+use crate::store::{DirectoryError, Placement, RedisDirectory, RoomRecord};
 
 /// Default and upper bound for `maxParticipants`.
 pub const DEFAULT_MAX_PARTICIPANTS: u32 = 50;
@@ -512,7 +512,9 @@ impl Rooms {
                 duration_seconds: participant.joined_at.elapsed().as_secs(),
             });
             let (room_key, participant_key) = (room_id.to_string(), participant_id.to_string());
-            self.directory_update(|d| async move { d.participant_left(&room_key, &participant_key).await });
+            self.directory_update(|d| async move {
+                d.participant_left(&room_key, &participant_key).await
+            });
             if room.participants.is_empty() {
                 tracing::info!(room = room_id, "last participant left; room closed");
                 let released = room_id.to_string();
@@ -792,7 +794,10 @@ impl Rooms {
 }
 
 fn room_exists(room_id: &str) -> RoomError {
-    RoomError::new(ErrorCode::RoomExists, format!("room `{room_id}` already exists"))
+    RoomError::new(
+        ErrorCode::RoomExists,
+        format!("room `{room_id}` already exists"),
+    )
 }
 
 /// Check a room's parameters and fill in defaults (a UUID when no id is given).
@@ -809,7 +814,10 @@ fn validate_room(
             "`name` must be 1 to 128 characters",
         ));
     }
-    if description.as_ref().is_some_and(|d| d.chars().count() > 1024) {
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 1024)
+    {
         return Err(RoomError::new(
             ErrorCode::InvalidPayload,
             "`description` must be at most 1024 characters",

@@ -279,7 +279,8 @@ impl Session {
                 detail,
             }) => {
                 span.in_scope(|| tracing::debug!(code = ?code, %message, "request failed"));
-                let mut error = OutboundEnvelope::error(code, message, Some(&request_type), request_id);
+                let mut error =
+                    OutboundEnvelope::error(code, message, Some(&request_type), request_id);
                 if let Some((key, value)) = detail {
                     error = error.with_error_detail(key, value);
                 }
@@ -358,8 +359,9 @@ impl Session {
                         "this token may not create rooms",
                     ));
                 }
-                let room =
-                    rooms.create_room(r.name, r.description, r.max_participants, r.room_id).await?;
+                let room = rooms
+                    .create_room(r.name, r.description, r.max_participants, r.room_id)
+                    .await?;
                 Ok(("createRoomResponse", json!(room)))
             }
             Request::JoinRoom(r) => {

@@ -220,7 +220,10 @@ impl RedisDirectory {
                 &key,
                 &[
                     ("name", record.name.clone()),
-                    ("description", record.description.clone().unwrap_or_default()),
+                    (
+                        "description",
+                        record.description.clone().unwrap_or_default(),
+                    ),
                     ("maxParticipants", record.max_participants.to_string()),
                     ("createdMs", (crate::auth::unix_now() * 1000).to_string()),
                 ],
@@ -240,7 +243,10 @@ impl RedisDirectory {
         let record = |node: String| RoomRecord {
             room_id: room_id.to_string(),
             node,
-            name: fields.get("name").cloned().unwrap_or_else(|| room_id.to_string()),
+            name: fields
+                .get("name")
+                .cloned()
+                .unwrap_or_else(|| room_id.to_string()),
             description: fields.get("description").filter(|d| !d.is_empty()).cloned(),
             max_participants: fields
                 .get("maxParticipants")
@@ -282,18 +288,32 @@ impl RedisDirectory {
         Ok(())
     }
 
-    pub async fn participant_joined(&self, room_id: &str, participant_id: &str) -> Result<(), DirectoryError> {
+    pub async fn participant_joined(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+    ) -> Result<(), DirectoryError> {
         let mut conn = self.conn().await?;
         let _: i64 = conn
-            .sadd(format!("{}:participants", room_key(room_id)), participant_id)
+            .sadd(
+                format!("{}:participants", room_key(room_id)),
+                participant_id,
+            )
             .await?;
         Ok(())
     }
 
-    pub async fn participant_left(&self, room_id: &str, participant_id: &str) -> Result<(), DirectoryError> {
+    pub async fn participant_left(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+    ) -> Result<(), DirectoryError> {
         let mut conn = self.conn().await?;
         let _: i64 = conn
-            .srem(format!("{}:participants", room_key(room_id)), participant_id)
+            .srem(
+                format!("{}:participants", room_key(room_id)),
+                participant_id,
+            )
             .await?;
         Ok(())
     }

@@ -1,0 +1,360 @@
+//! Several `sfu` processes sharing the machine's Redis (127.0.0.1:6379): a room lives on one
+//! node, clients reaching another node are redirected there, a dead node's rooms are taken
+//! over, and a Redis outage leaves running rooms alone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const SECRET: &str = "multinode-test-secret-0123";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// Tests here share Redis (one of them stops it): run them one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Node {
+    child: Child,
+    id: String,
+    addr: SocketAddr,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_node(name: &str) -> Node {
+    let port = free_port();
+    let id = format!("{name}-{}-{port}", std::process::id());
+    let child = Command::new(env!("CARGO_BIN_EXE_sfu"))
+        .env_clear()
+        .env("NODE_ENV", "test")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("METRICS_PORT", "0")
+        .env("WEBTRANSPORT_PORT", "0")
+        .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
+        .env("RTC_LISTEN_IP", "127.0.0.1")
+        .env("SFU_WORKERS", "1")
+        .env("DJANGO_JWT_SECRET", SECRET)
+        .env("REDIS_URL", REDIS)
+        .env("NODE_ID", &id)
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("sfu starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "node {name} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = Node { child, id, addr };
+    wait_registered(&node.id).await;
+    node
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable")
+}
+
+async fn wait_registered(node_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(client) = redis::Client::open(REDIS) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let url: Option<String> = redis::cmd("HGET")
+                    .arg(format!("sfu:node:{node_id}"))
+                    .arg("url")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(None);
+                if url.is_some() {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node_id} never registered in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn token_for(user: &str) -> String {
+    sfu::auth::Authenticator::new(Some(SECRET), None)
+        .unwrap()
+        .issue_for(user, Some(user), 600)
+        .unwrap()
+}
+
+async fn client(addr: SocketAddr, user: &str) -> SignalClient {
+    let mut c = SignalClient::connect(addr).await;
+    c.authenticate(&token_for(user)).await;
+    c
+}
+
+fn unique_room(tag: &str) -> String {
+    format!("{tag}-{}-{}", std::process::id(), free_port())
+}
+
+async fn subscribe_all(ws: &mut SignalClient, peer: &Peer, tracks: usize) {
+    loop {
+        let offer = ws
+            .notification("subscriberOffer", Duration::from_secs(10))
+            .await;
+        peer.answer_subscriber_offer(ws, &offer).await;
+        if offer["data"]["tracks"].as_array().unwrap().len() >= tracks {
+            return;
+        }
+    }
+}
+
+async fn wait_media(peer: &Peer, more_than: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while peer.received().await.len() <= more_than {
+        assert!(Instant::now() < deadline, "no media: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Join `room` through `addr`, following a redirect to the owning node. Returns the client
+/// and the address it ended up on.
+async fn join_following_redirect(
+    addr: SocketAddr,
+    user: &str,
+    room: &str,
+) -> (SignalClient, SocketAddr) {
+    let mut c = client(addr, user).await;
+    let reply = c
+        .request("joinRoom", json!({ "roomId": room, "displayName": user }))
+        .await;
+    if reply["type"] == "joinRoomResponse" {
+        return (c, addr);
+    }
+    assert_eq!(error_code(&reply), "ROOM_ON_OTHER_NODE");
+    let url = reply["data"]["nodeUrl"]
+        .as_str()
+        .expect("nodeUrl")
+        .to_string();
+    let owner: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let mut c = client(owner, user).await;
+    let reply = c
+        .request("joinRoom", json!({ "roomId": room, "displayName": user }))
+        .await;
+    ok(&reply, "joinRoomResponse");
+    (c, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_created_on_one_node_is_joined_through_another_and_survives_its_death() {
+    let _serial = SERIAL.lock().await;
+    let a = spawn_node("a").await;
+    let b = spawn_node("b").await;
+    let room = unique_room("cross");
+
+    // Created through A (tie on load: A keeps it), publisher on A.
+    let mut publisher_ws = client(a.addr, "pub").await;
+    let created = publisher_ws
+        .request("createRoom", json!({ "name": "Cross", "roomId": room }))
+        .await;
+    assert_eq!(
+        ok(&created, "createRoomResponse")["nodeUrl"],
+        format!("http://127.0.0.1:{}", a.addr.port())
+    );
+    ok(
+        &publisher_ws
+            .request("joinRoom", json!({ "roomId": room, "displayName": "Pub" }))
+            .await,
+        "joinRoomResponse",
+    );
+    let publisher = Peer::spawn().await;
+    publisher.publish(&mut publisher_ws).await;
+
+    // A client connecting to B is sent to A, and receives the publisher's media there.
+    let (mut sub_ws, landed) = join_following_redirect(b.addr, "sub", &room).await;
+    assert_eq!(landed, a.addr, "redirected to the owner");
+    let subscriber = Peer::spawn().await;
+    subscribe_all(&mut sub_ws, &subscriber, 2).await;
+    wait_media(&subscriber, 20, "B-routed subscriber on A").await;
+
+    // The directory lists the room's participants.
+    let mut conn = redis().await;
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("sfu:room:{room}:participants"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 2);
+
+    // A dies hard. Its registry entry expires, and the next join through B re-creates the
+    // room on B, which works for media.
+    drop(sub_ws);
+    drop(publisher_ws);
+    let a_id = a.id.clone();
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("sfu:node:{a_id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(false);
+        let owner_alive = {
+            let owner: Option<String> = redis::cmd("HGET")
+                .arg(format!("sfu:room:{room}"))
+                .arg("node")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let owner = owner.expect("room record kept until taken over");
+            redis::cmd("EXISTS")
+                .arg(format!("sfu:node:{owner}"))
+                .query_async::<bool>(&mut conn)
+                .await
+                .unwrap()
+        };
+        if !exists {
+            assert!(!owner_alive, "the room's owner is the dead node");
+        }
+        if !exists && !owner_alive {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead node's entry never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (mut p2_ws, landed) = join_following_redirect(b.addr, "pub2", &room).await;
+    assert_eq!(landed, b.addr, "the room now lives on B");
+    let owner: String = redis::cmd("HGET")
+        .arg(format!("sfu:room:{room}"))
+        .arg("node")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(owner, b.id);
+    let (mut s2_ws, _) = join_following_redirect(b.addr, "sub2", &room).await;
+    let publisher2 = Peer::spawn().await;
+    publisher2.publish(&mut p2_ws).await;
+    let subscriber2 = Peer::spawn().await;
+    subscribe_all(&mut s2_ws, &subscriber2, 2).await;
+    wait_media(&subscriber2, 20, "room re-created on B").await;
+}
+
+/// Restart Redis the way the machine starts it (no persistence), whatever happens.
+struct RedisRestart;
+
+impl Drop for RedisRestart {
+    fn drop(&mut self) {
+        start_redis();
+    }
+}
+
+fn start_redis() {
+    let _ = Command::new("redis-server")
+        .args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_leaves_running_rooms_alone_and_the_node_re_registers() {
+    let _serial = SERIAL.lock().await;
+    let node = spawn_node("outage").await;
+    let room = unique_room("outage");
+    let mut publisher_ws = client(node.addr, "p").await;
+    ok(
+        &publisher_ws
+            .request("createRoom", json!({ "name": "Outage", "roomId": room }))
+            .await,
+        "createRoomResponse",
+    );
+    ok(
+        &publisher_ws
+            .request("joinRoom", json!({ "roomId": room, "displayName": "P" }))
+            .await,
+        "joinRoomResponse",
+    );
+    let (mut sub_ws, _) = join_following_redirect(node.addr, "s", &room).await;
+    let publisher = Peer::spawn().await;
+    publisher.publish(&mut publisher_ws).await;
+    let subscriber = Peer::spawn().await;
+    subscribe_all(&mut sub_ws, &subscriber, 2).await;
+    wait_media(&subscriber, 10, "before the outage").await;
+
+    // Redis goes away.
+    let _restart = RedisRestart;
+    let _ = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "shutdown", "nosave"])
+        .status();
+    let before = subscriber.received().await.len();
+    wait_media(&subscriber, before + 30, "during the outage").await;
+    // Local room: joining still works. Unknown (possibly remote) rooms: a clear error.
+    let (_late, _) = join_following_redirect(node.addr, "late", &room).await;
+    let mut stranger = client(node.addr, "x").await;
+    let reply = stranger
+        .request(
+            "joinRoom",
+            json!({ "roomId": unique_room("elsewhere"), "displayName": "X" }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "DIRECTORY_UNAVAILABLE");
+    let reply = stranger
+        .request(
+            "createRoom",
+            json!({ "name": "n", "roomId": unique_room("new") }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "DIRECTORY_UNAVAILABLE");
+
+    // Redis returns: the node re-registers by itself and new rooms work again.
+    start_redis();
+    wait_registered(&node.id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = stranger
+            .request(
+                "createRoom",
+                json!({ "name": "n", "roomId": unique_room("after") }),
+            )
+            .await;
+        if reply["type"] == "createRoomResponse" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "directory never came back: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let still = subscriber.received().await.len();
+    wait_media(&subscriber, still + 10, "after the outage").await;
+}
