@@ -80,3 +80,21 @@ async fn chromium_falls_back_to_websocket_when_webtransport_is_unreachable() {
     run_script(&server, "webtransport.mjs", &["fallback"]).await;
     server.stop().await;
 }
+
+/// Two in-process nodes sharing the machine's Redis: page A creates the room on node 1, page B
+/// opens the demo on node 2, is redirected to node 1 and receives A's simulcast there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_a_room_redirect_to_the_owning_node() {
+    let redis = "--redis-url=redis://127.0.0.1:6379";
+    let node1 = common::start_server_with(&[redis, "--node-id=browser-node-1"]).await;
+    let node2 = common::start_server_with(&[redis, "--node-id=browser-node-2"]).await;
+    let page_b = format!("http://{}", node2.http_addr);
+    run_script(&node1, "simulcast.mjs", &[&page_b]).await;
+    assert_eq!(
+        node2.ctx.rooms.counts().rooms,
+        0,
+        "node 2 redirected instead of hosting the room"
+    );
+    node1.stop().await;
+    node2.stop().await;
+}

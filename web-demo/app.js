@@ -213,13 +213,15 @@ class Session {
     this.pingTimer = null;
     this.statsTimer = null;
     this.refreshing = false;
+    // With several SFU nodes, a room lives on one of them; joinRoom redirects us there.
+    this.baseUrl = location.origin;
   }
 
   // --- signaling transport ------------------------------------------------------------------
 
   async connect() {
     setSignaling('connecting');
-    const transport = await connectSignaling({ preference: TRANSPORT_PREFERENCE, wtTimeoutMs: WT_TIMEOUT_MS, log });
+    const transport = await connectSignaling({ preference: TRANSPORT_PREFERENCE, wtTimeoutMs: WT_TIMEOUT_MS, log, baseUrl: this.baseUrl });
     if (this.closed) {
       transport.close('join cancelled');
       throw new Error('join cancelled');
@@ -342,6 +344,7 @@ class Session {
         const err = new SignalingError(`${p.type} failed: ${msg.error || msg.data?.message || 'error'}${code ? ` (${code})` : ''}`,
           code, msg.data?.requestType ?? p.type);
         err.retryAfterMs = msg.data?.retryAfterMs;
+        err.nodeUrl = msg.data?.nodeUrl;
         p.reject(err);
       } else {
         // Resumed: from here on the connection is live again. This must happen before the next
@@ -389,7 +392,7 @@ class Session {
 
       let transport;
       try {
-        transport = await connectSignaling({ preference: TRANSPORT_PREFERENCE, wtTimeoutMs: WT_TIMEOUT_MS, log });
+        transport = await connectSignaling({ preference: TRANSPORT_PREFERENCE, wtTimeoutMs: WT_TIMEOUT_MS, log, baseUrl: this.baseUrl });
       } catch (err) {
         log(`resume attempt ${attempt}: cannot connect: ${err.message}`, 'warn');
         continue;
@@ -486,18 +489,38 @@ class Session {
     this.localStream = await this.getLocalMedia();
     this.assertOpen();
     const { token } = await fetchDevToken(displayName);
+    this.token = token;
     this.assertOpen();
-    await this.connect();
-    const connected = await this.request('authenticate', { token });
-    if (typeof connected.resumeToken === 'string' && connected.resumeToken) this.resumeToken = connected.resumeToken;
-    if (Number(connected.resumeGraceMs) > 0) this.resumeGraceMs = Number(connected.resumeGraceMs);
-    log(`authenticated as ${connected.user?.fullName ?? connected.user?.id ?? '?'} (connection ${connected.connectionId}` +
-      `${this.resumeToken ? `, resumable for ${this.resumeGraceMs || DEFAULT_RESUME_GRACE_MS} ms` : ''})`);
+    await this.connectAndAuthenticate();
 
     const roomId = sanitizeRoomId(roomName);
     const joined = await this.joinOrCreate(roomId, roomName.trim() || roomId, displayName);
     this.participantId = joined.participantId;
     log(`joined room ${joined.roomId ?? roomId} as ${this.participantId}; ${joined.participants?.length ?? 0} other(s) present`);
+    await this.afterJoin(joined);
+  }
+
+  async connectAndAuthenticate() {
+    await this.connect();
+    const connected = await this.request('authenticate', { token: this.token });
+    if (typeof connected.resumeToken === 'string' && connected.resumeToken) this.resumeToken = connected.resumeToken;
+    if (Number(connected.resumeGraceMs) > 0) this.resumeGraceMs = Number(connected.resumeGraceMs);
+    log(`authenticated as ${connected.user?.fullName ?? connected.user?.id ?? '?'} (connection ${connected.connectionId}` +
+      `${this.resumeToken ? `, resumable for ${this.resumeGraceMs || DEFAULT_RESUME_GRACE_MS} ms` : ''})`);
+  }
+
+  /** The room lives on another node: move signaling there (same token) before joining. */
+  async moveTo(nodeUrl) {
+    log(`room lives on ${nodeUrl}; reconnecting there`);
+    this.baseUrl = new URL(nodeUrl, location.href).origin;
+    this.detach('moving to the room\'s node');
+    // A new session on another node: its sequence numbers start over.
+    this.resumeToken = null;
+    this.lastSeq = 0;
+    await this.connectAndAuthenticate();
+  }
+
+  afterJoin(joined) {
     for (const p of joined.participants ?? []) this.addParticipant(p);
 
     this.pingTimer = setInterval(() => {
@@ -505,7 +528,7 @@ class Session {
     }, PING_INTERVAL_MS);
     this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
 
-    await this.publish();
+    return this.publish();
   }
 
   async getLocalMedia() {
@@ -528,18 +551,32 @@ class Session {
 
   async joinOrCreate(roomId, roomName, displayName) {
     try {
-      return await this.request('joinRoom', { roomId, displayName });
+      return await this.joinFollowingRedirect(roomId, displayName);
     } catch (err) {
       if (err.code !== 'ROOM_NOT_FOUND') throw err;
     }
     try {
-      await this.request('createRoom', { name: roomName, roomId });
+      const created = await this.request('createRoom', { name: roomName, roomId });
       log(`created room ${roomId}`);
+      // The least-loaded node may be another one: join there.
+      if (created.nodeUrl && new URL(created.nodeUrl, location.href).origin !== this.baseUrl) {
+        await this.moveTo(created.nodeUrl);
+      }
     } catch (err) {
       // Another client created it between our joinRoom and createRoom.
       if (err.code !== 'ROOM_EXISTS') throw err;
     }
-    return this.request('joinRoom', { roomId, displayName });
+    return this.joinFollowingRedirect(roomId, displayName);
+  }
+
+  async joinFollowingRedirect(roomId, displayName) {
+    try {
+      return await this.request('joinRoom', { roomId, displayName });
+    } catch (err) {
+      if (err.code !== 'ROOM_ON_OTHER_NODE' || !err.nodeUrl) throw err;
+      await this.moveTo(err.nodeUrl);
+      return this.request('joinRoom', { roomId, displayName });
+    }
   }
 
   async publish() {

@@ -281,12 +281,12 @@ class WebTransportSignaling {
  * Asks the server where its WebTransport endpoint is. Resolves to {url, hashes} or throws with
  * the reason to fall back (404: the server offers none).
  */
-export async function fetchWebTransportInfo(timeoutMs = WT_INFO_TIMEOUT_MS) {
+export async function fetchWebTransportInfo(timeoutMs = WT_INFO_TIMEOUT_MS, baseUrl = location.origin) {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), timeoutMs);
   let res;
   try {
-    res = await fetch('/webtransport', { cache: 'no-store', signal: abort.signal });
+    res = await fetch(new URL('/webtransport', baseUrl), { cache: 'no-store', signal: abort.signal });
   } catch (err) {
     throw new Error(`GET /webtransport failed: ${abort.signal.aborted ? `no answer within ${timeoutMs} ms` : describe(err)}`);
   } finally {
@@ -317,14 +317,14 @@ export async function fetchWebTransportInfo(timeoutMs = WT_INFO_TIMEOUT_MS) {
     }
     return { algorithm, value };
   });
-  return { url: new URL(body.url, location.href).href, hashes };
+  return { url: new URL(body.url, baseUrl).href, hashes };
 }
 
-export async function connectWebTransport(timeoutMs = DEFAULT_WT_TIMEOUT_MS) {
+export async function connectWebTransport(timeoutMs = DEFAULT_WT_TIMEOUT_MS, baseUrl = location.origin) {
   if (typeof WebTransport === 'undefined') {
     throw new Error(window.isSecureContext ? 'this browser has no WebTransport' : 'WebTransport needs a secure context (https or localhost)');
   }
-  const { url, hashes } = await fetchWebTransportInfo();
+  const { url, hashes } = await fetchWebTransportInfo(WT_INFO_TIMEOUT_MS, baseUrl);
   let wt = null;
   try {
     wt = new WebTransport(url, hashes.length ? { serverCertificateHashes: hashes } : {});
@@ -344,18 +344,20 @@ export async function connectWebTransport(timeoutMs = DEFAULT_WT_TIMEOUT_MS) {
  * Connects by preference: 'auto' tries WebTransport and falls back to WebSocket; 'wt' uses
  * WebTransport only; 'ws' WebSocket only. `log(message, level)` hears about fallbacks.
  */
-export async function connectSignaling({ preference = 'auto', wtTimeoutMs = DEFAULT_WT_TIMEOUT_MS, log = () => {} } = {}) {
+export async function connectSignaling({ preference = 'auto', wtTimeoutMs = DEFAULT_WT_TIMEOUT_MS, log = () => {}, baseUrl = location.origin } = {}) {
   let fallbackReason = null;
   if (preference !== 'ws') {
     try {
-      return await connectWebTransport(wtTimeoutMs);
+      return await connectWebTransport(wtTimeoutMs, baseUrl);
     } catch (err) {
       if (preference === 'wt') throw new Error(`WebTransport (forced): ${err.message}`);
       fallbackReason = err.message;
       log(`WebTransport not used: ${err.message}; falling back to WebSocket`, 'warn');
     }
   }
-  const transport = await connectWebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+  // The node we talk to: this page's origin, or the node a room was redirected to.
+  const base = new URL(baseUrl);
+  const transport = await connectWebSocket(`${base.protocol === 'https:' ? 'wss' : 'ws'}://${base.host}/ws`);
   transport.fallbackReason = fallbackReason;
   return transport;
 }

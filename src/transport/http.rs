@@ -52,6 +52,8 @@ pub fn metrics_router(ctx: Arc<AppContext>) -> Router {
         .with_state(ctx)
 }
 
+/// `connect-src` admits other origins because signaling may move to the node that owns a room
+/// (redirect) and WebTransport lives on another port; scripts, frames and objects stay locked.
 fn security_headers(router: Router<Arc<AppContext>>) -> Router<Arc<AppContext>> {
     let headers: [(&str, &str); 5] = [
         ("x-content-type-options", "nosniff"),
@@ -61,7 +63,7 @@ fn security_headers(router: Router<Arc<AppContext>>) -> Router<Arc<AppContext>> 
         (
             "content-security-policy",
             "default-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; \
-             connect-src 'self' ws: wss: https:; object-src 'none'; base-uri 'none'; \
+             connect-src 'self' http: https: ws: wss:; object-src 'none'; base-uri 'none'; \
              frame-ancestors 'none'",
         ),
     ];

@@ -12,6 +12,8 @@
 import { chromium } from 'playwright-core';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
+// Optional: page B opens the demo on another node (multi-node redirect check).
+const baseB = (process.argv[3] ?? base).replace(/\/+$/, '');
 if (!/^https?:\/\//.test(base)) {
   console.error('usage: node simulcast.mjs <base-url>   e.g. http://127.0.0.1:3000');
   process.exit(2);
@@ -116,9 +118,9 @@ async function openPage(browser, label) {
   return { label, context, page, messages };
 }
 
-function demoUrl(room, name, extra = {}) {
+function demoUrl(room, name, extra = {}, origin = base) {
   const q = new URLSearchParams({ room, name, autojoin: '1', ...extra });
-  return `${base}/?${q}`;
+  return `${origin}/?${q}`;
 }
 
 const demoState = (p) =>
@@ -202,7 +204,7 @@ let browser;
 try {
   browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
   const room = `simulcast-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-  console.log(`# base ${base}, room ${room}`);
+  console.log(`# base ${base}${baseB !== base ? ` (page B on ${baseB})` : ''}, room ${room}`);
 
   const A = await openPage(browser, 'A');
   pages.push(A);
@@ -215,7 +217,7 @@ try {
   const B = await openPage(browser, 'B');
   pages.push(B);
   await check('B (Bob) joined', async () => {
-    await B.page.goto(demoUrl(room, 'Bob'));
+    await B.page.goto(demoUrl(room, 'Bob', {}, baseB));
     const s = await waitJoined(B, 15_000);
     return `participantId=${s.participantId}`;
   });
