@@ -179,6 +179,8 @@ pub struct Config {
 }
 
 #[derive(clap::Parser)]
+// A later occurrence of a flag replaces an earlier one (defaults first, overrides after).
+#[command(args_override_self = true)]
 struct ArgsOnly {
     #[command(flatten)]
     config: Config,

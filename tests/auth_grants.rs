@@ -10,8 +10,6 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sfu::auth::{unix_now, Claims, Grants};
 
-const SECRET: &str = "grants-test-secret-0123456789";
-
 /// A fresh RSA key pair as (private PKCS#8 PEM, public SPKI PEM).
 fn rsa_pair() -> (String, String) {
     let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
@@ -58,31 +56,7 @@ fn rs256(private_pem: &str, claims: &Claims) -> String {
 
 async fn server_with_rsa(public_pem: &str) -> sfu::ServerHandle {
     // `=` form: a PEM starts with dashes and would otherwise read as a flag.
-    let key_arg = format!("--jwt-public-key={public_pem}");
-    let config = sfu::config::Config::parse_from([
-        "sfu",
-        "--environment",
-        "test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--webtransport-port",
-        "0",
-        "--rtc-min-port",
-        "0",
-        "--rtc-listen-ip",
-        "127.0.0.1",
-        "--workers",
-        "1",
-        "--jwt-secret",
-        SECRET,
-        &key_arg,
-    ])
-    .unwrap();
-    sfu::start(config.resolve().unwrap()).await.unwrap()
+    start_server_with(&[&format!("--jwt-public-key={public_pem}")]).await
 }
 
 async fn auth_reply(server: &sfu::ServerHandle, token: &str) -> Value {

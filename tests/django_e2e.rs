@@ -72,26 +72,7 @@ async fn start_django(failures: u32) -> (String, Arc<Django>) {
 }
 
 async fn sfu_with(django_url: &str) -> sfu::ServerHandle {
-    let config = sfu::config::Config::parse_from([
-        "sfu",
-        "--environment",
-        "test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--webtransport-port",
-        "0",
-        "--rtc-min-port",
-        "0",
-        "--rtc-listen-ip",
-        "127.0.0.1",
-        "--workers",
-        "1",
-        "--jwt-secret",
-        "django-e2e-secret-0123",
+    start_server_with(&[
         "--django-base-url",
         django_url,
         "--django-room-lookup",
@@ -101,8 +82,7 @@ async fn sfu_with(django_url: &str) -> sfu::ServerHandle {
         "--django-webhook-secret",
         WEBHOOK_SECRET,
     ])
-    .unwrap();
-    sfu::start(config.resolve().unwrap()).await.unwrap()
+    .await
 }
 
 /// Delivered webhooks as (type, data), each checked for a valid signature and delivery id.

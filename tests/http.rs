@@ -20,29 +20,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 async fn server(environment: &str) -> sfu::ServerHandle {
-    let config = sfu::config::Config::parse_from([
-        "sfu",
-        "--environment",
-        environment,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--rtc-min-port",
-        "0",
-        "--rtc-listen-ip",
-        "127.0.0.1",
-        "--workers",
-        "1",
-        "--jwt-secret",
-        "http-test-secret-0123",
-        "--metrics-port",
-        "0",
-        "--webtransport-port",
-        "0",
-    ])
-    .unwrap();
-    sfu::start(config.resolve().unwrap()).await.unwrap()
+    common::start_server_with(&["--environment", environment, "--workers", "1"]).await
 }
 
 #[tokio::test]

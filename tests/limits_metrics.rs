@@ -106,29 +106,7 @@ async fn metrics_follow_a_publish_and_subscribe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_rate_limit_trips_for_one_user_and_recovers() {
-    let config = sfu::config::Config::parse_from([
-        "sfu",
-        "--environment",
-        "test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--webtransport-port",
-        "0",
-        "--rtc-min-port",
-        "0",
-        "--workers",
-        "1",
-        "--jwt-secret",
-        "limits-test-secret-0123",
-        "--rate-limit-messages-per-second",
-        "5",
-    ])
-    .unwrap();
-    let server = sfu::start(config.resolve().unwrap()).await.unwrap();
+    let server = start_server_with(&["--rate-limit-messages-per-second", "5"]).await;
     let mut noisy = WsClient::connect(server.http_addr).await;
     noisy.authenticate(&token(&server, "noisy")).await;
     let mut calm = WsClient::connect(server.http_addr).await;

@@ -5,69 +5,34 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 
-const SECRET: &str = "multinode-test-secret-0123";
 const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// Tests here share Redis (one of them stops it): run them one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Node {
-    child: Child,
+    // Held so the process lives as long as the node (killed on drop).
+    _process: ServerProcess,
     id: String,
     addr: SocketAddr,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn spawn_node(name: &str) -> Node {
-    let port = free_port();
-    let id = format!("{name}-{}-{port}", std::process::id());
-    let child = Command::new(env!("CARGO_BIN_EXE_sfu"))
-        .env_clear()
-        .env("NODE_ENV", "test")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("METRICS_PORT", "0")
-        .env("WEBTRANSPORT_PORT", "0")
-        .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
-        .env("RTC_LISTEN_IP", "127.0.0.1")
-        .env("SFU_WORKERS", "1")
-        .env("DJANGO_JWT_SECRET", SECRET)
-        .env("REDIS_URL", REDIS)
-        .env("NODE_ID", &id)
-        .env("LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("sfu starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "node {name} did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = format!("{name}-{}-{}", std::process::id(), free_port());
+    let process = spawn_server_process(&[("REDIS_URL", REDIS), ("NODE_ID", &id)]).await;
+    let addr = process.addr;
+    wait_registered(&id).await;
+    Node {
+        _process: process,
+        id,
+        addr,
     }
-    let node = Node { child, id, addr };
-    wait_registered(&node.id).await;
-    node
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {
@@ -100,13 +65,6 @@ async fn wait_registered(node_id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn token_for(user: &str) -> String {
-    sfu::auth::Authenticator::new(Some(SECRET), None)
-        .unwrap()
-        .issue_for(user, Some(user), 600)
-        .unwrap()
 }
 
 async fn client(addr: SocketAddr, user: &str) -> SignalClient {

@@ -5,59 +5,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 
-const SECRET: &str = "shutdown-test-secret-0123";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
+type Server = ServerProcess;
 
 async fn spawn(drain_timeout_secs: u64) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sfu"))
-        .env_clear()
-        .env("NODE_ENV", "production")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("METRICS_PORT", "0")
-        .env("WEBTRANSPORT_PORT", "0")
-        .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
-        .env("RTC_LISTEN_IP", "127.0.0.1")
-        .env("SFU_WORKERS", "1")
-        .env("DJANGO_JWT_SECRET", SECRET)
-        .env("DRAIN_TIMEOUT", drain_timeout_secs.to_string())
-        .env("LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("sfu binary starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, addr }
+    let timeout = drain_timeout_secs.to_string();
+    spawn_server_process(&[("NODE_ENV", "production"), ("DRAIN_TIMEOUT", &timeout)]).await
 }
 
 fn signal(server: &Server, sig: &str) {
@@ -79,10 +37,7 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 async fn joined_client(addr: SocketAddr, user: &str, room: &str) -> WsClient {
-    let token = sfu::auth::Authenticator::new(Some(SECRET), None)
-        .unwrap()
-        .issue_for(user, None, 600)
-        .unwrap();
+    let token = token_for(user);
     let mut ws = WsClient::connect(addr).await;
     ws.authenticate(&token).await;
     let _ = ws

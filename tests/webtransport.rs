@@ -210,29 +210,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotates_without_dropping_open_sessions() {
-    let config = sfu::config::Config::parse_from([
-        "sfu",
-        "--environment",
-        "test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--webtransport-port",
-        "0",
-        "--webtransport-cert-validity-secs",
-        "10",
-        "--rtc-min-port",
-        "0",
-        "--workers",
-        "1",
-        "--jwt-secret",
-        "rotation-test-secret-0123",
-    ])
-    .unwrap();
-    let server = sfu::start(config.resolve().unwrap()).await.unwrap();
+    let server = start_server_with(&["--webtransport-cert-validity-secs", "10"]).await;
     let state = server.ctx.webtransport.get().unwrap().clone();
     let port = state.local_addr.port();
     let first = state.certificate_hash().unwrap();
@@ -362,29 +340,7 @@ async fn operator_certificate_from_files_is_used() {
         "--webtransport-key-file={}",
         dir.join("webtransport-key.pem").display()
     );
-    let config = sfu::config::Config::parse_from([
-        "sfu",
-        "--environment",
-        "test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--webtransport-port",
-        "0",
-        "--rtc-min-port",
-        "0",
-        "--workers",
-        "1",
-        "--jwt-secret",
-        "operator-cert-secret-0123",
-        &cert_arg,
-        &key_arg,
-    ])
-    .unwrap();
-    let server = sfu::start(config.resolve().unwrap()).await.unwrap();
+    let server = start_server_with(&[&cert_arg, &key_arg]).await;
     let state = server.ctx.webtransport.get().unwrap();
     // A CA-style certificate is not advertised by hash...
     assert_eq!(state.describe(None)["certificateHashes"], json!([]));

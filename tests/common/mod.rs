@@ -24,7 +24,10 @@ pub async fn start_server() -> sfu::ServerHandle {
     start_server_with(&[]).await
 }
 
-/// The test server, with extra command-line style settings appended.
+/// The HS256 secret every test server uses.
+pub const SECRET: &str = "integration-test-secret";
+
+/// The test server, with extra command-line style settings appended (they override).
 pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
     let mut args = vec![
         "sfu",
@@ -41,7 +44,7 @@ pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
         "--workers",
         "2",
         "--jwt-secret",
-        "integration-test-secret",
+        SECRET,
         "--log-level",
         "warn",
         "--metrics-port",
@@ -60,6 +63,65 @@ pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
     sfu::start(config.resolve().expect("test config valid"))
         .await
         .expect("server starts")
+}
+
+/// A free TCP port on loopback (for spawned server processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `sfu` binary running as its own process, killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the binary with a clean environment (test defaults + `env`) and wait for its port.
+pub async fn spawn_server_process(env: &[(&str, &str)]) -> ServerProcess {
+    let port = free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfu"));
+    command
+        .env_clear()
+        .env("NODE_ENV", "test")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("METRICS_PORT", "0")
+        .env("WEBTRANSPORT_PORT", "0")
+        .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
+        .env("RTC_LISTEN_IP", "127.0.0.1")
+        .env("SFU_WORKERS", "1")
+        .env("DJANGO_JWT_SECRET", SECRET)
+        .env("LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    let child = command.spawn().expect("sfu binary starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "server process did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ServerProcess { child, addr }
+}
+
+/// A token signed with [`SECRET`], for servers this process does not hold a handle to.
+pub fn token_for(user: &str) -> String {
+    sfu::auth::Authenticator::new(Some(SECRET), None)
+        .unwrap()
+        .issue_for(user, Some(user), 600)
+        .unwrap()
 }
 
 pub fn token(server: &sfu::ServerHandle, user: &str) -> String {
