@@ -9,7 +9,7 @@
 // setPreferredLayer switches him to the low and then the high layer.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { chromium } from 'playwright-core';
+import { createRun, CheckFailed, sleep, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
 // Optional: page B opens the demo on another node (multi-node redirect check).
@@ -19,104 +19,11 @@ if (!/^https?:\/\//.test(base)) {
   process.exit(2);
 }
 
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/',
-];
-
-const BUDGET_MS = 90_000; // every check's timeout is capped by this overall deadline
-const POLL_MS = 500;
-const PROBE_TIMEOUT_MS = 5_000; // one page.evaluate must not eat the whole budget
-const deadline = Date.now() + BUDGET_MS;
-
-let passed = 0;
-let failed = 0;
-
-// Last resort if something hangs outside a polling loop (e.g. browser launch).
-const watchdog = setTimeout(() => {
-  failed++;
-  console.log(`not ok - whole run exceeded ${(BUDGET_MS + 30_000) / 1000}s`);
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(1);
-}, BUDGET_MS + 30_000);
-watchdog.unref();
-
-class CheckFailed extends Error {}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Run one named check. `fn` returns a short detail string for the ok line.
- * A failure is counted and rethrown: later checks depend on earlier ones.
- */
-async function check(name, fn) {
-  try {
-    const detail = await fn();
-    passed++;
-    console.log(`ok - ${name}${detail ? ` (${detail})` : ''}`);
-  } catch (err) {
-    failed++;
-    // Playwright messages carry a colored call log; keep the first line, uncolored.
-    const message = String(err?.message ?? err).replace(/\x1b\[[0-9;]*m/g, '').split('\n')[0];
-    console.log(`not ok - ${name}: ${message}`);
-    throw new CheckFailed(message);
-  }
-}
-
-/**
- * Poll `probe` every POLL_MS until it returns {done: true, value}, or {fatal: message} to give
- * up at once. `describe` of the last result goes into the timeout message.
- */
-async function waitFor(what, timeoutMs, probe) {
-  const start = Date.now();
-  const until = Math.min(start + timeoutMs, deadline);
-  let last = 'no result yet';
-  for (;;) {
-    try {
-      const r = await withTimeout(probe(), PROBE_TIMEOUT_MS, 'probe');
-      if (r?.fatal) throw new CheckFailed(`${what}: ${r.fatal}`);
-      if (r?.done) return r.value;
-      if (r?.last !== undefined) last = r.last;
-    } catch (err) {
-      if (err instanceof CheckFailed) throw err;
-      last = `probe failed: ${err.message}`;
-    }
-    if (Date.now() >= until) {
-      const waited = ((Date.now() - start) / 1000).toFixed(1);
-      throw new CheckFailed(`${what}: not reached within ${waited}s (last: ${last})`);
-    }
-    await sleep(POLL_MS);
-  }
-}
+const run = createRun({ budgetMs: 90_000, pollMs: 500 });
+const { check, waitFor } = run;
 
 // ---------------------------------------------------------------------------------------------
 // Page helpers
-
-async function openPage(browser, label) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const messages = [];
-  page.on('console', (m) => messages.push({ error: m.type() === 'error', text: `[${m.type()}] ${m.text()}` }));
-  page.on('pageerror', (e) => messages.push({ error: true, text: `[pageerror] ${e.message}` }));
-  page.on('crash', () => messages.push({ error: true, text: '[crash] page crashed' }));
-  return { label, context, page, messages };
-}
 
 function demoUrl(room, name, extra = {}, origin = base) {
   const q = new URLSearchParams({ room, name, autojoin: '1', ...extra });
@@ -174,48 +81,32 @@ async function waitWidth(p, producerId, what, timeoutMs, accept) {
   });
 }
 
-async function dumpDiagnostics(pages) {
-  for (const p of pages) {
-    console.log(`# --- page ${p.label} ---`);
-    try {
-      const s = await withTimeout(demoState(p), 3000, 'state');
-      if (!s) {
-        console.log(`# window.sfuDemo is not defined (url ${p.page.url()})`);
-      } else {
-        console.log(`# state=${s.state} participantId=${s.participantId} lastError=${s.lastError}`);
-        const r = await withTimeout(remotes(p), 3000, 'remotes');
-        for (const x of r) console.log(`# remote ${x.kind} ${x.producerId} from ${x.participantId}: ${JSON.stringify(x.stats)} layer=${x.layer}`);
-      }
-    } catch (err) {
-      console.log(`# (could not read page state: ${err.message})`);
-    }
-    const errors = p.messages.filter((m) => m.error);
-    console.log(`# console errors (${errors.length}):`);
-    for (const m of errors.slice(-30)) console.log(`#   ${m.text}`);
-    console.log('# last console lines:');
-    for (const m of p.messages.slice(-20)) console.log(`#   ${m.text}`);
+/** The demo's state and remote tracks, for the diagnostics printed after a failure. */
+async function printPageState(p) {
+  const s = await withTimeout(demoState(p), 3000, 'state');
+  if (!s) {
+    console.log(`# window.sfuDemo is not defined (url ${p.page.url()})`);
+  } else {
+    console.log(`# state=${s.state} participantId=${s.participantId} lastError=${s.lastError}`);
+    const r = await withTimeout(remotes(p), 3000, 'remotes');
+    for (const x of r) console.log(`# remote ${x.kind} ${x.producerId} from ${x.participantId}: ${JSON.stringify(x.stats)} layer=${x.layer}`);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 
-const pages = [];
-let browser;
-try {
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+await run.main(async () => {
   const room = `simulcast-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
   console.log(`# base ${base}${baseB !== base ? ` (page B on ${baseB})` : ''}, room ${room}`);
 
-  const A = await openPage(browser, 'A');
-  pages.push(A);
+  const A = await run.openPage('A');
   await check('A (Alice, 1280x720) joined', async () => {
     await A.page.goto(demoUrl(room, 'Alice', { width: '1280', height: '720' }));
     const s = await waitJoined(A, 15_000);
     return `participantId=${s.participantId}`;
   });
 
-  const B = await openPage(browser, 'B');
-  pages.push(B);
+  const B = await run.openPage('B');
   await check('B (Bob) joined', async () => {
     await B.page.goto(demoUrl(room, 'Bob', {}, baseB));
     const s = await waitJoined(B, 15_000);
@@ -265,15 +156,6 @@ try {
     const { video, from } = await waitDecoding(B, videoId, 10_000);
     return `framesDecoded=${from}->${video.stats.framesDecoded}`;
   });
-} catch (err) {
-  if (!(err instanceof CheckFailed)) {
-    failed++;
-    console.log(`not ok - unexpected error: ${err.stack ?? err}`);
-  }
-  await dumpDiagnostics(pages);
-} finally {
-  await browser?.close().catch(() => {});
-}
+}, { pageState: printPageState, lastConsoleLines: 20 });
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+run.finish();

@@ -15,7 +15,7 @@
 //                 WebSocket.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { chromium } from 'playwright-core';
+import { createRun, CheckFailed, PROBE_TIMEOUT_MS, sleep, withTimeout } from './harness.mjs';
 
 const MODES = ['wt', 'fallback', 'ws'];
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
@@ -25,106 +25,13 @@ if (!/^https?:\/\//.test(base) || !MODES.includes(mode)) {
   process.exit(2);
 }
 
-// As simulcast.mjs. Never add --disable-quic: WebTransport runs over QUIC.
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/',
-];
-
-const BUDGET_MS = 90_000; // every check's timeout is capped by this overall deadline
-const POLL_MS = 250;
-const PROBE_TIMEOUT_MS = 5_000; // one page.evaluate must not eat the whole budget
 const FALLBACK_WITHIN_MS = 10_000;
-const deadline = Date.now() + BUDGET_MS;
 
-let passed = 0;
-let failed = 0;
-
-// Last resort if something hangs outside a polling loop (e.g. browser launch).
-const watchdog = setTimeout(() => {
-  failed++;
-  console.log(`not ok - whole run exceeded ${(BUDGET_MS + 30_000) / 1000}s`);
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(1);
-}, BUDGET_MS + 30_000);
-watchdog.unref();
-
-class CheckFailed extends Error {}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Run one named check. `fn` returns a short detail string for the ok line.
- * A failure is counted and rethrown: later checks depend on earlier ones.
- */
-async function check(name, fn) {
-  try {
-    const detail = await fn();
-    passed++;
-    console.log(`ok - ${name}${detail ? ` (${detail})` : ''}`);
-  } catch (err) {
-    failed++;
-    // Playwright messages carry a colored call log; keep the first line, uncolored.
-    const message = String(err?.message ?? err).replace(/\x1b\[[0-9;]*m/g, '').split('\n')[0];
-    console.log(`not ok - ${name}: ${message}`);
-    throw new CheckFailed(message);
-  }
-}
-
-/**
- * Poll `probe` every POLL_MS until it returns {done: true, value}, or {fatal: message} to give
- * up at once. The last `last` goes into the timeout message.
- */
-async function waitFor(what, timeoutMs, probe) {
-  const start = Date.now();
-  const until = Math.min(start + timeoutMs, deadline);
-  let last = 'no result yet';
-  for (;;) {
-    try {
-      const r = await withTimeout(probe(), PROBE_TIMEOUT_MS, 'probe');
-      if (r?.fatal) throw new CheckFailed(`${what}: ${r.fatal}`);
-      if (r?.done) return r.value;
-      if (r?.last !== undefined) last = r.last;
-    } catch (err) {
-      if (err instanceof CheckFailed) throw err;
-      last = `probe failed: ${err.message}`;
-    }
-    if (Date.now() >= until) {
-      const waited = ((Date.now() - start) / 1000).toFixed(1);
-      throw new CheckFailed(`${what}: not reached within ${waited}s (last: ${last})`);
-    }
-    await sleep(POLL_MS);
-  }
-}
+const run = createRun({ budgetMs: 90_000, pollMs: 250 });
+const { check, waitFor } = run;
 
 // ---------------------------------------------------------------------------------------------
 // Page helpers
-
-async function openPage(browser, label) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const messages = [];
-  page.on('console', (m) => messages.push({ error: m.type() === 'error', text: `[${m.type()}] ${m.text()}` }));
-  page.on('pageerror', (e) => messages.push({ error: true, text: `[pageerror] ${e.message}` }));
-  page.on('crash', () => messages.push({ error: true, text: '[crash] page crashed' }));
-  return { label, context, page, messages };
-}
 
 function demoUrl(room, name, extra = {}) {
   const q = new URLSearchParams({ room, name, autojoin: '1', ...extra });
@@ -193,30 +100,23 @@ async function waitDecoding(p, producerId, timeoutMs, above = -1) {
   });
 }
 
-async function dumpDiagnostics(pages) {
-  for (const p of pages) {
-    console.log(`# --- page ${p.label} ---`);
-    try {
-      const s = await withTimeout(demoState(p), 3000, 'state');
-      if (!s) {
-        console.log(`# window.sfuDemo is not defined (url ${p.page.url()})`);
-      } else {
-        console.log(`# participantId=${s.participantId} ${describeState(s)} badge="${s.badge}"`);
-        const r = await withTimeout(remotes(p), 3000, 'remotes');
-        for (const x of r) console.log(`# remote ${x.kind} ${x.producerId} from ${x.participantId}: ${JSON.stringify(x.stats)} layer=${x.layer}`);
-      }
-    } catch (err) {
-      console.log(`# (could not read page state: ${err.message})`);
-    }
-    try {
-      const logText = await withTimeout(p.page.evaluate(() => document.getElementById('log')?.textContent ?? ''), 3000, 'log');
-      console.log('# page log (last 25 lines):');
-      for (const line of logText.trim().split('\n').slice(-25)) console.log(`#   ${line}`);
-    } catch { /* page gone */ }
-    const errors = p.messages.filter((m) => m.error);
-    console.log(`# console errors (${errors.length}):`);
-    for (const m of errors.slice(-30)) console.log(`#   ${m.text}`);
+/** The demo's state and remote tracks, for the diagnostics printed after a failure. */
+async function printPageState(p) {
+  const s = await withTimeout(demoState(p), 3000, 'state');
+  if (!s) {
+    console.log(`# window.sfuDemo is not defined (url ${p.page.url()})`);
+  } else {
+    console.log(`# participantId=${s.participantId} ${describeState(s)} badge="${s.badge}"`);
+    const r = await withTimeout(remotes(p), 3000, 'remotes');
+    for (const x of r) console.log(`# remote ${x.kind} ${x.producerId} from ${x.participantId}: ${JSON.stringify(x.stats)} layer=${x.layer}`);
   }
+}
+
+/** The demo's on-page log, for the diagnostics printed after a failure. */
+async function printPageLog(p) {
+  const logText = await withTimeout(p.page.evaluate(() => document.getElementById('log')?.textContent ?? ''), 3000, 'log');
+  console.log('# page log (last 25 lines):');
+  for (const line of logText.trim().split('\n').slice(-25)) console.log(`#   ${line}`);
 }
 
 /** What the server says at GET /webtransport, for the log (the page fetches it itself). */
@@ -237,9 +137,8 @@ async function probeWebTransportInfo() {
 
 // ---------------------------------------------------------------------------------------------
 
-async function joinAndCheckTransport(browser, pages, label, name, room, extra, expected) {
-  const p = await openPage(browser, label);
-  pages.push(p);
+async function joinAndCheckTransport(label, name, room, extra, expected) {
+  const p = await run.openPage(label);
   await check(`${label} (${name}${extra.width ? `, ${extra.width}x${extra.height}` : ''}) joined`, async () => {
     await p.page.goto(demoUrl(room, name, extra));
     const s = await waitJoined(p, 20_000);
@@ -254,18 +153,14 @@ async function joinAndCheckTransport(browser, pages, label, name, room, extra, e
   return p;
 }
 
-const pages = [];
-let browser;
-try {
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+await run.main(async () => {
   const room = `wt-${mode}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
   const info = await probeWebTransportInfo();
   console.log(`# base ${base}, mode ${mode}, room ${room}, GET /webtransport: ${info.line}`);
 
   if (mode === 'fallback') {
     for (const [label, name, extra] of [['A', 'Alice', { width: '1280', height: '720' }], ['B', 'Bob', {}]]) {
-      const p = await openPage(browser, label);
-      pages.push(p);
+      const p = await run.openPage(label);
       await check(`${label} (${name}) falls back to WebSocket within ${FALLBACK_WITHIN_MS / 1000}s`, async () => {
         const started = Date.now();
         await p.page.goto(demoUrl(room, name, extra));
@@ -284,15 +179,15 @@ try {
         return `participantId=${s.participantId}, badge "${s.badge}"`;
       });
     }
-    const B = pages[1];
+    const B = run.pages[1];
     await check("B decoded frames of A's video", async () => {
       const { video, from } = await waitDecoding(B, undefined, 20_000);
       return `framesDecoded=${from}->${video.stats.framesDecoded}, ${video.stats.frameWidth}x${video.stats.frameHeight}`;
     });
   } else {
     const expected = mode === 'ws' ? 'websocket' : 'webtransport';
-    await joinAndCheckTransport(browser, pages, 'A', 'Alice', room, { width: '1280', height: '720' }, expected);
-    const B = await joinAndCheckTransport(browser, pages, 'B', 'Bob', room, {}, expected);
+    await joinAndCheckTransport('A', 'Alice', room, { width: '1280', height: '720' }, expected);
+    const B = await joinAndCheckTransport('B', 'Bob', room, {}, expected);
 
     let videoId;
     await check("B decoded frames of A's video", async () => {
@@ -343,15 +238,6 @@ try {
       return `setPreferredLayer -> ${JSON.stringify(res)}`;
     });
   }
-} catch (err) {
-  if (!(err instanceof CheckFailed)) {
-    failed++;
-    console.log(`not ok - unexpected error: ${err.stack ?? err}`);
-  }
-  await dumpDiagnostics(pages);
-} finally {
-  await browser?.close().catch(() => {});
-}
+}, { pageState: printPageState, extra: printPageLog });
 
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+run.finish();

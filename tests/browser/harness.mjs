@@ -1,0 +1,194 @@
+// Shared harness for the headless-Chromium checks (simulcast.mjs, webtransport.mjs): browser
+// launch, named checks with a TAP-like `ok - …` / `not ok - …` log, polling with an overall
+// deadline, a watchdog, console collection, failure diagnostics and the final summary line.
+//
+//   const run = createRun({ budgetMs: 90_000, pollMs: 500 });
+//   await run.main(async () => {
+//     const A = await run.openPage('A');
+//     await run.check('A did something', async () => 'detail');
+//   }, { pageState: async (p) => { /* print '# …' lines */ } });
+//   run.finish(); // prints "<passed> passed, <failed> failed", exits 0 or 1
+//
+// A failed check is counted and rethrown as CheckFailed, so the rest of main() is skipped
+// (later checks depend on earlier ones); main() then prints diagnostics for every opened page.
+
+import { chromium } from 'playwright-core';
+
+// Never add --disable-quic: WebTransport runs over QUIC.
+export const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/',
+];
+
+export const PROBE_TIMEOUT_MS = 5_000; // one page.evaluate must not eat the whole budget
+const WATCHDOG_GRACE_MS = 30_000;
+
+/** Thrown (and recognised) for a failure that has already been reported as `not ok`. */
+export class CheckFailed extends Error {}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms); }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * State of one run: pass/fail counters, the overall deadline (every waitFor is capped by it,
+ * counted from this call), the watchdog, the browser and the pages opened in it.
+ */
+export function createRun({ budgetMs = 90_000, pollMs = 500 } = {}) {
+  const deadline = Date.now() + budgetMs;
+  const pages = [];
+  let browser;
+  let passed = 0;
+  let failed = 0;
+
+  const summary = () => `${passed} passed, ${failed} failed`;
+
+  // Last resort if something hangs outside a polling loop (e.g. browser launch).
+  const watchdog = setTimeout(() => {
+    failed++;
+    console.log(`not ok - whole run exceeded ${(budgetMs + WATCHDOG_GRACE_MS) / 1000}s`);
+    console.log(summary());
+    process.exit(1);
+  }, budgetMs + WATCHDOG_GRACE_MS);
+  watchdog.unref();
+
+  /**
+   * Run one named check. `fn` returns a short detail string for the ok line.
+   * A failure is counted and rethrown: later checks depend on earlier ones.
+   */
+  async function check(name, fn) {
+    try {
+      const detail = await fn();
+      passed++;
+      console.log(`ok - ${name}${detail ? ` (${detail})` : ''}`);
+    } catch (err) {
+      failed++;
+      // Playwright messages carry a colored call log; keep the first line, uncolored.
+      const message = String(err?.message ?? err).replace(/\x1b\[[0-9;]*m/g, '').split('\n')[0];
+      console.log(`not ok - ${name}: ${message}`);
+      throw new CheckFailed(message);
+    }
+  }
+
+  /**
+   * Poll `probe` every `pollMs` until it returns {done: true, value}, or {fatal: message} to give
+   * up at once. The last `last` goes into the timeout message.
+   */
+  async function waitFor(what, timeoutMs, probe) {
+    const start = Date.now();
+    const until = Math.min(start + timeoutMs, deadline);
+    let last = 'no result yet';
+    for (;;) {
+      try {
+        const r = await withTimeout(probe(), PROBE_TIMEOUT_MS, 'probe');
+        if (r?.fatal) throw new CheckFailed(`${what}: ${r.fatal}`);
+        if (r?.done) return r.value;
+        if (r?.last !== undefined) last = r.last;
+      } catch (err) {
+        if (err instanceof CheckFailed) throw err;
+        last = `probe failed: ${err.message}`;
+      }
+      if (Date.now() >= until) {
+        const waited = ((Date.now() - start) / 1000).toFixed(1);
+        throw new CheckFailed(`${what}: not reached within ${waited}s (last: ${last})`);
+      }
+      await sleep(pollMs);
+    }
+  }
+
+  /** A fresh browser context with one page, collecting its console; listed for diagnostics. */
+  async function openPage(label) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const messages = [];
+    page.on('console', (m) => messages.push({ error: m.type() === 'error', text: `[${m.type()}] ${m.text()}` }));
+    page.on('pageerror', (e) => messages.push({ error: true, text: `[pageerror] ${e.message}` }));
+    page.on('crash', () => messages.push({ error: true, text: '[crash] page crashed' }));
+    const p = { label, context, page, messages };
+    pages.push(p);
+    return p;
+  }
+
+  /**
+   * For each opened page: a header, `pageState(p)` (its own '# …' lines; if it throws,
+   * "could not read page state" is printed), `extra(p)` (errors ignored), the console errors,
+   * and with `lastConsoleLines` > 0 that many last console lines.
+   */
+  async function dumpDiagnostics({ pageState, extra, lastConsoleLines = 0 } = {}) {
+    for (const p of pages) {
+      console.log(`# --- page ${p.label} ---`);
+      if (pageState) {
+        try {
+          await pageState(p);
+        } catch (err) {
+          console.log(`# (could not read page state: ${err.message})`);
+        }
+      }
+      if (extra) {
+        try {
+          await extra(p);
+        } catch { /* page gone */ }
+      }
+      const errors = p.messages.filter((m) => m.error);
+      console.log(`# console errors (${errors.length}):`);
+      for (const m of errors.slice(-30)) console.log(`#   ${m.text}`);
+      if (lastConsoleLines > 0) {
+        console.log('# last console lines:');
+        for (const m of p.messages.slice(-lastConsoleLines)) console.log(`#   ${m.text}`);
+      }
+    }
+  }
+
+  /**
+   * Launch Chromium and run `body`. A CheckFailed stops it (already reported); any other error
+   * is counted as `not ok - unexpected error`. On either, diagnostics (see dumpDiagnostics) are
+   * printed. The browser is closed in all cases; call finish() afterwards.
+   */
+  async function main(body, diagnostics = {}) {
+    try {
+      browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+      await body();
+    } catch (err) {
+      if (!(err instanceof CheckFailed)) {
+        failed++;
+        console.log(`not ok - unexpected error: ${err.stack ?? err}`);
+      }
+      await dumpDiagnostics(diagnostics);
+    } finally {
+      await browser?.close().catch(() => {});
+    }
+  }
+
+  /** Print the summary line and exit: 0 when every check passed, 1 otherwise. */
+  function finish() {
+    console.log(summary());
+    process.exit(failed ? 1 : 0);
+  }
+
+  return {
+    check,
+    waitFor,
+    openPage,
+    dumpDiagnostics,
+    main,
+    finish,
+    pages,
+    deadline,
+    get passed() { return passed; },
+    get failed() { return failed; },
+  };
+}
