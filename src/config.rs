@@ -73,9 +73,21 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// PostgreSQL URL (accepted for compatibility; the audit log comes later).
+    /// Audit log database: a postgres:// URL, or unset for the embedded SQLite file.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// SQLite file of the audit log when DATABASE_URL is unset.
+    #[arg(long, env = "AUDIT_SQLITE_PATH", default_value = "./data/audit.db")]
+    pub audit_sqlite_path: std::path::PathBuf,
+
+    /// Where audit events wait (JSON lines) while the database is unreachable.
+    #[arg(
+        long,
+        env = "AUDIT_SPILL_PATH",
+        default_value = "./data/audit-spill.jsonl"
+    )]
+    pub audit_spill_path: std::path::PathBuf,
 
     /// First UDP port for media; worker i binds RTC_MIN_PORT + i. 0 picks free ports.
     #[arg(long, env = "MEDIASOUP_WORKER_RTC_MIN_PORT", default_value_t = 10000)]

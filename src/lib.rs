@@ -3,6 +3,7 @@
 //! Layers, outermost first: `transport` (sockets) → `session` (protocol state machine) →
 //! `room` (model) → `media` (workers, forwarding). Each layer only knows the ones below it.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod integrations;
@@ -33,6 +34,7 @@ use session::SessionRegistry;
 /// Everything a session needs, shared by all connections.
 pub struct AppContext {
     pub settings: Settings,
+    pub audit: audit::AuditLog,
     pub auth: Authenticator,
     pub rooms: Arc<Rooms>,
     pub media: MediaRouter,
@@ -97,6 +99,12 @@ impl ServerHandle {
         if !self.ctx.rooms.flush_webhooks(Duration::from_secs(5)).await {
             tracing::warn!("webhook queue not fully delivered before exit");
         }
+        // Whatever the database did not take is spilled to disk and replayed at next start.
+        if !self.ctx.audit.flush(Duration::from_secs(5)).await {
+            tracing::warn!(
+                "audit log not fully written before exit; the rest is in the spill file"
+            );
+        }
         tracing::info!(remaining, "drain finished");
         self.stop().await;
         remaining
@@ -141,6 +149,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         settings.jwt_public_key.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    let audit_backend = audit::AuditBackend::from_database_url(
+        settings.config.database_url.as_deref(),
+        &settings.config.audit_sqlite_path,
+    )
+    .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+    tracing::info!(backend = %audit_backend.describe(), "audit log");
+    let audit = audit::AuditLog::start(
+        audit_backend,
+        audit::AuditConfig {
+            spill_path: settings.config.audit_spill_path.clone(),
+            // Schema changes apply by themselves; `sfu migrate` exists for controlled rollouts.
+            migrate_on_start: true,
+            ..Default::default()
+        },
+    )
+    .await?;
     let media = MediaRouter::start(settings.media.clone(), events_tx)?;
     let webhooks = settings.config.django_webhook_url.as_ref().map(|url| {
         let secret = settings
@@ -194,10 +218,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         webhooks,
         lookup,
         directory.clone(),
+        audit.clone(),
     );
     let ctx = Arc::new(AppContext {
         auth,
-        limits: Limits::new(&settings.config),
+        limits: Limits::new(&settings.config, audit.clone()),
+        audit,
         settings,
         rooms: rooms.clone(),
         media,

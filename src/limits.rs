@@ -8,9 +8,11 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::config::Config;
 
 pub struct Limits {
+    audit: AuditLog,
     connections: DefaultKeyedRateLimiter<IpAddr>,
     http: DefaultKeyedRateLimiter<IpAddr>,
     messages: DefaultKeyedRateLimiter<String>,
@@ -22,9 +24,10 @@ fn nz(n: u32) -> NonZeroU32 {
 }
 
 impl Limits {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, audit: AuditLog) -> Self {
         let per_second = config.rate_limit_messages_per_second;
         Limits {
+            audit,
             connections: RateLimiter::keyed(Quota::per_minute(nz(
                 config.rate_limit_connections_per_minute
             ))),
@@ -47,6 +50,10 @@ impl Limits {
         limiter.check_key(key).map_err(|not_until| {
             metrics::counter!("sfu_rate_limit_trips_total", "limit" => which).increment(1);
             tracing::warn!(limit = which, client = %who, "rate limit tripped");
+            self.audit.record(
+                AuditEvent::new(AuditKind::LimitTripped)
+                    .detail(serde_json::json!({ "limit": which, "client": who.to_string() })),
+            );
             not_until.wait_time_from(self.clock.now())
         })
     }

@@ -23,6 +23,8 @@ enum Command {
         #[command(subcommand)]
         action: CertsAction,
     },
+    /// Apply the audit-log schema migrations (DATABASE_URL, or the SQLite file) and exit.
+    Migrate,
     /// Print a JWT signed with DJANGO_JWT_SECRET (for curl/wscat testing).
     Token {
         /// The `user_id` claim.
@@ -106,6 +108,18 @@ fn main() {
     let production = cli.config.environment == Environment::Production;
     let settings = cli.config.resolve().unwrap_or_else(|e| fail(&e));
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let backend = sfu::audit::AuditBackend::from_database_url(
+                settings.config.database_url.as_deref(),
+                &settings.config.audit_sqlite_path,
+            )
+            .unwrap_or_else(|e| fail(&format!("DATABASE_URL: {e}")));
+            let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(&e.to_string()));
+            runtime
+                .block_on(sfu::audit::migrate(&backend))
+                .unwrap_or_else(|e| fail(&format!("migration failed: {e:#}")));
+            println!("migrations applied to {}", backend.describe());
+        }
         Command::Certs {
             action: CertsAction::Generate { out_dir, days, san },
         } => generate_certs(&out_dir, days, &san).unwrap_or_else(|e| fail(&e)),

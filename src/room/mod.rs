@@ -15,6 +15,7 @@ use std::time::Instant;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::auth::Identity;
 use crate::integrations::django::{LookupError, RoomLookup, WebhookEvent, Webhooks};
 use crate::media::{
@@ -132,6 +133,7 @@ pub struct Rooms {
     webhooks: Option<Webhooks>,
     lookup: Option<RoomLookup>,
     directory: Option<Arc<RedisDirectory>>,
+    audit: AuditLog,
 }
 
 /// Counts for `/status`.
@@ -149,6 +151,7 @@ impl Rooms {
         webhooks: Option<Webhooks>,
         lookup: Option<RoomLookup>,
         directory: Option<Arc<RedisDirectory>>,
+        audit: AuditLog,
     ) -> Arc<Self> {
         Arc::new(Rooms {
             state: Mutex::new(State::default()),
@@ -157,7 +160,23 @@ impl Rooms {
             webhooks,
             lookup,
             directory,
+            audit,
         })
+    }
+
+    /// Record an audit event about `room_id` (never blocks).
+    fn audit(
+        &self,
+        kind: AuditKind,
+        room_id: &str,
+        participant: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        let mut event = AuditEvent::new(kind).room(room_id).detail(detail);
+        if let Some(p) = participant {
+            event = event.participant(p);
+        }
+        self.audit.record(event);
     }
 
     pub fn directory(&self) -> Option<&Arc<RedisDirectory>> {
@@ -320,6 +339,12 @@ impl Rooms {
             room_id: summary.room_id.clone(),
             name: summary.name.clone(),
         });
+        self.audit(
+            AuditKind::RoomCreated,
+            &summary.room_id,
+            None,
+            json!({ "name": summary.name, "maxParticipants": summary.max_participants }),
+        );
         tracing::info!(room = %summary.room_id, worker, "room created");
         Ok(summary)
     }
@@ -420,6 +445,13 @@ impl Rooms {
             user_id: user.id.clone(),
             display_name: display_name.to_string(),
         });
+        self.audit.record(
+            AuditEvent::new(AuditKind::ParticipantJoined)
+                .room(room_id)
+                .participant(&participant_id)
+                .user(&user.id)
+                .detail(json!({ "displayName": display_name })),
+        );
         let existing = if identity.grants.subscribe {
             existing
         } else {
@@ -427,10 +459,18 @@ impl Rooms {
         };
         for (producer, owner) in existing {
             // A producer closed meanwhile is not an error for the joiner.
-            let _ = self
+            let subscribed = self
                 .media
                 .subscribe(worker, subscriber, producer, owner)
                 .await;
+            if subscribed.is_ok() {
+                self.audit(
+                    AuditKind::ConsumerCreated,
+                    room_id,
+                    Some(&participant_id),
+                    json!({ "producerId": producer.to_string() }),
+                );
+            }
         }
         tracing::info!(room = room_id, participant = %participant_id, user = %user.id, "participant joined");
         Ok(Joined {
@@ -488,6 +528,7 @@ impl Rooms {
             let Some(participant) = room.participants.remove(participant_id) else {
                 return;
             };
+            self.audit_departure(room_id, participant_id, &participant, room);
             for producer in &participant.producers {
                 let closed = OutboundEnvelope::notification(
                     "producerClosed",
@@ -511,6 +552,13 @@ impl Rooms {
                 user_id: participant.user_id.clone(),
                 duration_seconds: participant.joined_at.elapsed().as_secs(),
             });
+            self.audit.record(
+                AuditEvent::new(AuditKind::ParticipantLeft)
+                    .room(room_id)
+                    .participant(participant_id)
+                    .user(&participant.user_id)
+                    .detail(json!({ "duration_ms": participant.joined_at.elapsed().as_millis() as u64 })),
+            );
             let (room_key, participant_key) = (room_id.to_string(), participant_id.to_string());
             self.directory_update(|d| async move {
                 d.participant_left(&room_key, &participant_key).await
@@ -521,6 +569,12 @@ impl Rooms {
                 self.directory_update(|d| async move { d.release_room(&released).await });
                 let duration_seconds = room.created_at.elapsed().as_secs();
                 state.rooms.remove(room_id);
+                self.audit(
+                    AuditKind::RoomClosed,
+                    room_id,
+                    None,
+                    json!({ "duration_ms": duration_seconds * 1000 }),
+                );
                 self.emit(WebhookEvent::RoomFinished {
                     room_id: room_id.to_string(),
                     duration_seconds,
@@ -538,6 +592,47 @@ impl Rooms {
             participant = participant_id,
             "participant left"
         );
+    }
+
+    /// Audit what a departure ends: the leaver's producers (and everyone's consumers of them)
+    /// and the leaver's own consumers.
+    fn audit_departure(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        leaver: &Participant,
+        room: &Room,
+    ) {
+        for producer in &leaver.producers {
+            self.audit(
+                AuditKind::ProducerClosed,
+                room_id,
+                Some(participant_id),
+                json!({ "producerId": producer.producer_id }),
+            );
+            for (other_id, other) in &room.participants {
+                if other.can_subscribe {
+                    self.audit(
+                        AuditKind::ConsumerClosed,
+                        room_id,
+                        Some(other_id),
+                        json!({ "producerId": producer.producer_id }),
+                    );
+                }
+            }
+        }
+        if leaver.can_subscribe {
+            for other in room.participants.values() {
+                for producer in &other.producers {
+                    self.audit(
+                        AuditKind::ConsumerClosed,
+                        room_id,
+                        Some(participant_id),
+                        json!({ "producerId": producer.producer_id }),
+                    );
+                }
+            }
+        }
     }
 
     /// Remove `participant_id` on an admin's behalf; it is told why before the others.
@@ -586,6 +681,12 @@ impl Rooms {
         }
         // The last leave normally removed it; a room emptied meanwhile is removed here.
         if let Some(room) = self.lock().rooms.remove(room_id) {
+            self.audit(
+                AuditKind::RoomClosed,
+                room_id,
+                None,
+                json!({ "duration_ms": room.created_at.elapsed().as_millis() as u64 }),
+            );
             let released = room_id.to_string();
             self.directory_update(|d| async move { d.release_room(&released).await });
             self.emit(WebhookEvent::RoomFinished {
@@ -643,6 +744,12 @@ impl Rooms {
                     layers: p.rids.clone(),
                 };
                 me.producers.push(info.clone());
+                self.audit(
+                    AuditKind::ProducerCreated,
+                    room_id,
+                    Some(participant_id),
+                    json!({ "producerId": info.producer_id, "kind": info.kind, "layers": info.layers }),
+                );
                 self.emit(WebhookEvent::ProducerPublished {
                     room_id: room_id.to_string(),
                     participant_id: participant_id.to_string(),
@@ -665,13 +772,13 @@ impl Rooms {
                     ));
                 }
                 if p.can_subscribe {
-                    subscribers.push(p.subscriber);
+                    subscribers.push((p.subscriber, id.clone()));
                 }
             }
         }
-        for subscriber in subscribers {
+        for (subscriber, subscriber_participant) in subscribers {
             for p in &created {
-                let _ = self
+                let subscribed = self
                     .media
                     .subscribe(
                         worker,
@@ -680,6 +787,14 @@ impl Rooms {
                         participant_id.to_string(),
                     )
                     .await;
+                if subscribed.is_ok() {
+                    self.audit(
+                        AuditKind::ConsumerCreated,
+                        room_id,
+                        Some(&subscriber_participant),
+                        json!({ "producerId": p.producer_id.to_string() }),
+                    );
+                }
             }
         }
         Ok((answer, announced))
@@ -739,6 +854,14 @@ impl Rooms {
                 return;
             }
             let closed = std::mem::take(&mut p.producers);
+            for producer in &closed {
+                self.audit(
+                    AuditKind::ProducerClosed,
+                    &room_id,
+                    Some(&participant_id),
+                    json!({ "producerId": producer.producer_id, "reason": reason }),
+                );
+            }
             for producer in closed {
                 let message = OutboundEnvelope::notification(
                     "producerClosed",

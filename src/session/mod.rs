@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::audit::{AuditEvent, AuditKind};
 use crate::auth::Identity;
 use crate::media::Preference;
 use crate::room::{RoomError, SessionSink};
@@ -487,6 +488,13 @@ impl Session {
                 let reason = r.reason.unwrap_or_else(|| "removed by an admin".into());
                 rooms.kick(&m.room_id, &r.participant_id, &reason).await?;
                 tracing::warn!(room = %m.room_id, admin = %identity.user.id, target = %r.participant_id, "participant kicked");
+                self.ctx.audit.record(
+                    AuditEvent::new(AuditKind::AdminAction)
+                        .room(&m.room_id)
+                        .participant(&m.participant_id)
+                        .user(&identity.user.id)
+                        .detail(json!({ "action": "kickParticipant", "target": r.participant_id, "reason": reason })),
+                );
                 Ok((
                     "kickParticipantResponse",
                     json!({ "participantId": r.participant_id }),
@@ -504,6 +512,12 @@ impl Session {
                 self.membership = None;
                 rooms.close_room(&room_id).await;
                 tracing::warn!(room = %room_id, admin = %identity.user.id, "room closed by admin");
+                self.ctx.audit.record(
+                    AuditEvent::new(AuditKind::AdminAction)
+                        .room(&room_id)
+                        .user(&identity.user.id)
+                        .detail(json!({ "action": "closeRoom" })),
+                );
                 Ok(("closeRoomResponse", json!({ "roomId": room_id })))
             }
         }
@@ -513,6 +527,11 @@ impl Session {
         match self.ctx.auth.verify(&token) {
             Ok(identity) => {
                 tracing::info!(connection = %self.connection_id(), user = %identity.user.id, "authenticated");
+                self.ctx.audit.record(
+                    AuditEvent::new(AuditKind::AuthSucceeded)
+                        .user(&identity.user.id)
+                        .detail(json!({ "connectionId": self.connection_id() })),
+                );
                 let resume_token = random_token();
                 let data = json!({
                     "connectionId": self.connection_id(),
@@ -528,6 +547,13 @@ impl Session {
             Err(e) => {
                 // Security event: always at warn, never with the token itself.
                 tracing::warn!(connection = %self.connection_id(), code = ?e.code, reason = %e.message, "authentication failed");
+                self.ctx
+                    .audit
+                    .record(AuditEvent::new(AuditKind::AuthFailed).detail(json!({
+                        "connectionId": self.connection_id(),
+                        "code": e.code,
+                        "reason": e.message,
+                    })));
                 Err((e.code, e.message).into())
             }
         }

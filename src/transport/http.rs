@@ -26,7 +26,8 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/readyz", get(readyz))
         .route("/health", get(health))
         .route("/status", get(status))
-        .route("/webtransport", get(webtransport_info));
+        .route("/webtransport", get(webtransport_info))
+        .route("/audit", get(audit_log));
     if ctx.settings.dev_mode {
         router = router.route("/dev/token", get(dev_token));
     }
@@ -242,6 +243,50 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "media": media,
         "workers": ctx.media.worker_addrs(),
     }))
+}
+
+/// `GET /audit?room=&limit=`: audit events, newest first, for room admins (Bearer JWT with the
+/// `roomAdmin` grant for that room; all rooms need a `"*"` room grant).
+async fn audit_log(
+    State(ctx): State<Arc<AppContext>>,
+    headers: HeaderMap,
+    Query(query): Query<crate::audit::http::AuditQuery>,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "Bearer token required", "code": "NOT_AUTHENTICATED" })),
+        )
+            .into_response();
+    };
+    let identity = match ctx.auth.verify(token) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::warn!(code = ?e.code, "audit read with a bad token");
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": e.message, "code": e.code })),
+            )
+                .into_response();
+        }
+    };
+    let scope = query
+        .room
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .unwrap_or("*");
+    if !identity.grants.room_admin || !identity.grants.may_join(scope) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "the audit log needs the room-admin grant", "code": "ADMIN_REQUIRED" })),
+        )
+            .into_response();
+    }
+    crate::audit::http::list(&ctx.audit, query).await
 }
 
 /// Where and how to reach the WebTransport endpoint (URL, certificate hash, framing).

@@ -54,6 +54,15 @@ pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
         "--resume-grace-secs",
         "1",
     ];
+    // Each server its own audit files, so parallel tests never share a SQLite database.
+    let dir = scratch_dir();
+    let audit_db = format!("--audit-sqlite-path={}", dir.join("audit.db").display());
+    let audit_spill = format!(
+        "--audit-spill-path={}",
+        dir.join("audit-spill.jsonl").display()
+    );
+    args.push(&audit_db);
+    args.push(&audit_spill);
     args.extend_from_slice(extra);
     let config = sfu::config::Config::parse_from(args).expect("test config parses");
     let _ = sfu::telemetry::init_logging(
@@ -63,6 +72,13 @@ pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
     sfu::start(config.resolve().expect("test config valid"))
         .await
         .expect("server starts")
+}
+
+/// A fresh directory under the system temp dir for one server's files.
+pub fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sfu-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
 }
 
 /// A free TCP port on loopback (for spawned server processes).
@@ -90,6 +106,7 @@ impl Drop for ServerProcess {
 /// Start the binary with a clean environment (test defaults + `env`) and wait for its port.
 pub async fn spawn_server_process(env: &[(&str, &str)]) -> ServerProcess {
     let port = free_port();
+    let dir = scratch_dir();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfu"));
     command
         .env_clear()
@@ -103,6 +120,8 @@ pub async fn spawn_server_process(env: &[(&str, &str)]) -> ServerProcess {
         .env("SFU_WORKERS", "1")
         .env("DJANGO_JWT_SECRET", SECRET)
         .env("LOG_LEVEL", "warn")
+        .env("AUDIT_SQLITE_PATH", dir.join("audit.db"))
+        .env("AUDIT_SPILL_PATH", dir.join("audit-spill.jsonl"))
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
