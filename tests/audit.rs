@@ -4,10 +4,13 @@
 //! PostgreSQL: `AUDIT_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
 //! controlled with `pg_ctlcluster` (the outage test stops and restarts the local cluster).
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{pg_ctl, RestartPostgres};
 use serde_json::json;
 use sfu::audit::{self, AuditBackend, AuditConfig, AuditEvent, AuditKind, AuditLog, AuditStats};
 use sqlx::{Connection, Row};
@@ -230,23 +233,6 @@ async fn sqlite_file_keeps_the_log_across_restarts() {
 
 // --- PostgreSQL -------------------------------------------------------------------------
 
-fn pg_version() -> String {
-    std::fs::read_dir("/etc/postgresql")
-        .expect("/etc/postgresql (a Debian PostgreSQL cluster)")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .max()
-        .expect("a PostgreSQL version")
-}
-
-/// `pg_ctlcluster … <action>`; exit code 2 means it was already in that state.
-fn pg_ctl(action: &str) -> bool {
-    std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &pg_version(), "main", action])
-        .status()
-        .is_ok_and(|status| status.success() || status.code() == Some(2))
-}
-
 async fn pg_reachable() -> bool {
     matches!(
         tokio::time::timeout(
@@ -270,18 +256,6 @@ async fn pg_up() {
     while !pg_reachable().await {
         assert!(Instant::now() < deadline, "PostgreSQL did not come up");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Restarts PostgreSQL when dropped, so a failing outage test does not leave it down.
-struct RestartPostgres;
-
-impl Drop for RestartPostgres {
-    fn drop(&mut self) {
-        // No assertion here: this may run while a failed test unwinds.
-        if !pg_ctl("start") {
-            eprintln!("could not restart PostgreSQL (pg_ctlcluster start)");
-        }
     }
 }
 

@@ -48,7 +48,36 @@ fn admin_token(server: &sfu::ServerHandle, room: &str) -> String {
         .unwrap()
 }
 
+/// Both PostgreSQL tests take this: the outage one stops the database under everyone else.
+static PG_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const EXPECTED: [&str; 14] = [
+    "room_created",
+    "participant_joined",
+    "producer_created",
+    "producer_created",
+    "participant_joined",
+    "consumer_created",
+    "consumer_created",
+    "consumer_closed",
+    "consumer_closed",
+    "participant_left",
+    "producer_closed",
+    "producer_closed",
+    "participant_left",
+    "room_closed",
+];
+
 async fn scripted_session(server: &sfu::ServerHandle, room: &str) {
+    scripted_session_with_pause(server, room, || async {}).await;
+}
+
+/// The session, with `pause` run after the publisher is up and before the rest happens.
+async fn scripted_session_with_pause<F, Fut>(server: &sfu::ServerHandle, room: &str, pause: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut a = WsClient::connect(server.http_addr).await;
     a.authenticate(&token(server, "alice")).await;
     ok(
@@ -63,6 +92,7 @@ async fn scripted_session(server: &sfu::ServerHandle, room: &str) {
     );
     let publisher = Peer::spawn().await;
     publisher.publish(&mut a).await;
+    pause().await;
     let mut b = WsClient::connect(server.http_addr).await;
     b.authenticate(&token(server, "bob")).await;
     ok(
@@ -87,6 +117,12 @@ async fn assert_trail(server: &sfu::ServerHandle) {
         server.ctx.audit.flush(Duration::from_secs(20)).await,
         "audit flushed"
     );
+    assert_rows(server, &room).await;
+}
+
+/// `GET /audit` for `room` returns exactly the scripted session's rows, in order.
+async fn assert_rows(server: &sfu::ServerHandle, room: &str) {
+    let room = room.to_string();
 
     // Not for everyone.
     let (status, _) = get_audit(server, &room, &token(server, "nobody")).await;
@@ -100,25 +136,7 @@ async fn assert_trail(server: &sfu::ServerHandle) {
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
     kinds.reverse(); // newest first on the wire
-    assert_eq!(
-        kinds,
-        [
-            "room_created",
-            "participant_joined",
-            "producer_created",
-            "producer_created",
-            "participant_joined",
-            "consumer_created",
-            "consumer_created",
-            "consumer_closed",
-            "consumer_closed",
-            "participant_left",
-            "producer_closed",
-            "producer_closed",
-            "participant_left",
-            "room_closed",
-        ]
-    );
+    assert_eq!(kinds, EXPECTED);
     let events = body["events"].as_array().unwrap();
     let left = events
         .iter()
@@ -140,9 +158,60 @@ async fn scripted_session_audited_in_embedded_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_session_audited_in_postgres() {
+    let _pg = PG_LOCK.lock().await;
     let server =
         start_server_with(&["--database-url=postgres://postgres@127.0.0.1:5432/test"]).await;
     assert!(server.ctx.audit.backend().describe().contains("postgres"));
     assert_trail(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_during_a_session_loses_and_duplicates_nothing() {
+    let _pg = PG_LOCK.lock().await;
+    let server = start_server_with(&[&format!("--database-url={PG_URL}")]).await;
+    let room = format!("outage-{}", uuid::Uuid::new_v4().simple());
+    let _restart = RestartPostgres;
+    // Half the session with the database up, the rest while it is down.
+    scripted_session_with_pause(&server, &room, || async {
+        assert!(server.ctx.audit.flush(Duration::from_secs(20)).await);
+        assert!(
+            tokio::task::spawn_blocking(|| pg_ctl("stop"))
+                .await
+                .unwrap(),
+            "PostgreSQL stopped"
+        );
+    })
+    .await;
+    // Signaling did not wait for the database; the events are queued or spilled.
+    assert!(
+        !server.ctx.audit.flush(Duration::from_secs(1)).await,
+        "cannot be written yet"
+    );
+    assert!(
+        tokio::task::spawn_blocking(|| pg_ctl("start"))
+            .await
+            .unwrap(),
+        "PostgreSQL started"
+    );
+    assert!(
+        server.ctx.audit.flush(Duration::from_secs(30)).await,
+        "written after the outage"
+    );
+    assert_rows(&server, &room).await;
+    // Directly in the database: every event exactly once.
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::PgConnection::connect(PG_URL).await.unwrap();
+    let row =
+        sqlx::query("SELECT count(*), count(DISTINCT id) FROM audit_events WHERE room_id = $1")
+            .bind(&room)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        (rows, distinct),
+        (EXPECTED.len() as i64, EXPECTED.len() as i64)
+    );
     server.stop().await;
 }

@@ -665,3 +665,37 @@ async fn run_peer(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The machine's PostgreSQL (trust auth, database `test`), for audit tests that stop it.
+
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn pg_version() -> String {
+    std::fs::read_dir("/etc/postgresql")
+        .expect("PostgreSQL installed")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .max()
+        .expect("a PostgreSQL version")
+}
+
+/// `pg_ctlcluster … <action>`; exit code 2 means it was already in that state.
+pub fn pg_ctl(action: &str) -> bool {
+    std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &pg_version(), "main", action])
+        .status()
+        .is_ok_and(|status| status.success() || status.code() == Some(2))
+}
+
+/// Restarts PostgreSQL when dropped, so a failing outage test does not leave it down.
+pub struct RestartPostgres;
+
+impl Drop for RestartPostgres {
+    fn drop(&mut self) {
+        // No assertion here: this may run while a failed test unwinds.
+        if !pg_ctl("start") {
+            eprintln!("could not restart PostgreSQL (pg_ctlcluster start)");
+        }
+    }
+}
