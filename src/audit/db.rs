@@ -317,17 +317,7 @@ impl Db {
                     }
                 }
                 .iter()
-                .map(|r| {
-                    Ok(RawRow {
-                        id: r.try_get(0)?,
-                        at_ms: r.try_get(1)?,
-                        kind: r.try_get(2)?,
-                        room_id: r.try_get(3)?,
-                        participant_id: r.try_get(4)?,
-                        user_id: r.try_get(5)?,
-                        detail: r.try_get(6)?,
-                    })
-                })
+                .map(raw_row)
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Db::Postgres(pool) => {
@@ -353,22 +343,30 @@ impl Db {
                     }
                 }
                 .iter()
-                .map(|r| {
-                    Ok(RawRow {
-                        id: r.try_get(0)?,
-                        at_ms: r.try_get(1)?,
-                        kind: r.try_get(2)?,
-                        room_id: r.try_get(3)?,
-                        participant_id: r.try_get(4)?,
-                        user_id: r.try_get(5)?,
-                        detail: r.try_get(6)?,
-                    })
-                })
+                .map(raw_row)
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
         Ok(rows.into_iter().filter_map(RawRow::into_event).collect())
     }
+}
+
+/// Read the query's seven columns, in order, from a row of either database.
+fn raw_row<R: sqlx::Row>(r: &R) -> Result<RawRow, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(RawRow {
+        id: r.try_get(0)?,
+        at_ms: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        room_id: r.try_get(3)?,
+        participant_id: r.try_get(4)?,
+        user_id: r.try_get(5)?,
+        detail: r.try_get(6)?,
+    })
 }
 
 struct RawRow {
