@@ -2,6 +2,7 @@
 # The test command (README.md): installs what the tests need when missing, then runs them all.
 #   Chromium: Debian package (Playwright's own browser download is not used).
 #   playwright-core: npm ci in tests/browser.
+#   Redis (multi-node tests) and PostgreSQL (audit tests): started on 127.0.0.1 when down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,16 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "== npm ci (tests/browser)"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  echo "== starting redis"
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
+fi
+if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  echo "== starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -q && break; sleep 1; done
 fi
 
 cargo test "$@"

@@ -1,0 +1,680 @@
+//! Load runner (`sfu bench`): str0m peers over real UDP publish synthetic Opus and 3-layer VP8
+//! simulcast through a running SFU; subscribers measure packets, loss, one-way latency and
+//! join time; the server's CPU and RSS are read from `/proc` when its pid is given.
+//!
+//! Signaling runs over WebTransport (the server's `GET /webtransport` gives the URL and the
+//! certificate hash to trust). Scenarios: `livestream` (P video publishers, 1 by default, × N
+//! subscribers), `audio` (P audio-only publishers × N subscribers), `meeting` (N participants,
+//! each publishing audio + video and subscribing to all others).
+
+pub mod peer;
+pub mod signaling;
+pub mod stats;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use peer::{Peer, RxStats, Shared, PHASE_DONE, PHASE_MEASURE};
+use signaling::{Signal, WtTarget};
+use stats::{Histogram, Percentiles};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Livestream,
+    Audio,
+    Meeting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Low,
+    Medium,
+    High,
+    Auto,
+}
+
+impl Layer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Layer::Low => "low",
+            Layer::Medium => "medium",
+            Layer::High => "high",
+            Layer::Auto => "auto",
+        }
+    }
+}
+
+/// Everything a run needs; `sfu bench` fills it from flags.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The server's HTTP base URL, e.g. `http://127.0.0.1:3000`.
+    pub url: String,
+    pub scenario: Scenario,
+    /// Publishers for `livestream` and `audio` (ignored by `meeting`).
+    pub publishers: usize,
+    /// Subscribers; for `meeting`, the number of participants.
+    pub subscribers: usize,
+    /// Length of the measured steady state (after the ramp and `settle`).
+    pub duration: Duration,
+    /// Participants started per second.
+    pub ramp_per_sec: f64,
+    pub layer: Layer,
+    pub server_pid: Option<u32>,
+    /// HS256 secret to mint tokens with; without it tokens come from `GET /dev/token`.
+    pub jwt_secret: Option<String>,
+    pub json: Option<PathBuf>,
+    /// Pause between "every subscriber receives media" and the start of measurement.
+    pub settle: Duration,
+    /// How long to wait for every subscriber's first packet before measuring anyway.
+    pub ready_timeout: Duration,
+}
+
+impl BenchConfig {
+    pub fn new(url: impl Into<String>, scenario: Scenario) -> Self {
+        BenchConfig {
+            url: url.into(),
+            scenario,
+            publishers: 1,
+            subscribers: 10,
+            duration: Duration::from_secs(30),
+            ramp_per_sec: 10.0,
+            layer: Layer::Auto,
+            server_pid: None,
+            jwt_secret: None,
+            json: None,
+            settle: Duration::from_secs(1),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Server-side cost over the measured window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerUsage {
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall second × 100 (can exceed 100 on several cores).
+    pub cpu_percent: f64,
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub rss_bytes_per_subscriber: Option<f64>,
+}
+
+/// The result of one run (also the JSON written to `--json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub layer: Layer,
+    pub publishers: usize,
+    /// Participants that subscribe (every participant in `meeting`).
+    pub subscribers: usize,
+    pub participants: usize,
+    pub joined: usize,
+    pub failed: usize,
+    pub errors: Vec<String>,
+    pub ramp_secs: f64,
+    /// Subscribers that received media before measurement began.
+    pub subscribers_ready: usize,
+    pub measured_secs: f64,
+    /// Packets received by all subscribers while measuring (= packets the SFU forwarded to them).
+    pub packets: u64,
+    pub bytes: u64,
+    pub packets_per_sec: f64,
+    pub mbit_per_sec: f64,
+    /// Packets received by each subscriber while measuring.
+    pub subscriber_packets: Vec<u64>,
+    pub expected_packets: u64,
+    pub lost_packets: u64,
+    pub loss_percent: f64,
+    pub unstamped_packets: u64,
+    pub latency_us: Option<Percentiles>,
+    /// Signaling connect → first media packet, per subscriber.
+    pub join_ms: Option<Percentiles>,
+    pub keyframe_requests_at_publishers: u64,
+    pub server: Option<ServerUsage>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Role {
+    index: usize,
+    /// Some(video?) when publishing.
+    publish: Option<bool>,
+    subscribe: bool,
+}
+
+#[derive(Default)]
+struct Outcome {
+    error: Option<String>,
+    rx: Option<RxStats>,
+    join: Option<Duration>,
+    keyframe_requests: u64,
+    subscribe: bool,
+}
+
+/// How participants get tokens.
+enum Tokens {
+    Secret(crate::auth::Authenticator),
+    Dev(reqwest::Client, String),
+}
+
+impl Tokens {
+    async fn token(&self, user: &str, role: &Role, scenario: Scenario) -> anyhow::Result<String> {
+        match self {
+            Tokens::Secret(auth) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs();
+                let publish = match role.publish {
+                    Some(true) => vec!["audio".to_string(), "video".to_string()],
+                    Some(false) => vec!["audio".to_string()],
+                    None => Vec::new(),
+                };
+                let claims = crate::auth::Claims {
+                    user_id: Value::String(user.to_string()),
+                    exp: now + 24 * 3600,
+                    iat: Some(now),
+                    jti: Some(uuid::Uuid::new_v4().simple().to_string()),
+                    full_name: Some(user.to_string()),
+                    role: Some("participant".into()),
+                    grants: Some(crate::auth::Grants {
+                        rooms: vec!["*".into()],
+                        create_room: role.index == 0,
+                        publish,
+                        // Publishers of one-to-many scenarios receive nothing, as in production.
+                        subscribe: role.subscribe || scenario == Scenario::Meeting,
+                        room_admin: false,
+                    }),
+                    ..Default::default()
+                };
+                auth.issue(&claims)
+                    .ok_or_else(|| anyhow!("no HS256 secret to sign with"))
+            }
+            Tokens::Dev(http, base) => {
+                let reply: Value = http
+                    .get(format!("{base}/dev/token"))
+                    .query(&[("name", user)])
+                    .send()
+                    .await?
+                    .error_for_status()
+                    .context("GET /dev/token (server not in development mode? pass --jwt-secret)")?
+                    .json()
+                    .await?;
+                reply["token"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("no token in /dev/token reply"))
+            }
+        }
+    }
+}
+
+struct RunContext {
+    config: BenchConfig,
+    target: WtTarget,
+    endpoint: Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
+    tokens: Tokens,
+    shared: Arc<Shared>,
+    room: String,
+    participants: usize,
+    local_ip: std::net::IpAddr,
+    joined: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+fn roles(config: &BenchConfig) -> Vec<Role> {
+    let mut out = Vec::new();
+    match config.scenario {
+        Scenario::Livestream | Scenario::Audio => {
+            let video = config.scenario == Scenario::Livestream;
+            for _ in 0..config.publishers.max(1) {
+                out.push(Role {
+                    index: out.len(),
+                    publish: Some(video),
+                    subscribe: false,
+                });
+            }
+            for _ in 0..config.subscribers {
+                out.push(Role {
+                    index: out.len(),
+                    publish: None,
+                    subscribe: true,
+                });
+            }
+        }
+        Scenario::Meeting => {
+            for _ in 0..config.subscribers.max(2) {
+                out.push(Role {
+                    index: out.len(),
+                    publish: Some(true),
+                    subscribe: true,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Run one benchmark and return its report (also written to `config.json` when set).
+pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let base = config.url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let target = signaling::discover(&http, &base).await?;
+    let endpoint = signaling::client_endpoint(&target)?;
+    let tokens = match &config.jwt_secret {
+        Some(secret) => Tokens::Secret(
+            crate::auth::Authenticator::new(Some(secret), None).map_err(|e| anyhow!(e))?,
+        ),
+        None => Tokens::Dev(http.clone(), base.clone()),
+    };
+    // Media sockets bind where the server's host resolves from here (loopback in tests).
+    let host = reqwest::Url::parse(&base)?
+        .host_str()
+        .ok_or_else(|| anyhow!("--url has no host"))?
+        .to_string();
+    let local_ip = match tokio::net::lookup_host((host.as_str(), 0)).await?.next() {
+        Some(addr) if addr.ip().is_loopback() => addr.ip(),
+        _ => std::net::IpAddr::from([0, 0, 0, 0]),
+    };
+    let roles = roles(&config);
+    let ctx = Arc::new(RunContext {
+        target,
+        endpoint,
+        tokens,
+        shared: Shared::new(),
+        room: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        participants: roles.len(),
+        local_ip,
+        joined: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        config,
+    });
+    let config = &ctx.config;
+    let subscribers = roles.iter().filter(|r| r.subscribe).count();
+    let publishers = roles.iter().filter(|r| r.publish.is_some()).count();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    // Ramp: the first participant creates the room; the others follow at the configured rate.
+    let ramp_start = Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / config.ramp_per_sec.max(0.01));
+    let mut tasks = Vec::with_capacity(roles.len());
+    let mut next = Instant::now();
+    for role in roles.iter().copied() {
+        tokio::time::sleep_until(next.into()).await;
+        next += gap;
+        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+        tasks.push(tokio::spawn(participant(
+            ctx.clone(),
+            role,
+            joined_tx,
+            stop_rx.clone(),
+        )));
+        if role.index == 0 {
+            // Nobody can join before the room exists.
+            if !joined_rx.await.unwrap_or(false) {
+                break;
+            }
+        }
+    }
+    let ramp_secs = ramp_start.elapsed().as_secs_f64();
+
+    // Wait until every subscriber receives media (or the ready timeout), then settle.
+    let ready_deadline = Instant::now() + config.ready_timeout;
+    loop {
+        let ready = ctx.shared.subscribers_ready.load(Ordering::Relaxed);
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if ready + failed >= subscribers || Instant::now() >= ready_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let subscribers_ready = ctx.shared.subscribers_ready.load(Ordering::Relaxed);
+    tokio::time::sleep(config.settle).await;
+
+    // Steady state.
+    let cpu_start = config.server_pid.and_then(stats::process_cpu_seconds);
+    let measure_start = Instant::now();
+    ctx.shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
+    tokio::time::sleep(config.duration).await;
+    ctx.shared.phase.store(PHASE_DONE, Ordering::Relaxed);
+    let measured_secs = measure_start.elapsed().as_secs_f64();
+    let cpu_end = config.server_pid.and_then(stats::process_cpu_seconds);
+    let rss = config.server_pid.and_then(stats::process_rss_bytes);
+
+    let _ = stop_tx.send(true);
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.unwrap_or_else(|e| Outcome {
+            error: Some(format!("participant task panicked: {e}")),
+            ..Default::default()
+        }));
+    }
+
+    // Aggregate.
+    let mut latency = Histogram::default();
+    let mut joins = Histogram::default();
+    let mut report = Report {
+        scenario: config.scenario,
+        layer: config.layer,
+        publishers,
+        subscribers,
+        participants: ctx.participants,
+        joined: ctx.joined.load(Ordering::Relaxed),
+        failed: outcomes.iter().filter(|o| o.error.is_some()).count()
+            + (ctx.participants - outcomes.len()),
+        errors: outcomes
+            .iter()
+            .filter_map(|o| o.error.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .take(10)
+            .collect(),
+        ramp_secs,
+        subscribers_ready,
+        measured_secs,
+        packets: 0,
+        bytes: 0,
+        packets_per_sec: 0.0,
+        mbit_per_sec: 0.0,
+        subscriber_packets: Vec::new(),
+        expected_packets: 0,
+        lost_packets: 0,
+        loss_percent: 0.0,
+        unstamped_packets: 0,
+        latency_us: None,
+        join_ms: None,
+        keyframe_requests_at_publishers: 0,
+        server: None,
+    };
+    for outcome in &outcomes {
+        report.keyframe_requests_at_publishers += outcome.keyframe_requests;
+        if !outcome.subscribe {
+            continue;
+        }
+        let rx = outcome.rx.clone().unwrap_or_default();
+        report.packets += rx.packets;
+        report.bytes += rx.bytes;
+        report.unstamped_packets += rx.unstamped;
+        report.subscriber_packets.push(rx.packets);
+        let (expected, lost) = rx.loss();
+        report.expected_packets += expected;
+        report.lost_packets += lost;
+        latency.merge(&rx.latency_us);
+        if let Some(join) = outcome.join {
+            joins.record(join.as_millis() as u64);
+        }
+    }
+    report.packets_per_sec = report.packets as f64 / measured_secs.max(1e-9);
+    report.mbit_per_sec = report.bytes as f64 * 8.0 / 1e6 / measured_secs.max(1e-9);
+    report.loss_percent = if report.expected_packets == 0 {
+        0.0
+    } else {
+        report.lost_packets as f64 * 100.0 / report.expected_packets as f64
+    };
+    report.latency_us = latency.summary();
+    report.join_ms = joins.summary();
+    if let (Some(pid), Some(start), Some(end)) = (config.server_pid, cpu_start, cpu_end) {
+        let cpu = (end - start).max(0.0);
+        report.server = Some(ServerUsage {
+            pid,
+            cpu_seconds: cpu,
+            cpu_percent: cpu * 100.0 / measured_secs.max(1e-9),
+            cpu_us_per_forwarded_packet: (report.packets > 0)
+                .then(|| cpu * 1e6 / report.packets as f64),
+            rss_bytes: rss,
+            rss_bytes_per_subscriber: rss
+                .filter(|_| subscribers > 0)
+                .map(|r| r as f64 / subscribers as f64),
+        });
+    }
+    if let Some(path) = &config.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// One participant: signaling, publishing and/or subscribing until told to stop.
+async fn participant(
+    ctx: Arc<RunContext>,
+    role: Role,
+    joined: tokio::sync::oneshot::Sender<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        subscribe: role.subscribe,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut joined = Some(joined);
+    let result = participant_inner(&ctx, role, &mut joined, stop, &mut outcome).await;
+    if let Some(tx) = joined.take() {
+        let _ = tx.send(false);
+    }
+    if let Err(e) = result {
+        ctx.failed.fetch_add(1, Ordering::Relaxed);
+        outcome.error = Some(format!("{e:#}"));
+    }
+    if let Some(first) = outcome.rx.as_ref().and_then(|rx| rx.first_packet) {
+        outcome.join = Some(first.saturating_duration_since(started));
+    }
+    outcome
+}
+
+async fn participant_inner(
+    ctx: &RunContext,
+    role: Role,
+    joined: &mut Option<tokio::sync::oneshot::Sender<bool>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let name = format!("bench-{}-{}", ctx.room, role.index);
+    let token = ctx.tokens.token(&name, &role, ctx.config.scenario).await?;
+    let mut signal = Signal::connect(ctx.endpoint.clone(), &ctx.target).await?;
+    signal
+        .request("authenticate", json!({ "token": token }))
+        .await?;
+    if role.index == 0 {
+        signal
+            .request(
+                "createRoom",
+                json!({
+                    "name": ctx.room,
+                    "roomId": ctx.room,
+                    "maxParticipants": ctx.participants.clamp(2, 1000),
+                }),
+            )
+            .await?;
+    }
+    signal
+        .request(
+            "joinRoom",
+            json!({ "roomId": ctx.room, "displayName": name }),
+        )
+        .await?;
+    ctx.joined.fetch_add(1, Ordering::Relaxed);
+    if let Some(tx) = joined.take() {
+        let _ = tx.send(true);
+    }
+    // Whoever may receive gets a receiving peer; only subscribers' count as "ready".
+    let receiver = Peer::spawn(ctx.local_ip, role.subscribe, ctx.shared.clone()).await?;
+    let sender = match role.publish {
+        Some(video) => {
+            let peer = Peer::spawn(ctx.local_ip, false, ctx.shared.clone()).await?;
+            peer.publish(&mut signal, video).await?;
+            Some(peer)
+        }
+        None => None,
+    };
+    let mut layered: HashSet<String> = HashSet::new();
+    let result: anyhow::Result<()> = async {
+        while !*stop.borrow() {
+            let message = tokio::select! {
+                m = signal.next_notification(Duration::from_millis(500)) => m?,
+                _ = stop.changed() => break,
+            };
+            let Some(message) = message else { continue };
+            match message["type"].as_str() {
+                Some("subscriberOffer") => {
+                    receiver.answer_offer(&mut signal, &message).await?;
+                    if ctx.config.layer == Layer::Auto {
+                        continue;
+                    }
+                    let tracks = message["data"]["tracks"].as_array().cloned();
+                    for track in tracks.unwrap_or_default() {
+                        let Some(producer) = track["producerId"].as_str() else {
+                            continue;
+                        };
+                        if track["kind"] == "video" && layered.insert(producer.to_string()) {
+                            signal
+                                .request(
+                                    "setPreferredLayer",
+                                    json!({ "producerId": producer, "layer": ctx.config.layer.as_str() }),
+                                )
+                                .await?;
+                        }
+                    }
+                }
+                Some("kicked") | Some("roomClosed") | Some("serverShuttingDown") => {
+                    anyhow::bail!("server ended the session: {message}");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Stats survive a signaling failure; collect them before reporting it.
+    if let Ok((rx, _)) = receiver.take_stats().await {
+        outcome.rx = Some(rx);
+    }
+    if let Some(sender) = &sender {
+        if let Ok((_, plis)) = sender.take_stats().await {
+            outcome.keyframe_requests = plis;
+        }
+    }
+    result?;
+    // Leaving is best effort and bounded: the run is over.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        signal.request("leaveRoom", json!({})),
+    )
+    .await;
+    Ok(())
+}
+
+fn fmt_percentiles(p: &Option<Percentiles>, scale: f64, unit: &str) -> String {
+    match p {
+        Some(p) => format!(
+            "p50 {:.2}{unit}  p99 {:.2}{unit}  max {:.2}{unit}  (n={})",
+            p.p50 as f64 / scale,
+            p.p99 as f64 / scale,
+            p.max as f64 / scale,
+            p.samples
+        ),
+        None => "-".into(),
+    }
+}
+
+impl Report {
+    /// A plain two-column table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(&str, String)> = vec![
+            (
+                "scenario",
+                format!("{:?} (layer {})", self.scenario, self.layer.as_str()).to_lowercase(),
+            ),
+            (
+                "participants",
+                format!(
+                    "{} ({} publishing, {} subscribing)",
+                    self.participants, self.publishers, self.subscribers
+                ),
+            ),
+            (
+                "joined / failed",
+                format!("{} / {}", self.joined, self.failed),
+            ),
+            ("ramp", format!("{:.1} s", self.ramp_secs)),
+            (
+                "subscribers ready",
+                format!("{} / {}", self.subscribers_ready, self.subscribers),
+            ),
+            ("measured", format!("{:.1} s", self.measured_secs)),
+            (
+                "packets received",
+                format!(
+                    "{} ({:.0}/s, {:.2} Mbit/s)",
+                    self.packets, self.packets_per_sec, self.mbit_per_sec
+                ),
+            ),
+            (
+                "per subscriber",
+                match (
+                    self.subscriber_packets.iter().min(),
+                    self.subscriber_packets.iter().max(),
+                ) {
+                    (Some(min), Some(max)) => format!("min {min}  max {max} packets"),
+                    _ => "-".into(),
+                },
+            ),
+            (
+                "loss",
+                format!(
+                    "{:.3} % ({} of {})",
+                    self.loss_percent, self.lost_packets, self.expected_packets
+                ),
+            ),
+            ("latency", fmt_percentiles(&self.latency_us, 1000.0, " ms")),
+            ("join time", fmt_percentiles(&self.join_ms, 1.0, " ms")),
+            (
+                "keyframe requests",
+                self.keyframe_requests_at_publishers.to_string(),
+            ),
+        ];
+        if let Some(server) = &self.server {
+            rows.push((
+                "server cpu",
+                format!(
+                    "{:.2} s ({:.1} %), {} µs/forwarded packet",
+                    server.cpu_seconds,
+                    server.cpu_percent,
+                    server
+                        .cpu_us_per_forwarded_packet
+                        .map(|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            ));
+            rows.push((
+                "server rss",
+                match (server.rss_bytes, server.rss_bytes_per_subscriber) {
+                    (Some(r), Some(per)) => format!(
+                        "{:.1} MiB ({:.1} KiB/subscriber)",
+                        r as f64 / 1048576.0,
+                        per / 1024.0
+                    ),
+                    (Some(r), None) => format!("{:.1} MiB", r as f64 / 1048576.0),
+                    _ => "-".into(),
+                },
+            ));
+        }
+        for e in &self.errors {
+            rows.push(("error", e.clone()));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+            .collect()
+    }
+}
