@@ -114,6 +114,7 @@ pub struct ServerUsage {
 pub struct Report {
     pub scenario: Scenario,
     pub layer: Layer,
+    pub ramp_per_sec: f64,
     pub publishers: usize,
     /// Participants that subscribe (every participant in `meeting`).
     pub subscribers: usize,
@@ -158,6 +159,8 @@ struct Outcome {
     join: Option<Duration>,
     keyframe_requests: u64,
     subscribe: bool,
+    /// When the signaling connection was started (join time counts from here).
+    connect_at: Option<Instant>,
 }
 
 /// How participants get tokens.
@@ -283,9 +286,23 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         .host_str()
         .ok_or_else(|| anyhow!("--url has no host"))?
         .to_string();
-    let local_ip = match tokio::net::lookup_host((host.as_str(), 0)).await?.next() {
-        Some(addr) if addr.ip().is_loopback() => addr.ip(),
-        _ => std::net::IpAddr::from([0, 0, 0, 0]),
+    let server_ip = tokio::net::lookup_host((host.as_str(), 0))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow!("{host} does not resolve"))?
+        .ip();
+    // The address this machine routes to the server from: the peers' ICE host candidate.
+    let local_ip = if server_ip.is_loopback() {
+        server_ip
+    } else {
+        let any: std::net::IpAddr = if server_ip.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let probe = std::net::UdpSocket::bind((any, 0))?;
+        probe.connect((server_ip, 9))?;
+        probe.local_addr()?.ip()
     };
     let roles = roles(&config);
     let ctx = Arc::new(RunContext {
@@ -367,6 +384,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let mut report = Report {
         scenario: config.scenario,
         layer: config.layer,
+        ramp_per_sec: config.ramp_per_sec,
         publishers,
         subscribers,
         participants: ctx.participants,
@@ -456,7 +474,6 @@ async fn participant(
         subscribe: role.subscribe,
         ..Default::default()
     };
-    let started = Instant::now();
     let mut joined = Some(joined);
     let result = participant_inner(&ctx, role, &mut joined, stop, &mut outcome).await;
     if let Some(tx) = joined.take() {
@@ -466,7 +483,10 @@ async fn participant(
         ctx.failed.fetch_add(1, Ordering::Relaxed);
         outcome.error = Some(format!("{e:#}"));
     }
-    if let Some(first) = outcome.rx.as_ref().and_then(|rx| rx.first_packet) {
+    if let (Some(first), Some(started)) = (
+        outcome.rx.as_ref().and_then(|rx| rx.first_packet),
+        outcome.connect_at,
+    ) {
         outcome.join = Some(first.saturating_duration_since(started));
     }
     outcome
@@ -481,6 +501,7 @@ async fn participant_inner(
 ) -> anyhow::Result<()> {
     let name = format!("bench-{}-{}", ctx.room, role.index);
     let token = ctx.tokens.token(&name, &role, ctx.config.scenario).await?;
+    outcome.connect_at = Some(Instant::now());
     let mut signal = Signal::connect(ctx.endpoint.clone(), &ctx.target).await?;
     signal
         .request("authenticate", json!({ "token": token }))

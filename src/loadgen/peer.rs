@@ -34,8 +34,7 @@ const LAYER_SIZES: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
 const FPS: u64 = 30;
 /// Keyframes are this many times a delta frame's size.
 const KEYFRAME_FACTOR: u64 = 4;
-/// Largest RTP payload written (the whole packet stays well under a 1200-byte MTU budget
-/// once SRTP and the RTP header are added... payload itself is ≤ 1200).
+/// Largest RTP payload written (≤ 1200 bytes, as browsers packetize).
 pub const MAX_PAYLOAD: usize = 1150;
 /// Opus at ~32 kbit/s: 80 bytes every 20 ms.
 const OPUS_PAYLOAD: usize = 80;
@@ -158,7 +157,11 @@ pub fn read_stamp(payload: &[u8], audio: bool) -> Option<(u8, u32, u64)> {
             let ext = *payload.get(1)?;
             offset += 1;
             if ext & 0x80 != 0 {
-                offset += if payload.get(offset)? & 0x80 != 0 { 2 } else { 1 };
+                offset += if payload.get(offset)? & 0x80 != 0 {
+                    2
+                } else {
+                    1
+                };
             }
             if ext & 0x40 != 0 {
                 offset += 1;
@@ -406,7 +409,10 @@ impl Peer {
 
     /// Answer one `subscriberOffer` notification.
     pub async fn answer_offer(&self, signal: &mut Signal, offer: &Value) -> anyhow::Result<()> {
-        let sdp = offer["data"]["sdp"].as_str().unwrap_or_default().to_string();
+        let sdp = offer["data"]["sdp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let answer = self
             .with(move |s| -> anyhow::Result<String> {
                 let offer = SdpOffer::from_sdp_string(&sdp)?;
@@ -454,7 +460,10 @@ fn record(state: &mut PeerState, event: Event) {
             if state.rx.first_packet.is_none() {
                 state.rx.first_packet = Some(now);
                 if state.subscriber {
-                    state.shared.subscribers_ready.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .shared
+                        .subscribers_ready
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             let measuring = state.shared.phase.load(Ordering::Relaxed) == PHASE_MEASURE;
@@ -523,7 +532,8 @@ async fn run_peer(
                     }
                 }
             }
-            _ = media.tick() => {
+            // Only publishers need the media clock.
+            _ = media.tick(), if state.source.is_some() => {
                 if state.connected && state.shared.phase.load(Ordering::Relaxed) != PHASE_DONE {
                     if let Some(source) = state.source.as_mut() {
                         source.write_due(&mut state.rtc);

@@ -162,7 +162,10 @@ impl Signal {
             if reply["type"] != "error" {
                 return Ok(reply);
             }
-            let code = reply["data"]["code"].as_str().unwrap_or("UNKNOWN").to_string();
+            let code = reply["data"]["code"]
+                .as_str()
+                .unwrap_or("UNKNOWN")
+                .to_string();
             if code == "RATE_LIMITED" {
                 let pause = reply["data"]["retryAfterMs"].as_u64().unwrap_or(500);
                 tokio::time::sleep(Duration::from_millis(pause.clamp(10, 5000))).await;

@@ -68,6 +68,9 @@ impl Histogram {
             return None;
         }
         let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        if rank >= self.count {
+            return Some(self.max);
+        }
         let mut seen = 0;
         for (i, n) in self.buckets.iter().enumerate() {
             seen += n;
