@@ -103,36 +103,79 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Start the binary with a clean environment (test defaults + `env`) and wait for its port.
+/// Start the binary with a clean environment (test defaults + `env`). It binds port 0 itself
+/// and the real address is read from its start-up log line, so no port can be raced away.
 pub async fn spawn_server_process(env: &[(&str, &str)]) -> ServerProcess {
-    let port = free_port();
+    use std::io::BufRead;
     let dir = scratch_dir();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfu"));
     command
         .env_clear()
         .env("NODE_ENV", "test")
         .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+        .env("PORT", "0")
         .env("METRICS_PORT", "0")
         .env("WEBTRANSPORT_PORT", "0")
         .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
         .env("RTC_LISTEN_IP", "127.0.0.1")
         .env("SFU_WORKERS", "1")
         .env("DJANGO_JWT_SECRET", SECRET)
-        .env("LOG_LEVEL", "warn")
+        // `sfu=info` for the "sfu listening" line; warnings stay visible.
+        .env("LOG_LEVEL", "warn,sfu=info")
         .env("AUDIT_SQLITE_PATH", dir.join("audit.db"))
         .env("AUDIT_SPILL_PATH", dir.join("audit-spill.jsonl"))
         .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
-    let child = command.spawn().expect("sfu binary starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "server process did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("sfu binary starts");
+    // Logs go to stdout; keep draining both pipes so the server never blocks on them.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            match listening_addr(&line) {
+                Some(addr) => {
+                    let _ = tx.send(addr);
+                }
+                // Info lines are noise here; warnings and errors are worth seeing.
+                None if !line.contains("INFO") => {
+                    eprintln!("[sfu] {line}");
+                }
+                None => {}
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[sfu] {line}");
+        }
+    });
+    let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("server process logged its address");
     ServerProcess { child, addr }
+}
+
+/// The HTTP address in the "sfu listening" log line (pretty or JSON format).
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("sfu listening") {
+        return None;
+    }
+    let after = &line[line.find("http_addr")?..];
+    let start = after.find("127.0.0.1:")?;
+    let addr: String = after[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse().ok()
 }
 
 /// A token signed with [`SECRET`], for servers this process does not hold a handle to.
