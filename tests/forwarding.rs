@@ -260,8 +260,11 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
     assert!(closed["data"]["producerId"].is_string());
     b.notification("participantLeft", Duration::from_secs(5))
         .await;
-    let stats = server.ctx.media.stats().await;
-    assert_eq!(stats.producers, 0, "{stats:?}");
+    // Others are told first; the worker drops the transports right after.
+    wait_until("A's producers gone", Duration::from_secs(5), || async {
+        server.ctx.media.stats().await.producers == 0
+    })
+    .await;
 
     // B's re-offer keeps the dead m-lines in the BUNDLE as inactive: a browser would tear the
     // whole transport down if every m-line were stopped (port 0), and B could never receive again.

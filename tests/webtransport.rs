@@ -188,7 +188,11 @@ async fn dropped_session_resumes_over_the_other_transport_with_media_flowing() {
         .notification("participantLeft", Duration::from_secs(5))
         .await;
     assert_eq!(left["data"]["participantId"], c_id);
-    assert_eq!(server.ctx.media.stats().await.transports, transports_before);
+    // Others are told first; the transports close right after.
+    wait_for("C's transports closed", || async {
+        server.ctx.media.stats().await.transports == transports_before
+    })
+    .await;
 
     let mut unknown = SignalClient::connect_with(&server, Transport::WebTransport).await;
     let reply = unknown.resume("not-a-token", 0).await;
