@@ -102,6 +102,25 @@ struct Participant {
     producers: Vec<ProducerInfo>,
 }
 
+impl Room {
+    /// Send `message` to every participant but `except`.
+    fn broadcast(&self, message: &OutboundEnvelope, except: Option<&str>) {
+        for (id, p) in &self.participants {
+            if except != Some(id.as_str()) {
+                p.sink.send(message.clone());
+            }
+        }
+    }
+}
+
+/// The notification others get when `participant_id`'s producer ends.
+fn producer_closed(producer_id: &str, participant_id: &str) -> OutboundEnvelope {
+    OutboundEnvelope::notification(
+        "producerClosed",
+        json!({ "producerId": producer_id, "participantId": participant_id }),
+    )
+}
+
 impl Participant {
     fn info(&self, participant_id: &str) -> ParticipantInfo {
         ParticipantInfo {
@@ -505,11 +524,10 @@ impl Rooms {
                     .filter_map(move |pr| Some((pr.producer_id.parse().ok()?, pid.clone())))
             })
             .collect();
-        let joined =
-            OutboundEnvelope::notification("participantJoined", json!({ "participant": info }));
-        for p in room.participants.values() {
-            p.sink.send(joined.clone());
-        }
+        room.broadcast(
+            &OutboundEnvelope::notification("participantJoined", json!({ "participant": info })),
+            None,
+        );
         let (publisher, subscriber) = (participant.publisher, participant.subscriber);
         room.participants
             .insert(participant_id.to_string(), participant);
@@ -529,22 +547,20 @@ impl Rooms {
                 return;
             };
             self.audit_departure(room_id, participant_id, &participant, room);
+            // The leaver is already out of `participants`: everyone left hears it.
             for producer in &participant.producers {
-                let closed = OutboundEnvelope::notification(
-                    "producerClosed",
-                    json!({ "producerId": producer.producer_id, "participantId": participant_id }),
+                room.broadcast(
+                    &producer_closed(&producer.producer_id, participant_id),
+                    None,
                 );
-                for p in room.participants.values() {
-                    p.sink.send(closed.clone());
-                }
             }
-            let left = OutboundEnvelope::notification(
-                "participantLeft",
-                json!({ "participantId": participant_id }),
+            room.broadcast(
+                &OutboundEnvelope::notification(
+                    "participantLeft",
+                    json!({ "participantId": participant_id }),
+                ),
+                None,
             );
-            for p in room.participants.values() {
-                p.sink.send(left.clone());
-            }
             let worker = room.worker;
             self.emit(WebhookEvent::ParticipantLeft {
                 room_id: room_id.to_string(),
@@ -670,10 +686,10 @@ impl Rooms {
             let Some(room) = state.rooms.get(room_id) else {
                 return;
             };
-            let closed = OutboundEnvelope::notification("roomClosed", json!({ "roomId": room_id }));
-            for p in room.participants.values() {
-                p.sink.send(closed.clone());
-            }
+            room.broadcast(
+                &OutboundEnvelope::notification("roomClosed", json!({ "roomId": room_id })),
+                None,
+            );
             room.participants.keys().cloned().collect()
         };
         for participant_id in participants {
@@ -854,24 +870,17 @@ impl Rooms {
                 return;
             }
             let closed = std::mem::take(&mut p.producers);
-            for producer in &closed {
+            for producer in closed {
                 self.audit(
                     AuditKind::ProducerClosed,
                     &room_id,
                     Some(&participant_id),
                     json!({ "producerId": producer.producer_id, "reason": reason }),
                 );
-            }
-            for producer in closed {
-                let message = OutboundEnvelope::notification(
-                    "producerClosed",
-                    json!({ "producerId": producer.producer_id, "participantId": participant_id }),
+                room.broadcast(
+                    &producer_closed(&producer.producer_id, &participant_id),
+                    Some(&participant_id),
                 );
-                for (id, other) in room.participants.iter() {
-                    if *id != participant_id {
-                        other.sink.send(message.clone());
-                    }
-                }
             }
             return;
         }
