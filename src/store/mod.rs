@@ -318,13 +318,6 @@ impl RedisDirectory {
         Ok(())
     }
 
-    pub async fn participants(&self, room_id: &str) -> Result<Vec<String>, DirectoryError> {
-        let mut conn = self.conn().await?;
-        Ok(conn
-            .smembers(format!("{}:participants", room_key(room_id)))
-            .await?)
-    }
-
     /// Reachability and round-trip time, for `/health`.
     pub async fn ping(&self) -> Result<Duration, DirectoryError> {
         let started = std::time::Instant::now();
