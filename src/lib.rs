@@ -250,7 +250,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     // Media events (offers, layer changes) are routed to sessions off the worker threads.
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
-            rooms.on_media_event(event);
+            for (room_id, participant_id) in rooms.on_media_event(event) {
+                rooms.leave(&room_id, &participant_id).await;
+            }
         }
     });
 

@@ -14,11 +14,15 @@ use str0m::ice::StunMessage;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tokio::sync::mpsc::UnboundedSender;
 use uuid::Uuid;
 
 use super::codec::{apply_codecs, inspect_video_payload, CodecName};
+use super::ortc::{
+    self, OrtcError, PublishedLine, RemoteIdentity, RtpCapabilities, RtpCodecParameters,
+    RtpParameters, TransportParameters,
+};
 use super::simulcast::{Decision, LayerSelector, Munger, PacketIds, Preference, MAX_LAYERS};
 use super::{
     Kind, MediaError, MediaEvent, NewProducer, OfferedTrack, ProducerId, TransportId, WorkerStats,
@@ -58,6 +62,40 @@ struct Transport {
     consumers: Vec<usize>,
     queued_changes: Vec<SubscriberChange>,
     pending_offer: Option<SdpPendingOffer>,
+    negotiation: Negotiation,
+}
+
+/// Who drives SDP on a transport.
+enum Negotiation {
+    /// The web demo's flow: the client offers to publish; we push offers to subscribers.
+    Sdp,
+    /// The client offered once and cannot take a re-offer (WHEP): never renegotiate.
+    ClientOffer,
+    /// mediasoup-style ORTC: we synthesize the client's side of every SDP exchange.
+    Ortc(Box<OrtcState>),
+}
+
+struct OrtcState {
+    /// The browser's ICE ufrag is never sent in ORTC; learned from its first STUN request.
+    remote_ufrag: String,
+    /// Never learned either; ICE-lite only needs it for requests it never sends.
+    remote_pwd: String,
+    /// `sha-256 AB:..` from `connectWebRtcTransport` (a placeholder until then).
+    remote_fingerprint: String,
+    published: Vec<PublishedLine>,
+    /// Codecs promised to the client per consumer mid: what its own answer keeps.
+    consumer_codecs: HashMap<String, Vec<RtpCodecParameters>>,
+    sdp_version: u64,
+}
+
+impl OrtcState {
+    fn remote(&self) -> RemoteIdentity<'_> {
+        RemoteIdentity {
+            ice_ufrag: &self.remote_ufrag,
+            ice_pwd: &self.remote_pwd,
+            fingerprint: &self.remote_fingerprint,
+        }
+    }
 }
 
 enum SubscriberChange {
@@ -81,6 +119,9 @@ struct Producer {
     /// Codec of the last packet seen (resolved from its payload type).
     codec: Option<Codec>,
     codec_pt: Option<Pt>,
+    /// Mime type declared by an ORTC `publish` (SDP producers learn theirs from packets).
+    mime_type: Option<String>,
+    paused: bool,
     consumers: Vec<usize>,
 }
 
@@ -99,6 +140,7 @@ struct Consumer {
     last_keyframe_ask: Option<Instant>,
     /// Cumulative NACK count str0m last reported for this consumer's stream.
     nacks_seen: u64,
+    paused: bool,
 }
 
 /// Effects of subscriber events that touch publishers; applied after the current drain.
@@ -186,6 +228,10 @@ impl WorkerCore {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        // STUN's first two bits are zero; only ORTC transports need to look inside.
+        if data.first().is_some_and(|b| *b < 2) {
+            self.learn_remote_ufrag(key, data);
+        }
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.candidate_addr, data) else {
             self.stats.datagrams_dropped += 1;
             return;
@@ -202,6 +248,29 @@ impl WorkerCore {
         }
         self.drain(key, now, egress);
         self.after_drain(now, egress);
+    }
+
+    /// ORTC clients never send their ICE ufrag; take it from their binding requests (again
+    /// after an ICE restart) so str0m accepts them.
+    fn learn_remote_ufrag(&mut self, key: usize, data: &[u8]) {
+        let transport = &mut self.transports[key];
+        let Negotiation::Ortc(state) = &mut transport.negotiation else {
+            return;
+        };
+        let Ok(stun) = StunMessage::parse(data) else {
+            return;
+        };
+        let Some((_, remote)) = stun.split_username().filter(|_| stun.is_binding_request())
+        else {
+            return;
+        };
+        if remote != state.remote_ufrag && !remote.is_empty() && remote.len() <= 256 {
+            state.remote_ufrag = remote.to_string();
+            transport.rtc.direct_api().set_remote_ice_credentials(IceCreds {
+                ufrag: state.remote_ufrag.clone(),
+                pass: state.remote_pwd.clone(),
+            });
+        }
     }
 
     /// O(1) demux: a known remote address, else the local ufrag in a STUN binding request.
@@ -414,6 +483,9 @@ impl WorkerCore {
         }
 
         let producer = &self.producers[pk];
+        if producer.paused {
+            return;
+        }
         let video = producer.kind == Kind::Video;
         let info = if video {
             inspect_video_payload(producer.codec, &packet.payload)
@@ -423,8 +495,8 @@ impl WorkerCore {
         let ids = PacketIds {
             seq: *packet.seq_no,
             timestamp: packet.header.timestamp,
-            picture_id: info.vp8.and_then(|d| d.picture_id()),
-            tl0_pic_idx: info.vp8.and_then(|d| d.tl0_pic_idx()),
+            picture_id: info.picture_id,
+            tl0_pic_idx: info.tl0_pic_idx,
         };
         let ext_vals = forwardable_extensions(&packet.header.ext_vals);
 
@@ -434,6 +506,9 @@ impl WorkerCore {
             let Some(ssrc) = consumer.tx_ssrc else {
                 continue;
             };
+            if consumer.paused {
+                continue;
+            }
             match consumer.selector.on_packet(layer, info.starts_keyframe) {
                 Decision::Drop => continue,
                 Decision::Forward => {}
@@ -471,7 +546,7 @@ impl WorkerCore {
                 SeqNo::from(out.seq),
                 out.timestamp,
                 packet.timestamp,
-                packet.payload.clone(),
+                info.payload_for(&packet.payload, out.picture_id, out.tl0_pic_idx),
             )
             .marker(packet.header.marker)
             .ext_vals(ext_vals.clone())
@@ -608,6 +683,7 @@ impl WorkerCore {
             consumers: Vec::new(),
             queued_changes: Vec::new(),
             pending_offer: None,
+            negotiation: Negotiation::Sdp,
         });
         self.by_id.insert(id, key);
         self.by_ufrag.insert(ufrag, key);
@@ -624,23 +700,17 @@ impl WorkerCore {
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
         let key = match self.by_id.get(&id) {
-            Some(key) if self.transports[*key].role == Role::Publisher => *key,
+            Some(key)
+                if self.transports[*key].role == Role::Publisher
+                    && matches!(self.transports[*key].negotiation, Negotiation::Sdp) =>
+            {
+                *key
+            }
             Some(_) => return Err(MediaError::TransportNotFound),
             None => self.new_rtc(id, Role::Publisher, now),
         };
         let offered_mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
-        let rtc = &mut self.transports[key].rtc;
-        // str0m may panic on input it considers inconsistent; a bad offer must only fail the
-        // request, never take down the worker and every room on it.
-        let answer = match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(MediaError::InvalidSdp(e.to_string())),
-            Err(_) => {
-                self.dead.push((key, "panic while applying offer".into()));
-                self.after_drain(now, egress);
-                return Err(MediaError::InvalidSdp("offer could not be applied".into()));
-            }
-        };
+        let answer = self.accept_offer(key, offer, now, egress)?;
         self.new_producers.clear();
         // str0m emits MediaAdded only later (once polled past the handshake), but the reply
         // must list the producers: read the negotiated media directly.
@@ -659,6 +729,27 @@ impl WorkerCore {
             answer.to_sdp_string(),
             std::mem::take(&mut self.new_producers),
         ))
+    }
+
+    /// str0m may panic on input it considers inconsistent; a bad offer must only fail the
+    /// request, never take down the worker and every room on it.
+    fn accept_offer(
+        &mut self,
+        key: usize,
+        offer: SdpOffer,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<SdpAnswer, MediaError> {
+        let rtc = &mut self.transports[key].rtc;
+        match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(MediaError::InvalidSdp(e.to_string())),
+            Err(_) => {
+                self.dead.push((key, "panic while applying offer".into()));
+                self.after_drain(now, egress);
+                Err(MediaError::InvalidSdp("offer could not be applied".into()))
+            }
+        }
     }
 
     fn add_producer(&mut self, key: usize, mid: Mid, kind: MediaKind) {
@@ -689,6 +780,8 @@ impl WorkerCore {
             layers,
             codec: None,
             codec_pt: None,
+            mime_type: None,
+            paused: false,
             consumers: Vec::new(),
         });
         self.producer_by_id.insert(id, pk);
@@ -740,6 +833,7 @@ impl WorkerCore {
             munger: Munger::new(clock_rate),
             last_keyframe_ask: None,
             nacks_seen: 0,
+            paused: false,
         });
         self.producers[pk].consumers.push(ck);
         let transport = &mut self.transports[key];
@@ -762,6 +856,12 @@ impl WorkerCore {
     /// If no offer is outstanding, turn queued changes into one offer and announce it.
     fn negotiate(&mut self, key: usize) {
         let transport = &mut self.transports[key];
+        if !matches!(transport.negotiation, Negotiation::Sdp) {
+            // ORTC and WHEP clients renegotiate on their own; a removed consumer simply
+            // stops being fed.
+            transport.queued_changes.clear();
+            return;
+        }
         if transport.pending_offer.is_some() || transport.queued_changes.is_empty() {
             return;
         }
@@ -902,6 +1002,541 @@ impl WorkerCore {
         Ok(())
     }
 
+    // ------------------------------------------------------------------------------------
+    // ORTC (mediasoup-client) and WHEP.
+
+    /// A transport whose SDP we synthesize from ORTC parameters. Answers at once with the
+    /// ICE and DTLS parameters the client needs; nothing is negotiated yet.
+    pub fn create_ortc_transport(
+        &mut self,
+        id: TransportId,
+        send: bool,
+        now: Instant,
+    ) -> Result<TransportParameters, MediaError> {
+        if self.by_id.contains_key(&id) {
+            return Err(MediaError::TransportNotFound);
+        }
+        let role = if send {
+            Role::Publisher
+        } else {
+            Role::Subscriber
+        };
+        let key = self.new_rtc(id, role, now);
+        // Placeholders keep str0m's SDP parser satisfied until the real values are known.
+        let placeholder_fingerprint = format!("sha-256 {}", ["00"; 32].join(":"));
+        self.transports[key].negotiation = Negotiation::Ortc(Box::new(OrtcState {
+            remote_ufrag: "ortcpending".into(),
+            remote_pwd: random_ice_password(),
+            remote_fingerprint: placeholder_fingerprint,
+            published: Vec::new(),
+            consumer_codecs: HashMap::new(),
+            sdp_version: 1,
+        }));
+        Ok(self.transport_parameters(key))
+    }
+
+    fn transport_parameters(&mut self, key: usize) -> TransportParameters {
+        let addr = self.candidate_addr;
+        let api = self.transports[key].rtc.direct_api();
+        let creds = api.local_ice_credentials();
+        let fingerprint = api.local_dtls_fingerprint().to_string();
+        let (algorithm, value) = fingerprint.split_once(' ').unwrap_or(("sha-256", ""));
+        TransportParameters {
+            ice_parameters: ice_parameters(&creds),
+            ice_candidates: vec![serde_json::json!({
+                "foundation": "udpcandidate",
+                "priority": 1_076_302_079u32,
+                "ip": addr.ip().to_string(),
+                "address": addr.ip().to_string(),
+                "port": addr.port(),
+                "type": "host",
+                "protocol": "udp",
+            })],
+            dtls_parameters: serde_json::json!({
+                "role": "auto",
+                "fingerprints": [{ "algorithm": algorithm, "value": value }],
+            }),
+        }
+    }
+
+    fn ortc_key(&self, id: TransportId, role: Role) -> Result<usize, MediaError> {
+        match self.by_id.get(&id) {
+            Some(key)
+                if self.transports[*key].role == role
+                    && matches!(self.transports[*key].negotiation, Negotiation::Ortc(_)) =>
+            {
+                Ok(*key)
+            }
+            _ => Err(MediaError::TransportNotFound),
+        }
+    }
+
+    /// `connectWebRtcTransport`: the client's DTLS fingerprint and role. Starts DTLS right
+    /// away so the handshake does not wait for the first `publish`.
+    pub fn connect_ortc(
+        &mut self,
+        id: TransportId,
+        role: &str,
+        algorithm: &str,
+        value: &str,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(), MediaError> {
+        let key = self
+            .ortc_key(id, Role::Publisher)
+            .or_else(|_| self.ortc_key(id, Role::Subscriber))?;
+        let algorithm = algorithm.to_ascii_lowercase();
+        if algorithm != "sha-256" && algorithm != "sha-1" {
+            return Err(MediaError::InvalidParameters(format!(
+                "dtlsParameters: fingerprint algorithm `{algorithm}` is not supported (sha-256, sha-1)"
+            )));
+        }
+        let text = format!("{algorithm} {value}");
+        let fingerprint: str0m::config::Fingerprint = text
+            .parse()
+            .map_err(|e| MediaError::InvalidParameters(format!("dtlsParameters: {e}")))?;
+        let expected_len = if algorithm == "sha-256" { 32 } else { 20 };
+        if fingerprint.bytes.len() != expected_len {
+            return Err(MediaError::InvalidParameters(format!(
+                "dtlsParameters: a {algorithm} fingerprint has {expected_len} bytes"
+            )));
+        }
+        // The client's role decides ours; mediasoup-client is always the DTLS client.
+        let we_are_client = match role {
+            "client" | "auto" => false,
+            "server" => true,
+            other => {
+                return Err(MediaError::InvalidParameters(format!(
+                    "dtlsParameters.role `{other}` is not client, server or auto"
+                )))
+            }
+        };
+        let transport = &mut self.transports[key];
+        if let Negotiation::Ortc(state) = &mut transport.negotiation {
+            state.remote_fingerprint = fingerprint.to_string();
+        }
+        let mut api = transport.rtc.direct_api();
+        api.set_remote_fingerprint(fingerprint);
+        api.start_dtls(we_are_client)
+            .map_err(|e| MediaError::InvalidParameters(format!("dtls: {e}")))?;
+        self.drain(key, now, egress);
+        self.after_drain(now, egress);
+        Ok(())
+    }
+
+    /// `publish`: the offer the browser would have sent, now including this track.
+    pub fn ortc_publish(
+        &mut self,
+        id: TransportId,
+        kind: Kind,
+        mut params: RtpParameters,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<NewProducer, MediaError> {
+        let key = self.ortc_key(id, Role::Publisher)?;
+        ortc::validate_producer(kind, &params).map_err(MediaError::from)?;
+        let Negotiation::Ortc(state) = &mut self.transports[key].negotiation else {
+            return Err(MediaError::TransportNotFound);
+        };
+        let mid = params
+            .mid
+            .clone()
+            .unwrap_or_else(|| state.published.len().to_string());
+        if state.published.iter().any(|l| l.mid == mid) {
+            return Err(MediaError::InvalidParameters(format!(
+                "rtpParameters.mid `{mid}` is already published on this transport"
+            )));
+        }
+        let new_ssrcs: Vec<u32> = params
+            .encodings
+            .iter()
+            .flat_map(|e| e.ssrc.into_iter().chain(e.rtx.as_ref().map(|r| r.ssrc)))
+            .collect();
+        let taken = state.published.iter().any(|l| {
+            l.params.encodings.iter().any(|e| {
+                e.ssrc
+                    .into_iter()
+                    .chain(e.rtx.as_ref().map(|r| r.ssrc))
+                    .any(|s| new_ssrcs.contains(&s))
+            })
+        });
+        if taken {
+            return Err(MediaError::InvalidParameters(
+                "rtpParameters.encodings: an SSRC is already used by another producer".into(),
+            ));
+        }
+        params.mid = Some(mid.clone());
+        let mime = params.codecs[0].mime_type.clone();
+        state.published.push(PublishedLine {
+            mid: mid.clone(),
+            kind,
+            params,
+        });
+        state.sdp_version += 1;
+        let sdp = ortc::publisher_offer_sdp(&state.remote(), &state.published, state.sdp_version);
+        let offer = SdpOffer::from_sdp_string(&sdp);
+        let applied = match offer {
+            Ok(offer) => self.accept_offer(key, offer, now, egress).map(|_| ()),
+            Err(e) => Err(MediaError::InvalidParameters(e.to_string())),
+        };
+        if let Err(e) = applied {
+            if let Some(Negotiation::Ortc(state)) =
+                self.transports.get_mut(key).map(|t| &mut t.negotiation)
+            {
+                state.published.pop();
+            }
+            return Err(e);
+        }
+        let mid_value: Mid = mid.as_str().into();
+        let media_kind = match kind {
+            Kind::Audio => MediaKind::Audio,
+            Kind::Video => MediaKind::Video,
+        };
+        self.new_producers.clear();
+        self.add_producer(key, mid_value, media_kind);
+        self.drain(key, now, egress);
+        self.after_drain(now, egress);
+        let created = self
+            .new_producers
+            .pop()
+            .ok_or_else(|| MediaError::InvalidParameters("the track was not accepted".into()))?;
+        if let Some(pk) = self.producer_by_id.get(&created.producer_id) {
+            self.producers[*pk].mime_type = Some(mime);
+        }
+        Ok(created)
+    }
+
+    /// `consume`: add a send m-line to our offer, answer it as the client would, and return
+    /// the consumer's rtpParameters (which mediasoup-client turns into that same offer).
+    pub fn ortc_consume(
+        &mut self,
+        id: TransportId,
+        producer: ProducerId,
+        stream_id: String,
+        caps: &RtpCapabilities,
+        paused: bool,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(ConsumerCreated, RtpParameters), MediaError> {
+        let key = self.ortc_key(id, Role::Subscriber)?;
+        let pk = *self
+            .producer_by_id
+            .get(&producer)
+            .ok_or(MediaError::ProducerNotFound)?;
+        let producer_state = &self.producers[pk];
+        let (kind, clock) = match producer_state.kind {
+            Kind::Audio => (MediaKind::Audio, 48_000),
+            Kind::Video => (MediaKind::Video, 90_000),
+        };
+        let decodable = match &producer_state.mime_type {
+            Some(mime) => ortc::caps_support(caps, mime, clock),
+            None => caps.codecs.iter().any(|c| {
+                c.mime_type
+                    .to_ascii_lowercase()
+                    .starts_with(ortc::kind_str(producer_state.kind))
+            }),
+        };
+        if !decodable {
+            return Err(MediaError::UnsupportedCodec(
+                "rtpCapabilities: the client cannot decode this producer's codec".into(),
+            ));
+        }
+        if self.transports[key]
+            .consumers
+            .iter()
+            .any(|ck| self.consumers[*ck].producer == pk)
+        {
+            return Err(MediaError::InvalidParameters(
+                "this transport already consumes that producer".into(),
+            ));
+        }
+        let producer_mime = producer_state.mime_type.clone();
+        let producer_id = producer_state.id;
+        let video = producer_state.kind == Kind::Video;
+        let transport = &mut self.transports[key];
+        let mut api = transport.rtc.sdp_api();
+        let mid = api.add_media(
+            kind,
+            Direction::SendOnly,
+            Some(stream_id.clone()),
+            Some(producer_id.to_string()),
+            None,
+        );
+        let Some((offer, pending)) = api.apply() else {
+            return Err(MediaError::InvalidParameters("nothing to negotiate".into()));
+        };
+        let offer_sdp = offer.to_sdp_string();
+        let Some(mut params) = ortc::consumer_parameters(&offer_sdp, &mid.to_string(), caps) else {
+            return Err(MediaError::UnsupportedCodec(
+                "rtpCapabilities: no codec in common with this server".into(),
+            ));
+        };
+        // The producer's own codec first: that is what will arrive.
+        if let Some(mime) = producer_mime {
+            if let Some(pos) = params
+                .codecs
+                .iter()
+                .position(|c| c.mime_type.eq_ignore_ascii_case(&mime))
+            {
+                let first = params.codecs.remove(pos);
+                let rtx = params.codecs.iter().position(|c| {
+                    c.mime_type.ends_with("/rtx")
+                        && c.parameters.get("apt") == Some(&serde_json::json!(first.payload_type))
+                });
+                let rtx = rtx.map(|i| params.codecs.remove(i));
+                params.codecs.insert(0, first);
+                if let Some(rtx) = rtx {
+                    params.codecs.insert(1, rtx);
+                }
+            }
+        }
+        let Negotiation::Ortc(state) = &mut transport.negotiation else {
+            return Err(MediaError::TransportNotFound);
+        };
+        state
+            .consumer_codecs
+            .insert(mid.to_string(), params.codecs.clone());
+        state.sdp_version += 1;
+        let codecs = &state.consumer_codecs;
+        let answer_sdp = ortc::subscriber_answer_sdp(
+            &state.remote(),
+            &offer_sdp,
+            &|m| codecs.get(m).cloned(),
+            state.sdp_version,
+        );
+        let answer = SdpAnswer::from_sdp_string(&answer_sdp)
+            .map_err(|e| MediaError::InvalidParameters(e.to_string()))?;
+        let rtc = &mut transport.rtc;
+        let accepted = catch_unwind(AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_answer(pending, answer)
+        }));
+        if !matches!(accepted, Ok(Ok(()))) {
+            self.dead.push((key, "synthesized answer rejected".into()));
+            self.after_drain(now, egress);
+            return Err(MediaError::InvalidParameters(
+                "the consumer could not be negotiated".into(),
+            ));
+        }
+        let tx_ssrc = self.transports[key]
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .map(|s| s.ssrc());
+        let clock_rate = if video { 90_000 } else { 48_000 };
+        let ck = self.consumers.insert(Consumer {
+            producer: pk,
+            transport: key,
+            stream_id,
+            mid: Some(mid),
+            tx_ssrc,
+            pt_map: None,
+            selector: LayerSelector::new(Preference::Auto, video),
+            munger: Munger::new(clock_rate),
+            last_keyframe_ask: None,
+            nacks_seen: 0,
+            paused,
+        });
+        self.producers[pk].consumers.push(ck);
+        self.transports[key].consumers.push(ck);
+        self.retarget_consumer(ck, now);
+        self.request_keyframe_for(ck, now);
+        self.drain(key, now, egress);
+        self.after_drain(now, egress);
+        let layers = self.producers[pk].layers.len() as u8;
+        Ok((ConsumerCreated { layers }, params))
+    }
+
+    /// WHEP: the client's offer has receive-only m-lines; each gets the next producer of its
+    /// kind from `producers`. Returns the answer and the producers actually attached.
+    pub fn whep_offer(
+        &mut self,
+        id: TransportId,
+        sdp: &str,
+        producers: &[(ProducerId, String)],
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(String, Vec<ProducerId>), MediaError> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
+        if self.by_id.contains_key(&id) {
+            return Err(MediaError::TransportNotFound);
+        }
+        let offered: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
+        let key = self.new_rtc(id, Role::Subscriber, now);
+        self.transports[key].negotiation = Negotiation::ClientOffer;
+        let answer = match self.accept_offer(key, offer, now, egress) {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.remove_transport(key, now, egress);
+                return Err(e);
+            }
+        };
+        let mut attached = Vec::new();
+        let mut used = Vec::new();
+        for mid in offered {
+            let Some((media_kind, direction)) = self.transports[key]
+                .rtc
+                .media(mid)
+                .map(|m| (m.kind(), m.direction()))
+            else {
+                continue;
+            };
+            if !matches!(direction, Direction::SendOnly | Direction::SendRecv) {
+                continue;
+            }
+            let want = if media_kind == MediaKind::Audio {
+                Kind::Audio
+            } else {
+                Kind::Video
+            };
+            let pick = producers.iter().find(|(p, _)| {
+                !used.contains(p)
+                    && self
+                        .producer_by_id
+                        .get(p)
+                        .is_some_and(|pk| self.producers[*pk].kind == want)
+            });
+            let Some((producer, stream_id)) = pick.cloned() else {
+                continue;
+            };
+            used.push(producer);
+            let pk = self.producer_by_id[&producer];
+            let tx_ssrc = self.transports[key]
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc());
+            let video = want == Kind::Video;
+            let ck = self.consumers.insert(Consumer {
+                producer: pk,
+                transport: key,
+                stream_id,
+                mid: Some(mid),
+                tx_ssrc,
+                pt_map: None,
+                selector: LayerSelector::new(Preference::Auto, video),
+                munger: Munger::new(if video { 90_000 } else { 48_000 }),
+                last_keyframe_ask: None,
+                nacks_seen: 0,
+                paused: false,
+            });
+            self.producers[pk].consumers.push(ck);
+            self.transports[key].consumers.push(ck);
+            self.retarget_consumer(ck, now);
+            self.request_keyframe_for(ck, now);
+            attached.push(producer);
+        }
+        if attached.is_empty() {
+            self.remove_transport(key, now, egress);
+            return Err(MediaError::InvalidSdp(
+                "the offer has no receive-only audio/video m-line matching a producer in the room"
+                    .into(),
+            ));
+        }
+        self.drain(key, now, egress);
+        self.after_drain(now, egress);
+        Ok((answer.to_sdp_string(), attached))
+    }
+
+    pub fn set_consumer_paused(
+        &mut self,
+        id: TransportId,
+        producer: ProducerId,
+        paused: bool,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(), MediaError> {
+        let ck = self.consumer_of(id, producer)?;
+        let was = std::mem::replace(&mut self.consumers[ck].paused, paused);
+        if was && !paused {
+            // Resumed video must start at a keyframe.
+            self.consumers[ck].selector.current = None;
+            self.retarget_consumer(ck, now);
+            self.request_keyframe_for(ck, now);
+        }
+        self.after_drain(now, egress);
+        Ok(())
+    }
+
+    pub fn set_producer_paused(
+        &mut self,
+        producer: ProducerId,
+        paused: bool,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(), MediaError> {
+        let pk = *self
+            .producer_by_id
+            .get(&producer)
+            .ok_or(MediaError::ProducerNotFound)?;
+        let was = std::mem::replace(&mut self.producers[pk].paused, paused);
+        if was && !paused {
+            for ck in self.producers[pk].consumers.clone() {
+                self.consumers[ck].selector.current = None;
+                self.retarget_consumer(ck, now);
+                self.request_keyframe_for(ck, now);
+            }
+        }
+        self.after_drain(now, egress);
+        Ok(())
+    }
+
+    /// Close one producer and every consumer of it; its transport lives on.
+    pub fn close_producer(
+        &mut self,
+        producer: ProducerId,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(), MediaError> {
+        let pk = self
+            .producer_by_id
+            .remove(&producer)
+            .ok_or(MediaError::ProducerNotFound)?;
+        let removed = self.producers.remove(pk);
+        if let Some(publisher) = self.transports.get_mut(removed.transport) {
+            publisher.producers_by_mid.remove(&removed.mid);
+            publisher.ssrc_routes.retain(|_, (p, _)| *p != pk);
+        }
+        let touched = self.drop_consumers(removed.consumers);
+        for sub in touched {
+            self.negotiate(sub);
+            self.drain(sub, now, egress);
+        }
+        self.after_drain(now, egress);
+        Ok(())
+    }
+
+    /// `restartIce`: fresh local ICE credentials; the client restarts with them.
+    pub fn restart_ice(&mut self, id: TransportId) -> Result<serde_json::Value, MediaError> {
+        let key = self
+            .ortc_key(id, Role::Publisher)
+            .or_else(|_| self.ortc_key(id, Role::Subscriber))?;
+        let creds = IceCreds::new();
+        let transport = &mut self.transports[key];
+        transport
+            .rtc
+            .direct_api()
+            .set_local_ice_credentials(creds.clone());
+        self.by_ufrag.remove(&transport.ufrag);
+        transport.ufrag = creds.ufrag.clone();
+        self.by_ufrag.insert(creds.ufrag.clone(), key);
+        Ok(ice_parameters(&creds))
+    }
+
+    fn consumer_of(&self, id: TransportId, producer: ProducerId) -> Result<usize, MediaError> {
+        let key = self.subscriber_key(id)?;
+        let pk = *self
+            .producer_by_id
+            .get(&producer)
+            .ok_or(MediaError::ProducerNotFound)?;
+        self.transports[key]
+            .consumers
+            .iter()
+            .copied()
+            .find(|ck| self.consumers[*ck].producer == pk)
+            .ok_or(MediaError::ProducerNotFound)
+    }
+
     pub fn close_transport(&mut self, id: TransportId, now: Instant, egress: &mut dyn Egress) {
         if let Some(key) = self.by_id.get(&id).copied() {
             self.remove_transport(key, now, egress);
@@ -923,19 +1558,7 @@ impl WorkerCore {
         for (_, pk) in transport.producers_by_mid.drain() {
             let producer = self.producers.remove(pk);
             self.producer_by_id.remove(&producer.id);
-            for ck in producer.consumers {
-                let consumer = self.consumers.remove(ck);
-                if let Some(sub) = self.transports.get_mut(consumer.transport) {
-                    sub.consumers.retain(|c| *c != ck);
-                    if let Some(mid) = consumer.mid {
-                        sub.queued_changes.push(SubscriberChange::Stop(mid));
-                    } else {
-                        sub.queued_changes
-                            .retain(|c| !matches!(c, SubscriberChange::Add(a) if *a == ck));
-                    }
-                    touched.push(consumer.transport);
-                }
-            }
+            touched.extend(self.drop_consumers(producer.consumers));
         }
         // A subscriber's consumers leave their producers' fan-out lists.
         for ck in transport.consumers {
@@ -951,6 +1574,27 @@ impl WorkerCore {
             self.negotiate(sub);
             self.drain(sub, now, egress);
         }
+    }
+
+    /// Remove consumers of a closed producer; returns the subscriber transports to renegotiate.
+    fn drop_consumers(&mut self, consumers: Vec<usize>) -> Vec<usize> {
+        let mut touched = Vec::new();
+        for ck in consumers {
+            let consumer = self.consumers.remove(ck);
+            if let Some(sub) = self.transports.get_mut(consumer.transport) {
+                sub.consumers.retain(|c| *c != ck);
+                if let Some(mid) = consumer.mid {
+                    sub.queued_changes.push(SubscriberChange::Stop(mid));
+                } else {
+                    sub.queued_changes
+                        .retain(|c| !matches!(c, SubscriberChange::Add(a) if *a == ck));
+                }
+                touched.push(consumer.transport);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
     }
 
     fn consumer_by_mid(&self, key: usize, mid: Mid) -> Option<usize> {
@@ -1000,4 +1644,47 @@ fn map_payload_type(publisher: &Rtc, subscriber: &Rtc, pt: Pt) -> Option<Pt> {
                 .find(|p| p.spec().codec == params.spec().codec)
         })
         .map(|p| p.pt())
+}
+
+/// What the room layer needs to know about a new ORTC consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerCreated {
+    /// Simulcast layers of the producer (1 without simulcast).
+    pub layers: u8,
+}
+
+fn ice_parameters(creds: &IceCreds) -> serde_json::Value {
+    serde_json::json!({
+        "usernameFragment": creds.ufrag,
+        "password": creds.pass,
+        "iceLite": true,
+    })
+}
+
+/// 24 random characters: never checked (ICE-lite sends no requests), but must look real.
+fn random_ice_password() -> String {
+    IceCreds::new().pass
+}
+
+impl From<OrtcError> for MediaError {
+    fn from(e: OrtcError) -> Self {
+        match e {
+            OrtcError::Invalid(m) => MediaError::InvalidParameters(m),
+            OrtcError::UnsupportedCodec(m) => MediaError::UnsupportedCodec(m),
+        }
+    }
+}
+
+/// `routerRtpCapabilities`: what a transport built from `codecs` offers, read from a real
+/// str0m offer so payload types and extension ids are exactly those consumers will see.
+pub fn router_capabilities(codecs: &[CodecName]) -> RtpCapabilities {
+    let config = apply_codecs(RtcConfig::new().set_rtp_mode(true), codecs);
+    let mut rtc = config.build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    match api.apply() {
+        Some((offer, _)) => ortc::capabilities_from_offer(&offer.to_sdp_string()),
+        None => RtpCapabilities::default(),
+    }
 }

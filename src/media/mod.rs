@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod core;
+pub mod ortc;
 pub mod simulcast;
 pub mod worker;
 
@@ -22,6 +23,8 @@ use uuid::Uuid;
 
 pub use self::codec::CodecName;
 pub use self::simulcast::Preference;
+use self::core::{ConsumerCreated, Egress, WorkerCore};
+use self::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
 use self::worker::{Command, WorkerHandle};
 
 /// Identifies a WebRTC transport (one PeerConnection) across the whole server.
@@ -103,6 +106,11 @@ pub enum MediaError {
     ProducerNotFound,
     #[error("media worker unavailable")]
     WorkerGone,
+    /// ORTC parameters that are inconsistent or unsafe (the message names the field).
+    #[error("{0}")]
+    InvalidParameters(String),
+    #[error("{0}")]
+    UnsupportedCodec(String),
 }
 
 /// Counters of one worker, for tests, `/status` and metrics.
@@ -143,6 +151,7 @@ impl std::ops::AddAssign for WorkerStats {
 pub struct MediaRouter {
     workers: Arc<Vec<WorkerHandle>>,
     next_transport: Arc<AtomicU64>,
+    capabilities: Arc<RtpCapabilities>,
 }
 
 impl MediaRouter {
@@ -158,6 +167,7 @@ impl MediaRouter {
         Ok(MediaRouter {
             workers: Arc::new(workers),
             next_transport: Arc::new(AtomicU64::new(1)),
+            capabilities: Arc::new(self::core::router_capabilities(&config.codecs)),
         })
     }
 
@@ -279,6 +289,137 @@ impl MediaRouter {
     ) -> Result<(), MediaError> {
         self.call(worker, |reply| Command::CloseTransport { transport, reply })
             .await
+    }
+
+    /// What `joinRoomResponse.routerRtpCapabilities` carries.
+    pub fn capabilities(&self) -> &RtpCapabilities {
+        &self.capabilities
+    }
+
+    /// Run `task` on a worker's thread, against its core.
+    async fn run<T: Send + 'static>(
+        &self,
+        worker: usize,
+        task: impl FnOnce(&mut WorkerCore, std::time::Instant, &mut dyn Egress) -> T + Send + 'static,
+    ) -> Result<T, MediaError> {
+        self.call(worker, |reply| {
+            Command::Run(Box::new(move |core, now, egress| {
+                let _ = reply.send(task(core, now, egress));
+            }))
+        })
+        .await
+    }
+
+    pub async fn create_ortc_transport(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        send: bool,
+    ) -> Result<TransportParameters, MediaError> {
+        self.run(worker, move |core, now, _| {
+            core.create_ortc_transport(transport, send, now)
+        })
+        .await?
+    }
+
+    pub async fn connect_ortc(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        role: String,
+        algorithm: String,
+        value: String,
+    ) -> Result<(), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.connect_ortc(transport, &role, &algorithm, &value, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn ortc_publish(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        kind: Kind,
+        params: RtpParameters,
+    ) -> Result<NewProducer, MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.ortc_publish(transport, kind, params, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn ortc_consume(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        producer: ProducerId,
+        stream_id: String,
+        caps: RtpCapabilities,
+        paused: bool,
+    ) -> Result<(ConsumerCreated, RtpParameters), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.ortc_consume(transport, producer, stream_id, &caps, paused, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn whep_offer(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        sdp: String,
+        producers: Vec<(ProducerId, String)>,
+    ) -> Result<(String, Vec<ProducerId>), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.whep_offer(transport, &sdp, &producers, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn set_consumer_paused(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        producer: ProducerId,
+        paused: bool,
+    ) -> Result<(), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.set_consumer_paused(transport, producer, paused, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn set_producer_paused(
+        &self,
+        worker: usize,
+        producer: ProducerId,
+        paused: bool,
+    ) -> Result<(), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.set_producer_paused(producer, paused, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn close_producer(
+        &self,
+        worker: usize,
+        producer: ProducerId,
+    ) -> Result<(), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.close_producer(producer, now, egress)
+        })
+        .await?
+    }
+
+    pub async fn restart_ice(
+        &self,
+        worker: usize,
+        transport: TransportId,
+    ) -> Result<serde_json::Value, MediaError> {
+        self.run(worker, move |core, _, _| core.restart_ice(transport))
+            .await?
     }
 
     pub async fn stats(&self) -> WorkerStats {

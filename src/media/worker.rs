@@ -8,6 +8,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Egress, WorkerCore};
+#[path = "egress.rs"]
+mod egress;
+use egress::BatchEgress;
 use super::{
     MediaConfig, MediaError, MediaEvent, NewProducer, Preference, ProducerId, TransportId,
     WorkerStats,
@@ -51,7 +54,11 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<WorkerStats>,
     },
+    /// Any other operation on the core (ORTC, WHEP, pause...): the closure replies itself.
+    Run(CoreTask),
 }
+
+pub(crate) type CoreTask = Box<dyn FnOnce(&mut WorkerCore, Instant, &mut dyn Egress) + Send>;
 
 pub(crate) struct WorkerHandle {
     pub commands: mpsc::UnboundedSender<Command>,
@@ -98,19 +105,8 @@ impl WorkerHandle {
     }
 }
 
-/// Writes straight to the socket. A full send buffer drops the datagram, as UDP would.
-struct SocketEgress<'a> {
-    socket: &'a UdpSocket,
-    dropped: u64,
-}
-
-impl Egress for SocketEgress<'_> {
-    fn send(&mut self, destination: SocketAddr, payload: &[u8]) {
-        if self.socket.try_send_to(payload, destination).is_err() {
-            self.dropped += 1;
-        }
-    }
-}
+/// Largest burst of received datagrams handled before timers and commands get a turn.
+const RECV_BURST: usize = 256;
 
 async fn run(
     index: usize,
@@ -121,6 +117,10 @@ async fn run(
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Everything one wake-up produces (a publisher packet fans out to every subscriber) is
+    // queued here and leaves in `sendmmsg` batches; the queue is empty whenever we wait.
+    let mut egress = BatchEgress::new(&socket);
+    let mut dropped_reported = 0;
     loop {
         let deadline = core.next_deadline(Instant::now());
         tokio::select! {
@@ -129,9 +129,8 @@ async fn run(
                 if ready.is_err() {
                     continue;
                 }
-                let mut egress = SocketEgress { socket: &socket, dropped: 0 };
-                // Drain everything queued so one wake-up serves a burst of datagrams.
-                loop {
+                // Drain what is queued so one wake-up serves a burst of datagrams.
+                for _ in 0..RECV_BURST {
                     match socket.try_recv_from(&mut buf) {
                         Ok((len, source)) => {
                             core.handle_datagram(Instant::now(), source, &buf[..len], &mut egress);
@@ -150,20 +149,23 @@ async fn run(
                     tracing::info!(worker = index, "media worker stopping");
                     return;
                 };
-                let mut egress = SocketEgress { socket: &socket, dropped: 0 };
                 handle_command(&mut core, command, &mut egress);
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = housekeeping.tick() => {
-                let mut egress = SocketEgress { socket: &socket, dropped: 0 };
                 core.tick(Instant::now(), &mut egress);
+                if egress.dropped > dropped_reported {
+                    tracing::debug!(
+                        worker = index,
+                        dropped = egress.dropped - dropped_reported,
+                        "egress datagrams dropped (socket buffer full)"
+                    );
+                    dropped_reported = egress.dropped;
+                }
             }
         }
-        let mut egress = SocketEgress {
-            socket: &socket,
-            dropped: 0,
-        };
         core.handle_timeouts(Instant::now(), &mut egress);
+        egress.flush();
     }
 }
 
@@ -211,5 +213,6 @@ fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut dyn Egre
         Command::Stats { reply } => {
             let _ = reply.send(core.stats());
         }
+        Command::Run(task) => task(core, now, egress),
     }
 }

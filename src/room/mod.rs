@@ -4,6 +4,7 @@
 //! delegated to the room's worker through [`MediaRouter`]. Notifications go to each
 //! participant's [`SessionSink`], whichever transport that session uses.
 
+mod ortc;
 mod sink;
 
 pub use sink::{ReplayGap, SessionSink, REPLAY_BUFFER};
@@ -65,6 +66,8 @@ impl From<MediaError> for RoomError {
             MediaError::InvalidSdp(_) => ErrorCode::InvalidSdp,
             MediaError::NoPendingOffer => ErrorCode::NoPendingOffer,
             MediaError::ProducerNotFound => ErrorCode::ProducerNotFound,
+            MediaError::InvalidParameters(_) => ErrorCode::InvalidRtpParameters,
+            MediaError::UnsupportedCodec(_) => ErrorCode::UnsupportedCodec,
             MediaError::TransportNotFound | MediaError::WorkerGone => ErrorCode::InternalError,
         };
         RoomError::new(code, e.to_string())
@@ -100,9 +103,68 @@ struct Participant {
     publisher: TransportId,
     subscriber: TransportId,
     producers: Vec<ProducerInfo>,
+    dialect: Dialect,
+    ortc: OrtcParticipant,
+}
+
+/// How a participant negotiates media, which decides whether it is auto-subscribed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// The SDP flow: subscribed to every producer, offers pushed by the server.
+    Sdp,
+    /// mediasoup-style ORTC: consumes explicitly (`consume`); switched to on the first
+    /// `createWebRtcTransport`.
+    Ortc,
+    /// WHIP publisher or WHEP player: one HTTP exchange, nothing pushed.
+    Http,
+}
+
+/// ORTC ids this participant handed out: opaque strings, mapped to ours.
+#[derive(Default)]
+struct OrtcParticipant {
+    send_transport: Option<String>,
+    recv_transport: Option<String>,
+    /// consumerId → producer.
+    consumers: HashMap<String, ProducerId>,
 }
 
 impl Room {
+    /// Tell everyone `producer_id` ended; ORTC consumers of it also get `consumerClosed`.
+    /// Returns the WHEP players left with nothing to play: their sessions should end.
+    fn announce_producer_closed(
+        &mut self,
+        producer_id: &str,
+        owner: &str,
+        except: Option<&str>,
+    ) -> Vec<String> {
+        let mut orphans = Vec::new();
+        let message = producer_closed(producer_id, owner);
+        for (id, p) in self.participants.iter_mut() {
+            if except == Some(id.as_str()) {
+                continue;
+            }
+            p.sink.send(message.clone());
+            let closed: Vec<String> = p
+                .ortc
+                .consumers
+                .iter()
+                .filter(|(_, pr)| pr.to_string() == producer_id)
+                .map(|(c, _)| c.clone())
+                .collect();
+            for consumer_id in closed {
+                p.ortc.consumers.remove(&consumer_id);
+                p.sink.send(OutboundEnvelope::notification(
+                    "consumerClosed",
+                    json!({ "consumerId": consumer_id, "producerId": producer_id }),
+                ));
+                if p.dialect == Dialect::Http && p.ortc.consumers.is_empty() {
+                    orphans.push(id.clone());
+                }
+            }
+        }
+        orphans
+    }
+
     /// Send `message` to every participant but `except`.
     fn broadcast(&self, message: &OutboundEnvelope, except: Option<&str>) {
         for (id, p) in &self.participants {
@@ -409,6 +471,19 @@ impl Rooms {
         display_name: &str,
         sink: SessionSink,
     ) -> Result<Joined, RoomError> {
+        self.join_as(room_id, identity, token, display_name, sink, Dialect::Sdp)
+            .await
+    }
+
+    pub async fn join_as(
+        &self,
+        room_id: &str,
+        identity: &Identity,
+        token: &str,
+        display_name: &str,
+        sink: SessionSink,
+        dialect: Dialect,
+    ) -> Result<Joined, RoomError> {
         let user = &identity.user;
         let display_name = display_name.trim();
         if display_name.is_empty() || display_name.chars().count() > 64 {
@@ -432,7 +507,10 @@ impl Rooms {
         // concurrent publish can always subscribe it (worker commands are FIFO).
         let publisher = self.media.new_transport_id();
         let subscriber = self.media.new_transport_id();
-        self.media.create_subscriber(worker, subscriber).await?;
+        // WHIP/WHEP create their one transport themselves.
+        if dialect != Dialect::Http {
+            self.media.create_subscriber(worker, subscriber).await?;
+        }
 
         let participant_id = Uuid::new_v4().to_string();
         let inserted = self.insert_participant(
@@ -447,6 +525,8 @@ impl Rooms {
                 publisher,
                 subscriber,
                 producers: Vec::new(),
+                dialect,
+                ortc: OrtcParticipant::default(),
             },
         );
         let (others, existing) = match inserted {
@@ -471,7 +551,7 @@ impl Rooms {
                 .user(&user.id)
                 .detail(json!({ "displayName": display_name })),
         );
-        let existing = if identity.grants.subscribe {
+        let existing = if identity.grants.subscribe && dialect == Dialect::Sdp {
             existing
         } else {
             Vec::new()
@@ -538,6 +618,7 @@ impl Rooms {
     }
 
     pub async fn leave(&self, room_id: &str, participant_id: &str) {
+        let mut orphans = Vec::new();
         let removed = {
             let mut state = self.lock();
             let Some(room) = state.rooms.get_mut(room_id) else {
@@ -549,10 +630,11 @@ impl Rooms {
             self.audit_departure(room_id, participant_id, &participant, room);
             // The leaver is already out of `participants`: everyone left hears it.
             for producer in &participant.producers {
-                room.broadcast(
-                    &producer_closed(&producer.producer_id, participant_id),
+                orphans.extend(room.announce_producer_closed(
+                    &producer.producer_id,
+                    participant_id,
                     None,
-                );
+                ));
             }
             room.broadcast(
                 &OutboundEnvelope::notification(
@@ -603,6 +685,10 @@ impl Rooms {
         let (worker, publisher, subscriber) = removed;
         let _ = self.media.close_transport(worker, publisher).await;
         let _ = self.media.close_transport(worker, subscriber).await;
+        // WHEP players of what the leaver published have nothing left to play.
+        for orphan in orphans {
+            Box::pin(self.leave(room_id, &orphan)).await;
+        }
         tracing::info!(
             room = room_id,
             participant = participant_id,
@@ -738,6 +824,20 @@ impl Rooms {
     ) -> Result<(String, Vec<(ProducerInfo, String)>), RoomError> {
         let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
         let (answer, created) = self.media.publisher_offer(worker, publisher, sdp).await?;
+        let announced = self
+            .announce_producers(room_id, participant_id, worker, created)
+            .await?;
+        Ok((answer, announced))
+    }
+
+    /// Record new producers, tell the room, and subscribe every SDP participant to them.
+    async fn announce_producers(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        worker: usize,
+        created: Vec<crate::media::NewProducer>,
+    ) -> Result<Vec<(ProducerInfo, String)>, RoomError> {
         let mut announced = Vec::new();
         let mut subscribers = Vec::new();
         {
@@ -782,12 +882,18 @@ impl Rooms {
                     continue;
                 }
                 for (info, _) in &announced {
+                    // Top-level fields for mediasoup-style clients, `producer` for ours.
                     p.sink.send(OutboundEnvelope::notification(
                         "newProducer",
-                        json!({ "producer": info }),
+                        json!({
+                            "producerId": info.producer_id,
+                            "participantId": info.participant_id,
+                            "kind": info.kind,
+                            "producer": info,
+                        }),
                     ));
                 }
-                if p.can_subscribe {
+                if p.can_subscribe && p.dialect == Dialect::Sdp {
                     subscribers.push((p.subscriber, id.clone()));
                 }
             }
@@ -813,7 +919,7 @@ impl Rooms {
                 }
             }
         }
-        Ok((answer, announced))
+        Ok(announced)
     }
 
     pub async fn subscriber_answer(
@@ -847,7 +953,8 @@ impl Rooms {
     }
 
     /// Route a worker's event to the session it concerns.
-    pub fn on_media_event(&self, event: MediaEvent) {
+    pub fn on_media_event(&self, event: MediaEvent) -> Vec<(String, String)> {
+        let mut ended = Vec::new();
         let mut state = self.lock();
         let transport = match &event {
             MediaEvent::SubscriberOffer { transport, .. }
@@ -855,19 +962,28 @@ impl Rooms {
             | MediaEvent::TransportClosed { transport, .. } => *transport,
         };
         let Some((room_id, participant_id)) = state.transports.get(&transport).cloned() else {
-            return;
+            return ended;
         };
         let Some(room) = state.rooms.get_mut(&room_id) else {
-            return;
+            return ended;
         };
         if let MediaEvent::TransportClosed { reason, .. } = &event {
             tracing::info!(room = %room_id, participant = %participant_id, %reason, "media transport closed");
+            // A WHIP/WHEP session is its one transport: when that dies, the session ends.
+            if room
+                .participants
+                .get(&participant_id)
+                .is_some_and(|p| p.dialect == Dialect::Http)
+            {
+                ended.push((room_id.clone(), participant_id.clone()));
+                return ended;
+            }
             // A dead publisher transport took its producers with it on the worker.
             let Some(p) = room.participants.get_mut(&participant_id) else {
-                return;
+                return ended;
             };
             if p.publisher != transport {
-                return;
+                return ended;
             }
             let closed = std::mem::take(&mut p.producers);
             for producer in closed {
@@ -877,16 +993,19 @@ impl Rooms {
                     Some(&participant_id),
                     json!({ "producerId": producer.producer_id, "reason": reason }),
                 );
-                room.broadcast(
-                    &producer_closed(&producer.producer_id, &participant_id),
+                for orphan in room.announce_producer_closed(
+                    &producer.producer_id,
+                    &participant_id,
                     Some(&participant_id),
-                );
+                ) {
+                    ended.push((room_id.clone(), orphan));
+                }
             }
-            return;
+            return ended;
         }
         let room = &*room;
         let Some(participant) = room.participants.get(&participant_id) else {
-            return;
+            return ended;
         };
         match event {
             MediaEvent::SubscriberOffer { sdp, tracks, .. } => {
@@ -914,6 +1033,21 @@ impl Rooms {
             }
             MediaEvent::LayerChanged {
                 producer, layer, ..
+            } if participant.dialect == Dialect::Ortc => {
+                let consumer = participant
+                    .ortc
+                    .consumers
+                    .iter()
+                    .find(|(_, p)| **p == producer);
+                if let Some((consumer_id, _)) = consumer {
+                    participant.sink.send(OutboundEnvelope::notification(
+                        "consumerLayersChanged",
+                        json!({ "consumerId": consumer_id, "spatialLayer": layer, "temporalLayer": null }),
+                    ));
+                }
+            }
+            MediaEvent::LayerChanged {
+                producer, layer, ..
             } => {
                 participant.sink.send(OutboundEnvelope::notification(
                     "layerChanged",
@@ -922,6 +1056,7 @@ impl Rooms {
             }
             MediaEvent::TransportClosed { .. } => {}
         }
+        ended
     }
 }
 

@@ -346,6 +346,10 @@ impl Session {
         let grants = &identity.grants;
         let rooms = self.ctx.rooms.clone();
         let draining = self.ctx.is_draining();
+        let pausing = matches!(
+            request,
+            Request::PauseConsumer(_) | Request::PauseProducer(_)
+        );
         match request {
             Request::Authenticate(_) | Request::Ping | Request::Resume(_) => {
                 unreachable!("handled above")
@@ -406,6 +410,7 @@ impl Session {
                         "roomId": r.room_id,
                         "participantId": joined.participant_id,
                         "participants": joined.others,
+                        "routerRtpCapabilities": rooms.router_capabilities(),
                     }),
                 ))
             }
@@ -440,6 +445,145 @@ impl Session {
                 Ok((
                     "publisherAnswer",
                     json!({ "sdp": answer, "producers": producers }),
+                ))
+            }
+            Request::CreateWebRtcTransport(r) => {
+                let m = self.ortc_membership(r.room_id.as_deref())?;
+                let send = r.direction == protocol::TransportDirection::Send;
+                if !send && !grants.subscribe {
+                    return Err(deny(
+                        ErrorCode::SubscribeDenied,
+                        "this token may not subscribe",
+                    ));
+                }
+                let created = rooms
+                    .create_webrtc_transport(&m.room_id, &m.participant_id, send)
+                    .await?;
+                Ok(("createWebRtcTransportResponse", created))
+            }
+            Request::ConnectWebRtcTransport(r) => {
+                let m = self.membership()?;
+                rooms
+                    .connect_webrtc_transport(
+                        &m.room_id,
+                        &m.participant_id,
+                        &r.transport_id,
+                        &r.dtls_parameters,
+                    )
+                    .await?;
+                Ok((
+                    "connectWebRtcTransportResponse",
+                    json!({ "transportId": r.transport_id }),
+                ))
+            }
+            Request::Publish(r) => {
+                let m = self.ortc_membership(r.room_id.as_deref())?;
+                let (kind, name) = match r.kind {
+                    protocol::MediaKindName::Audio => (crate::media::Kind::Audio, "audio"),
+                    protocol::MediaKindName::Video => (crate::media::Kind::Video, "video"),
+                };
+                if !grants.may_publish(name) {
+                    return Err((
+                        ErrorCode::PublishDenied,
+                        format!("this token may not publish {name}"),
+                    )
+                        .into());
+                }
+                let _ = &r.app_data;
+                let published = rooms
+                    .publish_ortc(
+                        &m.room_id,
+                        &m.participant_id,
+                        r.transport_id.as_deref(),
+                        kind,
+                        r.rtp_parameters,
+                    )
+                    .await?;
+                Ok(("publishResponse", published))
+            }
+            Request::Consume(r) => {
+                if !grants.subscribe {
+                    return Err(deny(
+                        ErrorCode::SubscribeDenied,
+                        "this token may not subscribe",
+                    ));
+                }
+                let m = self.membership()?;
+                let consumed = rooms
+                    .consume(
+                        &m.room_id,
+                        &m.participant_id,
+                        &r.producer_id,
+                        r.rtp_capabilities,
+                        r.transport_id.as_deref(),
+                        r.paused,
+                    )
+                    .await?;
+                Ok(("consumeResponse", consumed))
+            }
+            Request::PauseConsumer(r) | Request::ResumeConsumer(r) => {
+                let paused = pausing;
+                let m = self.membership()?;
+                rooms
+                    .set_consumer_paused(&m.room_id, &m.participant_id, &r.consumer_id, paused)
+                    .await?;
+                Ok((
+                    if paused {
+                        "pauseConsumerResponse"
+                    } else {
+                        "resumeConsumerResponse"
+                    },
+                    json!({ "consumerId": r.consumer_id }),
+                ))
+            }
+            Request::PauseProducer(r) | Request::ResumeProducer(r) => {
+                let paused = pausing;
+                let m = self.membership()?;
+                rooms
+                    .set_producer_paused(&m.room_id, &m.participant_id, &r.producer_id, paused)
+                    .await?;
+                Ok((
+                    if paused {
+                        "pauseProducerResponse"
+                    } else {
+                        "resumeProducerResponse"
+                    },
+                    json!({ "producerId": r.producer_id }),
+                ))
+            }
+            Request::CloseProducer(r) => {
+                let m = self.membership()?;
+                rooms
+                    .close_producer(&m.room_id, &m.participant_id, &r.producer_id)
+                    .await?;
+                Ok((
+                    "closeProducerResponse",
+                    json!({ "producerId": r.producer_id }),
+                ))
+            }
+            Request::SetConsumerPreferredLayers(r) => {
+                let m = self.membership()?;
+                rooms
+                    .set_consumer_preferred_layers(
+                        &m.room_id,
+                        &m.participant_id,
+                        &r.consumer_id,
+                        r.spatial_layer,
+                    )
+                    .await?;
+                Ok((
+                    "setConsumerPreferredLayersResponse",
+                    json!({ "consumerId": r.consumer_id, "spatialLayer": r.spatial_layer, "temporalLayer": r.temporal_layer }),
+                ))
+            }
+            Request::RestartIce(r) => {
+                let m = self.membership()?;
+                let ice = rooms
+                    .restart_ice(&m.room_id, &m.participant_id, &r.transport_id)
+                    .await?;
+                Ok((
+                    "restartIceResponse",
+                    json!({ "transportId": r.transport_id, "iceParameters": ice }),
                 ))
             }
             Request::SubscriberAnswer(r) => {
@@ -556,6 +700,18 @@ impl Session {
                     })));
                 Err((e.code, e.message).into())
             }
+        }
+    }
+
+    /// The membership, checking the optional `roomId` the seed's ORTC messages carry.
+    fn ortc_membership(&self, room_id: Option<&str>) -> Result<&Membership, Failure> {
+        let m = self.membership()?;
+        match room_id {
+            Some(id) if id != m.room_id => Err(deny(
+                ErrorCode::NotInRoom,
+                "`roomId` is not the room this session joined",
+            )),
+            _ => Ok(m),
         }
     }
 

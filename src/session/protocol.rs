@@ -73,6 +73,15 @@ pub enum ErrorCode {
     /// A subscriber answer arrived while no offer was outstanding.
     NoPendingOffer,
     ProducerNotFound,
+    /// ORTC parameters (rtpParameters, dtlsParameters, rtpCapabilities) that are malformed or
+    /// inconsistent; the message names the field.
+    InvalidRtpParameters,
+    /// No codec both sides support (unknown codec published, or the consumer cannot decode).
+    UnsupportedCodec,
+    /// `transportId` names no transport of this participant (or of the wrong direction).
+    TransportNotFound,
+    /// `consumerId` names no consumer of this participant.
+    ConsumerNotFound,
     /// The server could not complete the request (worker gone, internal failure).
     InternalError,
 }
@@ -220,6 +229,82 @@ pub struct SetPreferredLayer {
     pub layer: LayerPreference,
 }
 
+// ---- The ORTC dialect (the seed's mediasoup-style messages, for mediasoup-client). ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportDirection {
+    Send,
+    Recv,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateWebRtcTransport {
+    #[serde(default)]
+    pub room_id: Option<String>,
+    pub direction: TransportDirection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectWebRtcTransport {
+    pub transport_id: String,
+    pub dtls_parameters: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Publish {
+    #[serde(default)]
+    pub room_id: Option<String>,
+    pub kind: MediaKindName,
+    pub rtp_parameters: crate::media::ortc::RtpParameters,
+    #[serde(default)]
+    pub transport_id: Option<String>,
+    /// Opaque to us, as in mediasoup.
+    #[serde(default)]
+    pub app_data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Consume {
+    pub producer_id: String,
+    pub rtp_capabilities: crate::media::ortc::RtpCapabilities,
+    #[serde(default)]
+    pub transport_id: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsumerRef {
+    pub consumer_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProducerRef {
+    pub producer_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetConsumerPreferredLayers {
+    pub consumer_id: String,
+    pub spatial_layer: u8,
+    #[serde(default)]
+    pub temporal_layer: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransportRef {
+    pub transport_id: String,
+}
+
 /// Which simulcast layer a subscriber wants. `auto` follows what the publisher sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -239,6 +324,17 @@ pub enum Request {
     JoinRoom(JoinRoom),
     LeaveRoom,
     PublisherOffer(PublisherOffer),
+    CreateWebRtcTransport(CreateWebRtcTransport),
+    ConnectWebRtcTransport(ConnectWebRtcTransport),
+    Publish(Box<Publish>),
+    Consume(Box<Consume>),
+    PauseConsumer(ConsumerRef),
+    ResumeConsumer(ConsumerRef),
+    PauseProducer(ProducerRef),
+    ResumeProducer(ProducerRef),
+    CloseProducer(ProducerRef),
+    SetConsumerPreferredLayers(SetConsumerPreferredLayers),
+    RestartIce(TransportRef),
     SubscriberAnswer(SubscriberAnswer),
     SetPreferredLayer(SetPreferredLayer),
     KickParticipant(KickParticipant),
@@ -327,6 +423,19 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
         "joinRoom" => payload(&kind, data).map(Request::JoinRoom),
         "leaveRoom" => Ok(Request::LeaveRoom),
         "publisherOffer" => payload(&kind, data).map(Request::PublisherOffer),
+        "createWebRtcTransport" => payload(&kind, data).map(Request::CreateWebRtcTransport),
+        "connectWebRtcTransport" => payload(&kind, data).map(Request::ConnectWebRtcTransport),
+        "publish" => payload(&kind, data).map(|p| Request::Publish(Box::new(p))),
+        "consume" => payload(&kind, data).map(|c| Request::Consume(Box::new(c))),
+        "pauseConsumer" => payload(&kind, data).map(Request::PauseConsumer),
+        "resumeConsumer" => payload(&kind, data).map(Request::ResumeConsumer),
+        "pauseProducer" => payload(&kind, data).map(Request::PauseProducer),
+        "resumeProducer" => payload(&kind, data).map(Request::ResumeProducer),
+        "closeProducer" => payload(&kind, data).map(Request::CloseProducer),
+        "setConsumerPreferredLayers" => {
+            payload(&kind, data).map(Request::SetConsumerPreferredLayers)
+        }
+        "restartIce" => payload(&kind, data).map(Request::RestartIce),
         "subscriberAnswer" => payload(&kind, data).map(Request::SubscriberAnswer),
         "setPreferredLayer" => payload(&kind, data).map(Request::SetPreferredLayer),
         "kickParticipant" => payload(&kind, data).map(Request::KickParticipant),

@@ -27,7 +27,8 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/webtransport", get(webtransport_info))
-        .route("/audit", get(audit_log));
+        .route("/audit", get(audit_log))
+        .merge(super::whip::routes());
     if ctx.settings.dev_mode {
         router = router.route("/dev/token", get(dev_token));
     }

@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod webtransport;
+pub mod whip;
 pub mod ws;

@@ -1,0 +1,271 @@
+//! WHIP (RFC 9725) and WHEP: publish or play with one HTTP request carrying an SDP offer.
+//!
+//! `POST /whip/{room}` and `POST /whep/{room}` take `application/sdp` with a Bearer JWT and
+//! answer `201 Created`, the SDP answer and a `Location` for the session; `DELETE` on that
+//! location ends it. The session is a room participant like any other, so WHIP producers reach
+//! WebSocket/WebTransport subscribers and WHEP players see their producers. Errors are JSON
+//! `{error, code}` with a fitting status.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::auth::Identity;
+use crate::room::RoomError;
+use crate::session::protocol::ErrorCode;
+use crate::AppContext;
+
+/// Largest SDP offer accepted (browsers send 5–15 KB).
+const MAX_SDP_BYTES: usize = 64 * 1024;
+
+pub fn routes() -> Router<Arc<AppContext>> {
+    Router::new()
+        .route("/whip/{room}", post(whip_post))
+        .route("/whep/{room}", post(whep_post))
+        .route(
+            "/whip/{room}/{session}",
+            patch(ice_patch).delete(session_delete),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            patch(ice_patch).delete(session_delete),
+        )
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": message.into(), "code": code })),
+    )
+        .into_response()
+}
+
+fn room_error(e: RoomError) -> Response {
+    let status = match e.code {
+        ErrorCode::RoomNotFound | ErrorCode::ProducerNotFound | ErrorCode::ParticipantNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::RoomAccessDenied
+        | ErrorCode::PublishDenied
+        | ErrorCode::SubscribeDenied
+        | ErrorCode::AdminRequired => {
+            StatusCode::FORBIDDEN
+        }
+        ErrorCode::RoomFull | ErrorCode::TooManyRooms | ErrorCode::ServerShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::RoomOnOtherNode => StatusCode::CONFLICT,
+        ErrorCode::InternalError | ErrorCode::DirectoryUnavailable => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut body = json!({ "error": e.message, "code": e.code });
+    if let Some((key, value)) = e.detail {
+        body[key] = value;
+    }
+    (status, Json(body)).into_response()
+}
+
+/// The Bearer token and who it names; 401 otherwise.
+fn bearer(ctx: &AppContext, headers: &HeaderMap) -> Result<(Identity, String), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::NotAuthenticated,
+                "send `Authorization: Bearer <JWT>`",
+            )
+        })?;
+    match ctx.auth.verify(token) {
+        Ok(identity) => Ok((identity, token.to_string())),
+        Err(e) => {
+            tracing::warn!(code = ?e.code, reason = %e.message, "WHIP/WHEP authentication failed");
+            Err(error(StatusCode::UNAUTHORIZED, e.code, e.message))
+        }
+    }
+}
+
+/// The offer body: must be `application/sdp`, UTF-8 and of sane size.
+fn offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/sdp") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidSdp,
+            "Content-Type must be application/sdp",
+        ));
+    }
+    if body.len() > MAX_SDP_BYTES {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::MessageTooLarge,
+            format!("the offer is larger than {MAX_SDP_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(body.to_vec())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, ErrorCode::InvalidSdp, "the offer is not UTF-8"))
+}
+
+fn created(kind: &str, room: &str, session: &str, answer: String) -> Response {
+    let location = format!("/{kind}/{room}/{session}");
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_string()),
+            (header::LOCATION, location),
+            (header::ETAG, format!("\"{session}\"")),
+            (
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                "Location, ETag".to_string(),
+            ),
+        ],
+        answer,
+    )
+        .into_response()
+}
+
+/// WHIP into a room that does not exist yet creates it when the token may create rooms.
+async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Result<(), Response> {
+    if !identity.grants.may_join(room) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::RoomAccessDenied,
+            format!("this token may not join room `{room}`"),
+        ));
+    }
+    if ctx.rooms.room_exists(room) || !identity.grants.create_room {
+        return Ok(());
+    }
+    match ctx
+        .rooms
+        .create_room(room.to_string(), None, None, Some(room.to_string()))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == ErrorCode::RoomExists => Ok(()),
+        Err(e) => Err(room_error(e)),
+    }
+}
+
+async fn whip_post(
+    State(ctx): State<Arc<AppContext>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (identity, token) = match bearer(&ctx, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let sdp = match offer(&headers, &body) {
+        Ok(sdp) => sdp,
+        Err(r) => return r,
+    };
+    if ctx.is_draining() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerShuttingDown,
+            "the server is shutting down",
+        );
+    }
+    for kind in crate::room::sdp_sending_kinds(&sdp) {
+        if !identity.grants.may_publish(kind) {
+            return error(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PublishDenied,
+                format!("this token may not publish {kind}"),
+            );
+        }
+    }
+    if let Err(r) = ensure_room(&ctx, &room, &identity).await {
+        return r;
+    }
+    match ctx.rooms.whip_publish(&room, &identity, &token, sdp).await {
+        Ok(session) => {
+            tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHIP publish started");
+            created("whip", &room, &session.participant_id, session.answer)
+        }
+        Err(e) => room_error(e),
+    }
+}
+
+async fn whep_post(
+    State(ctx): State<Arc<AppContext>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (identity, token) = match bearer(&ctx, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let sdp = match offer(&headers, &body) {
+        Ok(sdp) => sdp,
+        Err(r) => return r,
+    };
+    if !identity.grants.subscribe {
+        return error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::SubscribeDenied,
+            "this token may not subscribe",
+        );
+    }
+    if !identity.grants.may_join(&room) {
+        return error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::RoomAccessDenied,
+            format!("this token may not join room `{room}`"),
+        );
+    }
+    match ctx.rooms.whep_play(&room, &identity, &token, sdp).await {
+        Ok(session) => {
+            tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHEP playback started");
+            created("whep", &room, &session.participant_id, session.answer)
+        }
+        Err(e) => room_error(e),
+    }
+}
+
+async fn session_delete(
+    State(ctx): State<Arc<AppContext>>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (identity, _) = match bearer(&ctx, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match ctx.rooms.end_http_session(&room, &session, &identity).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => room_error(e),
+    }
+}
+
+/// Trickle ICE and ICE restarts over PATCH are not offered: our candidates are all in the
+/// answer (ICE-lite, host candidates only). RFC 9725 §4.3.1 says to answer 405 then.
+async fn ice_patch() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE")],
+        Json(json!({
+            "error": "trickle ICE and ICE restart are not supported; end the session with DELETE and POST a new offer",
+            "code": ErrorCode::InvalidPayload,
+        })),
+    )
+        .into_response()
+}
