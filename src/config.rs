@@ -109,11 +109,11 @@ pub struct Config {
     #[arg(long, env = "ANNOUNCED_IP")]
     pub announced_ip: Option<IpAddr>,
 
-    /// Codecs offered, comma-separated (opus, vp8).
+    /// Codecs offered, comma-separated, in preference order (opus, vp8, vp9, h264, av1).
     #[arg(
         long,
         env = "SFU_CODECS",
-        default_value = "opus,vp8",
+        default_value = "opus,vp8,vp9,h264,av1",
         value_delimiter = ','
     )]
     pub codecs: Vec<String>,
@@ -332,8 +332,12 @@ impl Config {
         }
         let mut codecs = Vec::new();
         for name in &self.codecs {
-            let codec = CodecName::parse(name)
-                .ok_or_else(|| format!("SFU_CODECS: unknown codec `{name}` (known: opus, vp8)"))?;
+            let codec = CodecName::parse(name).ok_or_else(|| {
+                format!(
+                    "SFU_CODECS: unknown codec `{name}` (known: {})",
+                    CodecName::KNOWN
+                )
+            })?;
             if !codecs.contains(&codec) {
                 codecs.push(codec);
             }
@@ -422,6 +426,14 @@ mod tests {
     fn unknown_codec_is_rejected() {
         let err = parse(&["--codecs", "opus,theora"]).unwrap_err();
         assert!(err.contains("theora"), "{err}");
+        assert!(err.contains("vp9, h264, av1"), "{err}");
+    }
+
+    #[test]
+    fn every_codec_is_enabled_by_default_and_can_be_narrowed() {
+        assert_eq!(parse(&[]).unwrap().media.codecs, CodecName::ALL.to_vec());
+        let s = parse(&["--codecs", "H264, opus,h264"]).unwrap();
+        assert_eq!(s.media.codecs, vec![CodecName::H264, CodecName::Opus]);
     }
 
     #[test]

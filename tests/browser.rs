@@ -7,6 +7,8 @@
 //!   flows, and B survives a signaling drop by resuming.
 //! - webtransport.mjs fallback: the advertised WebTransport port is unreachable; the pages fall
 //!   back to WebSocket and media flows.
+//! - codecs.mjs <codec>: page A publishes simulcast forced to one codec (setCodecPreferences),
+//!   page B decodes it as that codec and switches layers; once per VP8, VP9, H264, AV1.
 
 mod common;
 
@@ -81,6 +83,21 @@ async fn chromium_falls_back_to_websocket_when_webtransport_is_unreachable() {
     server.stop().await;
 }
 
+/// Every video codec Chromium can send, one after another (each run encodes three layers, so
+/// they must not overlap on a 2-core machine). Debian Chromium 156 lists VP8, VP9, H264
+/// (OpenH264) and AV1 (libaom) in `RTCRtpSender.getCapabilities` and simulcasts all four; a
+/// codec a future build cannot send makes its run prove the demo refuses it (`# CANNOT ENCODE`
+/// in the output) instead of failing here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_sends_each_video_codec_and_subscriber_decodes_and_switches_layers() {
+    let server = common::start_server().await;
+    for codec in ["vp8", "vp9", "h264", "av1"] {
+        println!("===== {codec} =====");
+        run_script(&server, "codecs.mjs", &[codec]).await;
+    }
+    server.stop().await;
+}
+
 /// Two in-process nodes sharing the machine's Redis: page A creates the room on node 1, page B
 /// opens the demo on node 2, is redirected to node 1 and receives A's simulcast there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,4 +114,23 @@ async fn chromium_follows_a_room_redirect_to_the_owning_node() {
     );
     node1.stop().await;
     node2.stop().await;
+}
+
+/// Unmodified mediasoup-client (bundled at test time with esbuild) against the ORTC messages:
+/// A produces audio + 3-layer simulcast, B consumes and decodes, then
+/// setConsumerPreferredLayers(0) lowers B's decoded width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mediasoup_client_produces_and_consumes_simulcast() {
+    let server = common::start_server().await;
+    run_script(&server, "mediasoup.mjs", &[]).await;
+    server.stop().await;
+}
+
+/// WHIP publish from page A, WHEP play on page B (plain RTCPeerConnection): B decodes; another
+/// user's DELETE is refused; the owner's DELETE ends the publish and B's tracks end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publish_and_whep_playback_in_chromium() {
+    let server = common::start_server().await;
+    run_script(&server, "whip_whep.mjs", &[]).await;
+    server.stop().await;
 }

@@ -11,7 +11,9 @@
 // are kept and media never stops. If the server cannot resume, the page rejoins from scratch.
 //
 // Query parameters: room, name, autojoin=1, width, height (see below); transport=ws|wt forces
-// one transport (no fallback); wtTimeout=<ms> bounds the WebTransport handshake (default 3000).
+// one transport (no fallback); wtTimeout=<ms> bounds the WebTransport handshake (default 3000);
+// codec=vp8|vp9|h264|av1 makes the published video use only that codec (setCodecPreferences),
+// layers=1 publishes one layer instead of three simulcast layers.
 //
 // Test hooks live on `window.sfuDemo` (see the bottom of this file).
 
@@ -53,6 +55,8 @@ const params = new URLSearchParams(location.search);
 // 'auto' (WebTransport, else WebSocket), 'wt' or 'ws'.
 const TRANSPORT_PREFERENCE = ({ wt: 'wt', webtransport: 'wt', ws: 'ws', websocket: 'ws' })[params.get('transport')] ?? 'auto';
 const WT_TIMEOUT_MS = Number(params.get('wtTimeout')) > 0 ? Number(params.get('wtTimeout')) : DEFAULT_WT_TIMEOUT_MS;
+const VIDEO_CODEC = (params.get('codec') ?? '').toLowerCase(); // '' = the browser's choice
+const SINGLE_LAYER = params.get('layers') === '1';
 
 const app = {
   state: 'idle',
@@ -175,6 +179,21 @@ async function fetchDevToken(displayName) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Keep only `codec` (e.g. 'vp9') and its retransmission entry in the transceiver's offer.
+ * Throws when the browser cannot send that codec, so the page shows why instead of silently
+ * publishing something else.
+ */
+function preferCodec(transceiver, codec) {
+  const all = RTCRtpSender.getCapabilities('video')?.codecs ?? [];
+  const wanted = all.filter((c) => c.mimeType.toLowerCase() === `video/${codec}`);
+  if (!wanted.length) {
+    throw new Error(`this browser cannot send ${codec} (it sends ${[...new Set(all.map((c) => c.mimeType))].join(', ')})`);
+  }
+  transceiver.setCodecPreferences([...wanted, ...all.filter((c) => c.mimeType.toLowerCase() === 'video/rtx')]);
+  log(`publishing video as ${wanted[0].mimeType}`);
+}
 
 function pickInboundRtp(report) {
   // After an SSRC change there can be two entries; the busier one is the live stream.
@@ -589,7 +608,15 @@ class Session {
     const video = this.localStream.getVideoTracks()[0];
     if (audio) pc.addTransceiver(audio, { direction: 'sendonly' });
     if (video) {
-      const { sender } = pc.addTransceiver(video, { direction: 'sendonly', sendEncodings: SIMULCAST_ENCODINGS });
+      // Chromium simulcasts VP9 and AV1 only when each encoding names a scalabilityMode (else
+      // it sends the first encoding alone, the legacy SVC path); VP8 and H264 need none.
+      const layered = ['vp9', 'av1'].includes(VIDEO_CODEC);
+      const sendEncodings = SINGLE_LAYER
+        ? [{ maxBitrate: 1500000 }]
+        : SIMULCAST_ENCODINGS.map((e) => (layered ? { ...e, scalabilityMode: 'L1T3' } : e));
+      const transceiver = pc.addTransceiver(video, { direction: 'sendonly', sendEncodings });
+      const { sender } = transceiver;
+      if (VIDEO_CODEC) preferCodec(transceiver, VIDEO_CODEC);
       // Under CPU pressure Chrome would otherwise shrink every layer, hiding the layer switch.
       try {
         const p = sender.getParameters();
@@ -769,10 +796,14 @@ class Session {
 
   async readStats(remote) {
     let s = null;
+    let codec = null;
     try {
-      s = pickInboundRtp(await remote.receiver.getStats());
+      const report = await remote.receiver.getStats();
+      s = pickInboundRtp(report);
+      codec = (s?.codecId && report.get(s.codecId)?.mimeType) || null;
     } catch { /* the connection was closed under us */ }
     return {
+      codec,
       framesDecoded: s?.framesDecoded ?? 0,
       frameWidth: s?.frameWidth ?? 0,
       frameHeight: s?.frameHeight ?? 0,
@@ -815,16 +846,35 @@ class Session {
 
   async snapshot() {
     return Promise.all([...this.remotes.values()].map(async (r) => {
-      const { framesDecoded, frameWidth, frameHeight, framesPerSecond, packetsReceived, bytesReceived } = await this.readStats(r);
+      const { codec, framesDecoded, frameWidth, frameHeight, framesPerSecond, packetsReceived, bytesReceived } = await this.readStats(r);
       return {
         producerId: r.producerId,
         participantId: r.participantId,
         kind: r.kind,
         layer: this.layers.get(r.producerId) ?? null,
         preferredLayer: r.preferred,
-        stats: { framesDecoded, frameWidth, frameHeight, framesPerSecond, packetsReceived, bytesReceived },
+        stats: { codec, framesDecoded, frameWidth, frameHeight, framesPerSecond, packetsReceived, bytesReceived },
       };
     }));
+  }
+
+  /** Our published video as the browser encodes it: one entry per outbound-rtp (layer). */
+  async sendSnapshot() {
+    if (!this.pubPc) return [];
+    const report = await this.pubPc.getStats();
+    const out = [];
+    report.forEach((s) => {
+      if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
+      out.push({
+        rid: s.rid ?? null,
+        codec: (s.codecId && report.get(s.codecId)?.mimeType) || null,
+        encoder: s.encoderImplementation ?? null,
+        frameWidth: s.frameWidth ?? 0,
+        framesEncoded: s.framesEncoded ?? 0,
+        scalabilityMode: s.scalabilityMode ?? null,
+      });
+    });
+    return out.sort((a, b) => String(a.rid).localeCompare(String(b.rid)));
   }
 
   // --- teardown -------------------------------------------------------------------------------
@@ -948,6 +998,8 @@ window.sfuDemo = {
   get lastSeq() { return app.session?.lastSeq ?? 0; },
   /** Every remote track with fresh inbound-rtp stats. */
   remotes: async () => (app.session ? app.session.snapshot() : []),
+  /** Our published video layers as encoded: [{rid, codec, encoder, frameWidth, framesEncoded, scalabilityMode}]. */
+  sent: async () => (app.session ? app.session.sendSnapshot() : []),
   /** Sends setPreferredLayer; resolves with the server's response data. */
   setLayer: (producerId, layer) =>
     app.session ? app.session.setLayer(producerId, layer) : Promise.reject(new Error('not joined')),

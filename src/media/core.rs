@@ -260,16 +260,18 @@ impl WorkerCore {
         let Ok(stun) = StunMessage::parse(data) else {
             return;
         };
-        let Some((_, remote)) = stun.split_username().filter(|_| stun.is_binding_request())
-        else {
+        let Some((_, remote)) = stun.split_username().filter(|_| stun.is_binding_request()) else {
             return;
         };
         if remote != state.remote_ufrag && !remote.is_empty() && remote.len() <= 256 {
             state.remote_ufrag = remote.to_string();
-            transport.rtc.direct_api().set_remote_ice_credentials(IceCreds {
-                ufrag: state.remote_ufrag.clone(),
-                pass: state.remote_pwd.clone(),
-            });
+            transport
+                .rtc
+                .direct_api()
+                .set_remote_ice_credentials(IceCreds {
+                    ufrag: state.remote_ufrag.clone(),
+                    pass: state.remote_pwd.clone(),
+                });
         }
     }
 
@@ -713,8 +715,10 @@ impl WorkerCore {
         let answer = self.accept_offer(key, offer, now, egress)?;
         self.new_producers.clear();
         // str0m emits MediaAdded only later (once polled past the handshake), but the reply
-        // must list the producers: read the negotiated media directly.
-        for mid in offered_mids {
+        // must list the producers: read the negotiated media directly. M-lines the answer
+        // rejected (no codec in common) produce nothing.
+        let rejected = rejected_mids(&answer);
+        for mid in offered_mids.into_iter().filter(|m| !rejected.contains(m)) {
             let media = self.transports[key]
                 .rtc
                 .media(mid)
@@ -1175,19 +1179,33 @@ impl WorkerCore {
         state.sdp_version += 1;
         let sdp = ortc::publisher_offer_sdp(&state.remote(), &state.published, state.sdp_version);
         let offer = SdpOffer::from_sdp_string(&sdp);
+        let mid_value: Mid = mid.as_str().into();
         let applied = match offer {
-            Ok(offer) => self.accept_offer(key, offer, now, egress).map(|_| ()),
+            Ok(offer) => self
+                .accept_offer(key, offer, now, egress)
+                .and_then(|answer| {
+                    if rejected_mids(&answer).contains(&mid_value) {
+                        Err(MediaError::UnsupportedCodec(format!(
+                            "no codec of rtpParameters.codecs is enabled on this server ({mime})"
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                }),
             Err(e) => Err(MediaError::InvalidParameters(e.to_string())),
         };
         if let Err(e) = applied {
-            if let Some(Negotiation::Ortc(state)) =
-                self.transports.get_mut(key).map(|t| &mut t.negotiation)
-            {
-                state.published.pop();
+            // A rejected m-line stays negotiated (later offers must repeat it); one that never
+            // applied is forgotten.
+            if !matches!(e, MediaError::UnsupportedCodec(_)) {
+                if let Some(Negotiation::Ortc(state)) =
+                    self.transports.get_mut(key).map(|t| &mut t.negotiation)
+                {
+                    state.published.pop();
+                }
             }
             return Err(e);
         }
-        let mid_value: Mid = mid.as_str().into();
         let media_kind = match kind {
             Kind::Audio => MediaKind::Audio,
             Kind::Video => MediaKind::Video,
@@ -1545,6 +1563,17 @@ impl WorkerCore {
 
     fn remove_transport(&mut self, key: usize, now: Instant, egress: &mut dyn Egress) {
         let mut transport = self.transports.remove(key);
+        // Say goodbye (RTCP BYE, DTLS close_notify) so the peer learns at once rather than at
+        // its ICE consent timeout; what str0m queued is bounded, the loop only caps it.
+        if transport.rtc.is_connected() && transport.rtc.close().is_ok() {
+            for _ in 0..32 {
+                match transport.rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => egress.send(t.destination, &t.contents),
+                    Ok(Output::Event(_)) => {}
+                    _ => break,
+                }
+            }
+        }
         transport.rtc.disconnect();
         self.by_id.remove(&transport.id);
         self.by_ufrag.remove(&transport.ufrag);
@@ -1687,4 +1716,14 @@ pub fn router_capabilities(codecs: &[CodecName]) -> RtpCapabilities {
         Some((offer, _)) => ortc::capabilities_from_offer(&offer.to_sdp_string()),
         None => RtpCapabilities::default(),
     }
+}
+
+/// Mids of m-lines an answer rejected (port 0): str0m found no codec in common.
+fn rejected_mids(answer: &SdpAnswer) -> Vec<Mid> {
+    answer
+        .media_lines
+        .iter()
+        .filter(|m| m.disabled)
+        .map(|m| m.mid())
+        .collect()
 }

@@ -241,8 +241,7 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
             )));
         }
         let lower = name.to_ascii_lowercase();
-        let Some((_, codec_kind, clock)) = KNOWN_CODECS.iter().find(|(n, _, _)| *n == lower)
-        else {
+        let Some((_, codec_kind, clock)) = KNOWN_CODECS.iter().find(|(n, _, _)| *n == lower) else {
             return Err(OrtcError::UnsupportedCodec(format!(
                 "codecs[{i}]: unsupported codec `{}` (supported: audio/opus, video/VP8, VP9, H264, AV1, rtx)",
                 codec.mime_type
@@ -282,9 +281,12 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
             param_value_text(key, value)?;
         }
         for fb in &codec.rtcp_feedback {
-            if !is_token(&fb.kind, &[]) || !(fb.parameter.is_empty() || is_token(&fb.parameter, &[]))
+            if !is_token(&fb.kind, &[])
+                || !(fb.parameter.is_empty() || is_token(&fb.parameter, &[]))
             {
-                return Err(invalid(format!("codecs[{i}].rtcpFeedback has an invalid entry")));
+                return Err(invalid(format!(
+                    "codecs[{i}].rtcpFeedback has an invalid entry"
+                )));
             }
         }
     }
@@ -320,7 +322,9 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
             )));
         }
         if !is_token(&ext.uri, &[':', '/', '#', '=']) {
-            return Err(invalid(format!("headerExtensions[{i}].uri is not a valid URI")));
+            return Err(invalid(format!(
+                "headerExtensions[{i}].uri is not a valid URI"
+            )));
         }
     }
     if params.encodings.is_empty() {
@@ -371,14 +375,18 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
     }
     if let Some(mid) = &params.mid {
         if mid.len() > 32 || !is_token(mid, &[]) {
-            return Err(invalid("rtpParameters.mid must be 1-32 letters, digits, `-_.`"));
+            return Err(invalid(
+                "rtpParameters.mid must be 1-32 letters, digits, `-_.`",
+            ));
         }
     }
     // mediasoup-client sends an empty cname when the browser's SDP had no a=ssrc line.
     if let Some(cname) = params.rtcp.cname.as_deref().filter(|c| !c.is_empty()) {
         // Only line breaks and spaces could escape the `a=ssrc:` line it is written into.
         if cname.is_empty() || cname.len() > 255 || !cname.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(invalid("rtpParameters.rtcp.cname has characters that are not allowed"));
+            return Err(invalid(
+                "rtpParameters.rtcp.cname has characters that are not allowed",
+            ));
         }
     }
     Ok(())
@@ -453,13 +461,21 @@ fn write_codec_lines(out: &mut String, codec: &RtpCodecParameters) {
 }
 
 /// The offer a browser would send for these published tracks (validated beforehand).
-pub fn publisher_offer_sdp(remote: &RemoteIdentity<'_>, lines: &[PublishedLine], version: u64) -> String {
+pub fn publisher_offer_sdp(
+    remote: &RemoteIdentity<'_>,
+    lines: &[PublishedLine],
+    version: u64,
+) -> String {
     let mut out = String::with_capacity(2048);
     let mids: Vec<String> = lines.iter().map(|l| l.mid.clone()).collect();
     session_header(&mut out, remote, &mids, version);
     for line in lines {
         let p = &line.params;
-        let pts: Vec<String> = p.codecs.iter().map(|c| c.payload_type.to_string()).collect();
+        let pts: Vec<String> = p
+            .codecs
+            .iter()
+            .map(|c| c.payload_type.to_string())
+            .collect();
         let _ = write!(
             out,
             "m={} 9 UDP/TLS/RTP/SAVPF {}\r\n",
@@ -481,7 +497,11 @@ pub fn publisher_offer_sdp(remote: &RemoteIdentity<'_>, lines: &[PublishedLine],
             .clone()
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "sfu".into());
-        let rids: Vec<&str> = p.encodings.iter().filter_map(|e| e.rid.as_deref()).collect();
+        let rids: Vec<&str> = p
+            .encodings
+            .iter()
+            .filter_map(|e| e.rid.as_deref())
+            .collect();
         if rids.is_empty() {
             for e in &p.encodings {
                 let Some(ssrc) = e.ssrc else { continue };
@@ -541,13 +561,17 @@ pub fn parse_media(sdp: &str) -> Vec<SdpMedia> {
             continue;
         }
         let Some(m) = media.last_mut() else { continue };
-        let Some(attr) = line.strip_prefix("a=") else { continue };
+        let Some(attr) = line.strip_prefix("a=") else {
+            continue;
+        };
         let (name, value) = attr.split_once(':').unwrap_or((attr, ""));
         match name {
             "mid" => m.mid = value.to_string(),
             "sendonly" | "recvonly" | "sendrecv" | "inactive" => m.direction = name.to_string(),
             "rtpmap" => {
-                let Some((pt, spec)) = value.split_once(' ') else { continue };
+                let Some((pt, spec)) = value.split_once(' ') else {
+                    continue;
+                };
                 let mut spec = spec.split('/');
                 let (Ok(pt), Some(name), Some(Ok(clock))) =
                     (pt.parse(), spec.next(), spec.next().map(str::parse))
@@ -613,7 +637,9 @@ fn fmtp_to_parameters(fmtp: Option<&String>) -> Map<String, Value> {
     let mut out = Map::new();
     let Some(fmtp) = fmtp else { return out };
     for pair in fmtp.split(';') {
-        let Some((k, v)) = pair.trim().split_once('=') else { continue };
+        let Some((k, v)) = pair.trim().split_once('=') else {
+            continue;
+        };
         let value = match v.parse::<u64>() {
             // Leading zeros (profile-level-id 42e01f is not numeric anyway) stay strings.
             Ok(n) if !(v.len() > 1 && v.starts_with('0')) => Value::from(n),
@@ -628,7 +654,9 @@ fn fmtp_to_parameters(fmtp: Option<&String>) -> Map<String, Value> {
 fn media_codecs(m: &SdpMedia, allow: &dyn Fn(&str, u32) -> bool) -> Vec<RtpCodecParameters> {
     let mut out = Vec::new();
     for pt in &m.pts {
-        let Some((name, clock, channels)) = m.rtpmap.get(pt) else { continue };
+        let Some((name, clock, channels)) = m.rtpmap.get(pt) else {
+            continue;
+        };
         if name.eq_ignore_ascii_case("rtx") {
             continue;
         }
@@ -702,7 +730,11 @@ pub fn caps_support(caps: &RtpCapabilities, mime: &str, clock: u32) -> bool {
 
 /// The consumer's `rtpParameters` for m-line `mid` of our offer, keeping the codecs the
 /// client can decode. `None` if the m-line is missing or no codec is left.
-pub fn consumer_parameters(offer: &str, mid: &str, caps: &RtpCapabilities) -> Option<RtpParameters> {
+pub fn consumer_parameters(
+    offer: &str,
+    mid: &str,
+    caps: &RtpCapabilities,
+) -> Option<RtpParameters> {
     let media = parse_media(offer);
     let m = media.iter().find(|m| m.mid == mid)?;
     let codecs = media_codecs(m, &|mime, clock| caps_support(caps, mime, clock));
@@ -772,7 +804,12 @@ pub fn subscriber_answer_sdp(
             }
             continue;
         }
-        let _ = write!(out, "m={} 9 UDP/TLS/RTP/SAVPF {}\r\n", m.kind, pts.join(" "));
+        let _ = write!(
+            out,
+            "m={} 9 UDP/TLS/RTP/SAVPF {}\r\n",
+            m.kind,
+            pts.join(" ")
+        );
         media_transport_lines(&mut out, remote, "active");
         let _ = write!(out, "a=mid:{}\r\n", m.mid);
         for (id, uri) in &m.extmap {
@@ -840,15 +877,42 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases: Vec<(serde_json::Value, &str)> = vec![
-            (json!({"codecs": [], "encodings": [{"ssrc": 1}]}), "codecs must not be empty"),
-            (json!({"codecs": [{"mimeType": "video/H265", "payloadType": 96, "clockRate": 90000}], "encodings": [{"ssrc": 1}]}), "unsupported codec"),
-            (json!({"codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}], "encodings": [{"ssrc": 1}]}), "not a video codec"),
-            (json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}], "encodings": [{"ssrc": 5}, {"ssrc": 5}]}), "used twice"),
-            (json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}], "encodings": []}), "encodings must not be empty"),
-            (json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000, "parameters": {"x": "a\r\na=evil"}}], "encodings": [{"ssrc": 1}]}), "not allowed"),
-            (json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}, {"mimeType": "video/rtx", "payloadType": 97, "clockRate": 90000, "parameters": {"apt": 100}}], "encodings": [{"ssrc": 1}]}), "apt"),
-            (json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}], "headerExtensions": [{"uri": "urn:x", "id": 15}], "encodings": [{"ssrc": 1}]}), "outside 1-14"),
-            (json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 8000}], "encodings": [{"ssrc": 1}]}), "clockRate"),
+            (
+                json!({"codecs": [], "encodings": [{"ssrc": 1}]}),
+                "codecs must not be empty",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/H265", "payloadType": 96, "clockRate": 90000}], "encodings": [{"ssrc": 1}]}),
+                "unsupported codec",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "audio/opus", "payloadType": 111, "clockRate": 48000}], "encodings": [{"ssrc": 1}]}),
+                "not a video codec",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}], "encodings": [{"ssrc": 5}, {"ssrc": 5}]}),
+                "used twice",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}], "encodings": []}),
+                "encodings must not be empty",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000, "parameters": {"x": "a\r\na=evil"}}], "encodings": [{"ssrc": 1}]}),
+                "not allowed",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}, {"mimeType": "video/rtx", "payloadType": 97, "clockRate": 90000, "parameters": {"apt": 100}}], "encodings": [{"ssrc": 1}]}),
+                "apt",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 90000}], "headerExtensions": [{"uri": "urn:x", "id": 15}], "encodings": [{"ssrc": 1}]}),
+                "outside 1-14",
+            ),
+            (
+                json!({"codecs": [{"mimeType": "video/VP8", "payloadType": 96, "clockRate": 8000}], "encodings": [{"ssrc": 1}]}),
+                "clockRate",
+            ),
         ];
         for (value, expected) in cases {
             let p: RtpParameters = serde_json::from_value(value.clone()).unwrap();
@@ -870,8 +934,16 @@ mod tests {
         assert_eq!(p.encodings[0].ssrc, Some(11));
         assert_eq!(p.encodings[0].rtx, Some(RtxSsrc { ssrc: 12 }));
         assert_eq!(p.codecs[1].parameters.get("apt"), Some(&json!(96)));
-        let remote = RemoteIdentity { ice_ufrag: "u", ice_pwd: "p", fingerprint: "sha-256 00" };
+        let remote = RemoteIdentity {
+            ice_ufrag: "u",
+            ice_pwd: "p",
+            fingerprint: "sha-256 00",
+        };
         let answer = subscriber_answer_sdp(&remote, offer, &|_| Some(p.codecs.clone()), 1);
-        assert!(answer.contains("a=recvonly\r\n") && answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"), "{answer}");
+        assert!(
+            answer.contains("a=recvonly\r\n")
+                && answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"),
+            "{answer}"
+        );
     }
 }

@@ -76,33 +76,34 @@ impl Rooms {
         participant_id: &str,
         send: bool,
     ) -> Result<Value, RoomError> {
-        let (worker, id, replaced) = self.with_participant(room_id, participant_id, |room, pid| {
-            let worker = room.worker;
-            let p = Self::participant(room, pid);
-            if send {
-                if p.ortc.send_transport.is_some() {
-                    return Err(RoomError::new(
-                        ErrorCode::InvalidPayload,
-                        "this participant already has a send transport",
-                    ));
+        let (worker, id, replaced) =
+            self.with_participant(room_id, participant_id, |room, pid| {
+                let worker = room.worker;
+                let p = Self::participant(room, pid);
+                if send {
+                    if p.ortc.send_transport.is_some() {
+                        return Err(RoomError::new(
+                            ErrorCode::InvalidPayload,
+                            "this participant already has a send transport",
+                        ));
+                    }
+                    if !p.producers.is_empty() && p.dialect == Dialect::Sdp {
+                        return Err(RoomError::new(
+                            ErrorCode::InvalidPayload,
+                            "this participant already publishes over publisherOffer",
+                        ));
+                    }
+                    Ok((worker, p.publisher, None))
+                } else {
+                    if p.ortc.recv_transport.is_some() {
+                        return Err(RoomError::new(
+                            ErrorCode::InvalidPayload,
+                            "this participant already has a receive transport",
+                        ));
+                    }
+                    Ok((worker, self.media.new_transport_id(), Some(p.subscriber)))
                 }
-                if !p.producers.is_empty() && p.dialect == Dialect::Sdp {
-                    return Err(RoomError::new(
-                        ErrorCode::InvalidPayload,
-                        "this participant already publishes over publisherOffer",
-                    ));
-                }
-                Ok((worker, p.publisher, None))
-            } else {
-                if p.ortc.recv_transport.is_some() {
-                    return Err(RoomError::new(
-                        ErrorCode::InvalidPayload,
-                        "this participant already has a receive transport",
-                    ));
-                }
-                Ok((worker, self.media.new_transport_id(), Some(p.subscriber)))
-            }
-        })?;
+            })?;
         let params = self.media.create_ortc_transport(worker, id, send).await?;
         let transport_id = Uuid::new_v4().to_string();
         let registered = {
@@ -203,7 +204,8 @@ impl Rooms {
         transport_id: &str,
         dtls: &Value,
     ) -> Result<(), RoomError> {
-        let (worker, id) = self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
+        let (worker, id) =
+            self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
         let bad = |m: &str| RoomError::new(ErrorCode::InvalidRtpParameters, m.to_string());
         let role = match dtls.get("role") {
             None | Some(Value::Null) => "auto".to_string(),
@@ -273,7 +275,10 @@ impl Rooms {
         room.participants
             .iter()
             .find_map(|(pid, p)| {
-                let info = p.producers.iter().find(|pr| pr.producer_id == producer_id)?;
+                let info = p
+                    .producers
+                    .iter()
+                    .find(|pr| pr.producer_id == producer_id)?;
                 Some((info.producer_id.parse().ok()?, pid.clone(), info.clone()))
             })
             .ok_or_else(|| {
@@ -457,7 +462,8 @@ impl Rooms {
         participant_id: &str,
         transport_id: &str,
     ) -> Result<Value, RoomError> {
-        let (worker, id) = self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
+        let (worker, id) =
+            self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
         Ok(self.media.restart_ice(worker, id).await?)
     }
 
@@ -591,7 +597,10 @@ impl Rooms {
         {
             let state = self.lock();
             let room = state.rooms.get(room_id).ok_or_else(not_found)?;
-            let p = room.participants.get(participant_id).ok_or_else(not_found)?;
+            let p = room
+                .participants
+                .get(participant_id)
+                .ok_or_else(not_found)?;
             if p.dialect != Dialect::Http {
                 return Err(not_found());
             }

@@ -54,9 +54,7 @@ fn room_error(e: RoomError) -> Response {
         ErrorCode::RoomAccessDenied
         | ErrorCode::PublishDenied
         | ErrorCode::SubscribeDenied
-        | ErrorCode::AdminRequired => {
-            StatusCode::FORBIDDEN
-        }
+        | ErrorCode::AdminRequired => StatusCode::FORBIDDEN,
         ErrorCode::RoomFull | ErrorCode::TooManyRooms | ErrorCode::ServerShuttingDown => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -117,8 +115,13 @@ fn offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
             format!("the offer is larger than {MAX_SDP_BYTES} bytes"),
         ));
     }
-    String::from_utf8(body.to_vec())
-        .map_err(|_| error(StatusCode::BAD_REQUEST, ErrorCode::InvalidSdp, "the offer is not UTF-8"))
+    String::from_utf8(body.to_vec()).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidSdp,
+            "the offer is not UTF-8",
+        )
+    })
 }
 
 fn created(kind: &str, room: &str, session: &str, answer: String) -> Response {

@@ -443,6 +443,12 @@ pub struct PeerState {
     pub received: Vec<Received>,
     pub keyframe_requests: Vec<Option<Rid>>,
     pub connected: bool,
+    /// Publisher of synthetic packets shaped like one codec (see [`Peer::publish_codec`]).
+    codec_source: Option<CodecSource>,
+    /// Every received RTP packet with its payload; filled only for peers made by
+    /// [`Peer::spawn_with`] (codec tests look inside payloads).
+    pub raw: Vec<RawReceived>,
+    record_raw: bool,
 }
 
 type Job = Box<dyn FnOnce(&mut PeerState) + Send>;
@@ -541,10 +547,85 @@ impl Peer {
             received: Vec::new(),
             keyframe_requests: Vec::new(),
             connected: false,
+            codec_source: None,
+            raw: Vec::new(),
+            record_raw: false,
         };
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_peer(socket, local, state, rx));
         Peer { jobs }
+    }
+
+    /// A peer with its own codec configuration (RTP mode is switched on here), recording every
+    /// received payload in [`PeerState::raw`].
+    pub async fn spawn_with(config: RtcConfig) -> Peer {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut rtc = config.set_rtp_mode(true).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let state = PeerState {
+            rtc,
+            source: None,
+            received: Vec::new(),
+            keyframe_requests: Vec::new(),
+            connected: false,
+            codec_source: None,
+            raw: Vec::new(),
+            record_raw: true,
+        };
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_peer(socket, local, state, rx));
+        Peer { jobs }
+    }
+
+    /// Publish one track of `codec`: Opus audio, or video as 3-layer simulcast (rids
+    /// [`LAYERS`]) when `simulcast`, else one layer. Every 20 ms one packet per layer is sent,
+    /// shaped like that codec (see [`synthetic_payload`]); keyframes on the first frame and when
+    /// the SFU asks. Returns the `publisherAnswer` data.
+    pub async fn publish_codec(&self, ws: &mut WsClient, codec: Codec, simulcast: bool) -> Value {
+        let (offer, pending, mid) = self
+            .with(move |s| {
+                let mut api = s.rtc.sdp_api();
+                let mid = if codec.is_audio() {
+                    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)
+                } else {
+                    let sim = simulcast.then(|| {
+                        let mut sim = Simulcast::new();
+                        for rid in LAYERS {
+                            sim.add_send_layer(SimulcastLayer::new(rid));
+                        }
+                        sim
+                    });
+                    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim)
+                };
+                let (offer, pending) = api.apply().expect("offer");
+                (offer.to_sdp_string(), pending, mid)
+            })
+            .await;
+        let reply = ws.request("publisherOffer", json!({ "sdp": offer })).await;
+        let data = ok(&reply, "publisherAnswer").clone();
+        let answer =
+            SdpAnswer::from_sdp_string(data["sdp"].as_str().unwrap()).expect("answer parses");
+        self.with(move |s| {
+            s.rtc
+                .sdp_api()
+                .accept_answer(pending, answer)
+                .expect("answer accepted");
+            s.codec_source = Some(CodecSource {
+                codec,
+                mid,
+                rids: if simulcast && !codec.is_audio() {
+                    LAYERS.iter().map(|r| Some(Rid::from(*r))).collect()
+                } else {
+                    vec![None]
+                },
+                frame: 0,
+                keyframe_due: HashSet::new(),
+                started: false,
+            });
+        })
+        .await;
+        data
     }
 
     /// Run `f` on the peer's task and return its result.
@@ -629,6 +710,127 @@ impl Peer {
     }
 }
 
+/// One received RTP packet with its payload (peers made by [`Peer::spawn_with`]).
+#[derive(Debug, Clone)]
+pub struct RawReceived {
+    pub mid: Mid,
+    pub seq: u64,
+    pub timestamp: u32,
+    pub pt: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Synthetic publisher of one codec (see [`Peer::publish_codec`]).
+struct CodecSource {
+    codec: Codec,
+    mid: Mid,
+    /// One entry per layer, lowest first; `None` for a single unlayered stream.
+    rids: Vec<Option<Rid>>,
+    frame: u64,
+    keyframe_due: HashSet<Option<Rid>>,
+    started: bool,
+}
+
+impl CodecSource {
+    fn write(&mut self, rtc: &mut Rtc) {
+        let now = Instant::now();
+        let frame = self.frame;
+        self.frame += 1;
+        let Some(pt) = rtc
+            .codec_config()
+            .find(|p| p.spec().codec == self.codec)
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        let audio = self.codec.is_audio();
+        let mut api = rtc.direct_api();
+        for (layer, rid) in self.rids.iter().enumerate() {
+            let keyframe = !self.started || self.keyframe_due.remove(rid);
+            let payload = synthetic_payload(self.codec, frame, layer as u8, keyframe);
+            let (ts, nackable) = if audio {
+                (frame * 960, false)
+            } else {
+                (frame * 1800, true)
+            };
+            if let Some(tx) = api.stream_tx_by_mid(self.mid, *rid) {
+                tx.write_rtp(
+                    RtpWrite::new(pt, SeqNo::from(frame + 1), ts as u32, now, payload)
+                        .marker(!audio)
+                        .nackable(nackable),
+                );
+            }
+        }
+        self.started = true;
+    }
+}
+
+/// Per-layer picture id (VP8/VP9) of a synthetic frame: each layer has its own sequence, as a
+/// real simulcast encoder's layers do, so the SFU must rewrite it on a switch.
+pub fn synthetic_picture_id(frame: u64, layer: u8) -> u16 {
+    ((frame + 1000 * layer as u64) % 0x8000) as u16
+}
+
+/// Per-layer TL0PICIDX (VP9) of a synthetic frame.
+pub fn synthetic_tl0(frame: u64, layer: u8) -> u8 {
+    (frame + 50 * layer as u64) as u8
+}
+
+/// One packet that is a whole frame, shaped like `codec`'s RTP payload format so that the SFU's
+/// keyframe detection and id rewriting see what a browser would send. The last byte is always
+/// the layer index.
+///
+/// - Opus: a TOC byte and a few bytes.
+/// - VP8: descriptor X=1 S=1 with a 15-bit picture id, then the keyframe bit (0 = key).
+/// - VP9: descriptor I|L|B|E (+P for a delta frame), 15-bit picture id, layer byte (TID/SID 0),
+///   TL0PICIDX, then an uncompressed-header byte (frame_type 0 = key).
+/// - H264: key = STAP-A holding SPS, PPS and an IDR slice; delta = a single non-IDR slice.
+/// - AV1: aggregation header W=1 with N=1 and a sequence-header OBU for a key, N=0 and an
+///   OBU_FRAME for a delta frame.
+pub fn synthetic_payload(codec: Codec, frame: u64, layer: u8, keyframe: bool) -> Vec<u8> {
+    let pid = synthetic_picture_id(frame, layer);
+    match codec {
+        Codec::Vp8 => vec![
+            0x90,
+            0x80,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            if keyframe { 0x00 } else { 0x01 },
+            0x00,
+            0x00,
+            layer,
+        ],
+        Codec::Vp9 => vec![
+            if keyframe { 0xac } else { 0xec },
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            0x00,
+            synthetic_tl0(frame, layer),
+            if keyframe { 0x80 } else { 0x84 },
+            layer,
+        ],
+        Codec::H264 if keyframe => vec![
+            0x18, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce, 0x00, 0x03, 0x65, 0x88, layer,
+        ],
+        Codec::H264 => vec![0x41, 0x9a, layer],
+        Codec::Av1 if keyframe => vec![0x18, 0x08, 0x00, layer],
+        Codec::Av1 => vec![0x10, 0x30, 0x00, layer],
+        _ => vec![0xfc, 0xff, 0xfe, layer],
+    }
+}
+
+/// Whether a payload made by [`synthetic_payload`] is a keyframe, read the way a receiver of
+/// that codec would (independently of the SFU's detectors).
+pub fn synthetic_is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Vp8 => payload.len() > 4 && payload[4] & 0x01 == 0,
+        Codec::Vp9 => payload.first().is_some_and(|b| b & 0x40 == 0),
+        Codec::H264 => payload.first().is_some_and(|b| b & 0x1f == 24),
+        Codec::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
+        _ => false,
+    }
+}
+
 fn record(state: &mut PeerState, event: Event) {
     match event {
         Event::Connected => state.connected = true,
@@ -636,6 +838,9 @@ fn record(state: &mut PeerState, event: Event) {
             state.keyframe_requests.push(req.rid);
             if let (Some(source), Some(rid)) = (state.source.as_mut(), req.rid) {
                 source.keyframe_due.insert(rid);
+            }
+            if let Some(source) = state.codec_source.as_mut() {
+                source.keyframe_due.insert(req.rid);
             }
         }
         Event::RtpPacket(packet) => {
@@ -645,6 +850,15 @@ fn record(state: &mut PeerState, event: Event) {
                 .stream_rx(&packet.header.ssrc)
                 .map(|s| s.mid());
             let Some(mid) = mid else { return };
+            if state.record_raw {
+                state.raw.push(RawReceived {
+                    mid,
+                    seq: *packet.seq_no,
+                    timestamp: packet.header.timestamp,
+                    pt: *packet.header.payload_type,
+                    payload: packet.payload.to_vec(),
+                });
+            }
             let payload = &packet.payload;
             let video = payload.len() == 8 && payload[0] == 0x90;
             state.received.push(Received {
@@ -697,6 +911,11 @@ async fn run_peer(
             }
             _ = media.tick() => {
                 if let Some(source) = state.source.as_mut() {
+                    if state.connected {
+                        source.write(&mut state.rtc);
+                    }
+                }
+                if let Some(source) = state.codec_source.as_mut() {
                     if state.connected {
                         source.write(&mut state.rtc);
                     }
