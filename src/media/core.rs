@@ -1226,6 +1226,7 @@ impl WorkerCore {
 
     /// `consume`: add a send m-line to our offer, answer it as the client would, and return
     /// the consumer's rtpParameters (which mediasoup-client turns into that same offer).
+    #[allow(clippy::too_many_arguments)] // mirrors the `consume` request, plus the I/O edge
     pub fn ortc_consume(
         &mut self,
         id: TransportId,

@@ -72,7 +72,7 @@ fn room_error(e: RoomError) -> Response {
 }
 
 /// The Bearer token and who it names; 401 otherwise.
-fn bearer(ctx: &AppContext, headers: &HeaderMap) -> Result<(Identity, String), Response> {
+fn bearer(ctx: &AppContext, headers: &HeaderMap) -> Result<(Identity, String), Box<Response>> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -80,47 +80,47 @@ fn bearer(ctx: &AppContext, headers: &HeaderMap) -> Result<(Identity, String), R
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            error(
+            Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::NotAuthenticated,
                 "send `Authorization: Bearer <JWT>`",
-            )
+            ))
         })?;
     match ctx.auth.verify(token) {
         Ok(identity) => Ok((identity, token.to_string())),
         Err(e) => {
             tracing::warn!(code = ?e.code, reason = %e.message, "WHIP/WHEP authentication failed");
-            Err(error(StatusCode::UNAUTHORIZED, e.code, e.message))
+            Err(Box::new(error(StatusCode::UNAUTHORIZED, e.code, e.message)))
         }
     }
 }
 
 /// The offer body: must be `application/sdp`, UTF-8 and of sane size.
-fn offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
+fn offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Box<Response>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !content_type.starts_with("application/sdp") {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidSdp,
             "Content-Type must be application/sdp",
-        ));
+        )));
     }
     if body.len() > MAX_SDP_BYTES {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::MessageTooLarge,
             format!("the offer is larger than {MAX_SDP_BYTES} bytes"),
-        ));
+        )));
     }
     String::from_utf8(body.to_vec()).map_err(|_| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidSdp,
             "the offer is not UTF-8",
-        )
+        ))
     })
 }
 
@@ -173,11 +173,11 @@ async fn whip_post(
 ) -> Response {
     let (identity, token) = match bearer(&ctx, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let sdp = match offer(&headers, &body) {
         Ok(sdp) => sdp,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if ctx.is_draining() {
         return error(
@@ -215,11 +215,11 @@ async fn whep_post(
 ) -> Response {
     let (identity, token) = match bearer(&ctx, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let sdp = match offer(&headers, &body) {
         Ok(sdp) => sdp,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !identity.grants.subscribe {
         return error(
@@ -251,7 +251,7 @@ async fn session_delete(
 ) -> Response {
     let (identity, _) = match bearer(&ctx, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match ctx.rooms.end_http_session(&room, &session, &identity).await {
         Ok(()) => StatusCode::OK.into_response(),
