@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README.md): installs what the tests need when missing, then runs them all.
 #   Chromium: Debian package (Playwright's own browser download is not used).
-#   playwright-core: npm ci in tests/browser.
+#   playwright-core, mediasoup-client and esbuild (bundles it at test time): npm ci in tests/browser.
 #   Redis (multi-node tests) and PostgreSQL (audit tests): started on 127.0.0.1 when down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,8 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq
   apt-get install -y -qq chromium >/dev/null
 fi
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/mediasoup-client ] \
+  || [ ! -d tests/browser/node_modules/esbuild ]; then
   echo "== npm ci (tests/browser)"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
