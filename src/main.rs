@@ -35,59 +35,7 @@ enum Command {
         ttl: u64,
     },
     /// Load-test a running server with str0m peers (see `sfu::loadgen`).
-    Bench(BenchArgs),
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// The server's HTTP base URL.
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    url: String,
-    #[arg(long, value_enum, default_value = "livestream")]
-    scenario: sfu::loadgen::Scenario,
-    /// Publishers (livestream, audio); ignored by `meeting`.
-    #[arg(long, default_value_t = 1)]
-    publishers: usize,
-    /// Subscribers; participants for `meeting`.
-    #[arg(long, default_value_t = 10)]
-    subscribers: usize,
-    /// Measured steady state, after the ramp.
-    #[arg(long, default_value_t = 30)]
-    duration_secs: u64,
-    /// Participants started per second.
-    #[arg(long, default_value_t = 10.0)]
-    ramp_per_sec: f64,
-    #[arg(long, value_enum, default_value = "auto")]
-    layer: sfu::loadgen::Layer,
-    /// Read this process's CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// HS256 secret to mint tokens; without it tokens come from `/dev/token`.
-    #[arg(long, env = "DJANGO_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-}
-
-fn bench(args: BenchArgs) -> ! {
-    let mut config = sfu::loadgen::BenchConfig::new(args.url, args.scenario);
-    config.publishers = args.publishers;
-    config.subscribers = args.subscribers;
-    config.duration = Duration::from_secs(args.duration_secs);
-    config.ramp_per_sec = args.ramp_per_sec;
-    config.layer = args.layer;
-    config.server_pid = args.server_pid;
-    config.jwt_secret = args.jwt_secret;
-    config.json = args.json;
-    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(&e.to_string()));
-    match runtime.block_on(sfu::loadgen::run(config)) {
-        Ok(report) => {
-            print!("{}", report.table());
-            std::process::exit(if report.failed == 0 { 0 } else { 1 });
-        }
-        Err(e) => fail(&format!("bench failed: {e:#}")),
-    }
+    Bench(Box<sfu::loadgen::cli::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -161,7 +109,7 @@ fn main() {
     let cli = Cli::parse();
     // The runner is a client: it needs none of the server's configuration.
     let command = match cli.command {
-        Some(Command::Bench(args)) => bench(args),
+        Some(Command::Bench(args)) => sfu::loadgen::cli::main(*args),
         other => other,
     };
     let production = cli.config.environment == Environment::Production;

@@ -98,3 +98,224 @@ async fn meeting_of_three_on_the_low_layer() {
     let per_sub_mbit = report.mbit_per_sec / 3.0;
     assert!(per_sub_mbit < 0.8, "{per_sub_mbit} Mbit/s per subscriber");
 }
+
+/// `sfu bench` as the CLI parses it (`sfu::loadgen::cli::BenchArgs`), run in-process.
+async fn bench_cli(args: &[String]) -> i32 {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: sfu::loadgen::cli::BenchArgs,
+    }
+    let mut argv = vec!["sfu-bench".to_string()];
+    argv.extend(args.iter().cloned());
+    let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("flags parse");
+    tokio::time::timeout(Duration::from_secs(60), sfu::loadgen::cli::bench(cli.bench))
+        .await
+        .expect("bench finishes")
+        .expect("bench succeeds")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_writes_json_chart_and_readme_block() {
+    let server = common::start_server_with(&[]).await;
+    let dir = common::scratch_dir();
+    let (json, chart, readme) = (
+        dir.join("sweep.json"),
+        dir.join("sweep.svg"),
+        dir.join("README.md"),
+    );
+    std::fs::write(&readme, "# x\n\n## Load runner\n\ntext\n\n## Status\n\ns\n").unwrap();
+    let pid = std::process::id().to_string();
+    let mut args = strings(&[
+        "--scenario",
+        "audio",
+        "--publishers",
+        "1",
+        "--sweep",
+        "1,2",
+        "--duration-secs",
+        "1",
+        "--ramp-per-sec",
+        "50",
+        "--jwt-secret",
+        common::SECRET,
+        "--server-pid",
+        &pid,
+    ]);
+    args.extend(strings(&["--url", &format!("http://{}", server.http_addr)]));
+    for (flag, path) in [
+        ("--json", &json),
+        ("--chart", &chart),
+        ("--readme", &readme),
+    ] {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    assert_eq!(bench_cli(&args).await, 0);
+
+    let reports: Vec<Report> =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
+    assert_eq!(
+        reports.iter().map(|r| r.subscribers).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(reports.iter().all(|r| r.packets > 0 && r.failed == 0));
+    assert!(reports
+        .iter()
+        .all(|r| r.packets_by_layer.audio == r.packets));
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // Two points in each panel (CPU per packet, loss), joined by one line each.
+    assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    let text = std::fs::read_to_string(&readme).unwrap();
+    let perf = text
+        .find("## Performance")
+        .expect("Performance section added");
+    assert!(perf < text.find("## Status").unwrap());
+    assert!(text.contains("<!-- bench:audio-auto begin"));
+    assert!(text.contains("Command: `sfu bench"));
+    assert!(text.contains("sweep.svg)"));
+    assert!(text.contains("server CPU µs / forwarded packet"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_capacity_steps_up_and_reports_per_core() {
+    let server = common::start_server_with(&[]).await;
+    let json = common::scratch_dir().join("capacity.json");
+    let pid = std::process::id().to_string();
+    let mut args = strings(&[
+        "--scenario",
+        "audio",
+        "--find-capacity",
+        "--subscribers",
+        "1",
+        "--step-factor",
+        "2",
+        "--max-subscribers",
+        "2",
+        // The in-process "server" includes the runner: only loss may stop this search.
+        "--cpu-limit",
+        "10000",
+        "--duration-secs",
+        "1",
+        "--ramp-per-sec",
+        "50",
+        "--jwt-secret",
+        common::SECRET,
+        "--server-pid",
+        &pid,
+    ]);
+    args.extend(strings(&["--url", &format!("http://{}", server.http_addr)]));
+    args.extend(["--json".to_string(), json.display().to_string()]);
+    assert_eq!(bench_cli(&args).await, 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{report}");
+    assert_eq!(steps[0]["subscribers"], 1);
+    assert_eq!(steps[1]["subscribers"], 2);
+    assert_eq!(report["verdicts"], serde_json::json!(["pass", "pass"]));
+    assert_eq!(report["capacity"], 2);
+    assert_eq!(report["stopped_by"], "max reached");
+    assert!(report["subscribers_per_core"].as_f64().unwrap() > 0.0);
+
+    // A limit no run can meet: the first step fails and nothing passes.
+    let cap = sfu::loadgen::capacity::CapacityConfig {
+        start: 1,
+        factor: 2.0,
+        max: 4,
+        loss_limit: -1.0,
+        cpu_limit: 10000.0,
+        refine: 1,
+    };
+    let mut base = BenchConfig::new(format!("http://{}", server.http_addr), Scenario::Audio);
+    base.duration = Duration::from_secs(1);
+    base.settle = Duration::from_millis(200);
+    base.ramp_per_sec = 50.0;
+    base.jwt_secret = Some(common::SECRET.to_string());
+    let failing = sfu::loadgen::capacity::find_capacity(base, &cap, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(failing.steps.len(), 1);
+    assert_eq!(failing.capacity, None);
+    assert!(
+        failing.stopped_by.starts_with("fail: loss"),
+        "{}",
+        failing.stopped_by
+    );
+    server.stop().await;
+}
+
+/// Our SFU and Janus VideoRoom back to back. Needs Debian's `janus` (tests/run.sh installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_with_janus_reports_both_costs_and_the_ratio() {
+    let janus = sfu::loadgen::janus::default_binary();
+    if !janus.exists() {
+        eprintln!(
+            "SKIPPED: {} is absent (apt-get install -y janus)",
+            janus.display()
+        );
+        return;
+    }
+    let server = common::start_server_with(&[]).await;
+    let json = common::scratch_dir().join("compare.json");
+    let pid = std::process::id().to_string();
+    let mut args = strings(&[
+        "--scenario",
+        "livestream",
+        "--subscribers",
+        "2",
+        "--layer",
+        "high",
+        "--compare",
+        "janus",
+        // Unpinned here; benchmarks pin it with the default `--janus-cpus 0`.
+        "--janus-cpus",
+        "",
+        "--duration-secs",
+        "2",
+        "--ramp-per-sec",
+        "50",
+        "--jwt-secret",
+        common::SECRET,
+        "--server-pid",
+        &pid,
+    ]);
+    args.extend(strings(&["--url", &format!("http://{}", server.http_addr)]));
+    args.extend(["--json".to_string(), json.display().to_string()]);
+    assert_eq!(bench_cli(&args).await, 0);
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &runs[0];
+    for side in ["sfu", "janus"] {
+        let report: Report = serde_json::from_value(run[side].clone()).unwrap();
+        assert_eq!(report.failed, 0, "{side}: {:?}", report.errors);
+        assert!(
+            report.subscriber_packets.iter().all(|&p| p > 20),
+            "{side}: {:?}",
+            report.subscriber_packets
+        );
+        // Both forward the layer asked for (Janus: substream 2 of the rid simulcast).
+        assert!(
+            report.packets_by_layer.high > 0,
+            "{side}: {:?}",
+            report.packets_by_layer
+        );
+        assert_eq!(
+            report.packets_by_layer.low + report.packets_by_layer.medium,
+            0
+        );
+        assert!(report.cpu_us_per_packet().is_some());
+    }
+    assert_eq!(
+        run["janus"]["target"]["janus"],
+        "http://127.0.0.1:8088/janus"
+    );
+    assert!(run["janus_over_sfu"].as_f64().unwrap() > 0.0);
+    server.stop().await;
+}

@@ -7,7 +7,12 @@
 //! subscribers), `audio` (P audio-only publishers × N subscribers), `meeting` (N participants,
 //! each publishing audio + video and subscribing to all others).
 
+pub mod capacity;
+pub mod chart;
+pub mod cli;
+pub mod janus;
 pub mod peer;
+pub mod readme;
 pub mod signaling;
 pub mod stats;
 
@@ -43,7 +48,7 @@ pub enum Layer {
 }
 
 impl Layer {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Layer::Low => "low",
             Layer::Medium => "medium",
@@ -53,11 +58,23 @@ impl Layer {
     }
 }
 
+/// Which server a run drives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Our SFU at `BenchConfig::url` (WebTransport signaling).
+    Sfu,
+    /// Janus VideoRoom's HTTP API at this URL (e.g. `http://127.0.0.1:8088/janus`).
+    Janus(String),
+}
+
 /// Everything a run needs; `sfu bench` fills it from flags.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     /// The server's HTTP base URL, e.g. `http://127.0.0.1:3000`.
     pub url: String,
+    /// Our SFU (default) or Janus.
+    pub target: Target,
     pub scenario: Scenario,
     /// Publishers for `livestream` and `audio` (ignored by `meeting`).
     pub publishers: usize,
@@ -82,6 +99,7 @@ impl BenchConfig {
     pub fn new(url: impl Into<String>, scenario: Scenario) -> Self {
         BenchConfig {
             url: url.into(),
+            target: Target::Sfu,
             scenario,
             publishers: 1,
             subscribers: 10,
@@ -109,9 +127,21 @@ pub struct ServerUsage {
     pub rss_bytes_per_subscriber: Option<f64>,
 }
 
+/// Packets received while measuring, by the publisher layer their stamp names.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct LayerPackets {
+    pub audio: u64,
+    pub low: u64,
+    pub medium: u64,
+    pub high: u64,
+}
+
 /// The result of one run (also the JSON written to `--json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The server measured.
+    #[serde(default = "default_target")]
+    pub target: Target,
     pub scenario: Scenario,
     pub layer: Layer,
     pub ramp_per_sec: f64,
@@ -141,11 +171,27 @@ pub struct Report {
     /// Signaling connect → first media packet, per subscriber.
     pub join_ms: Option<Percentiles>,
     pub keyframe_requests_at_publishers: u64,
+    /// Which layers reached the subscribers (shows what the server forwarded).
+    #[serde(default)]
+    pub packets_by_layer: LayerPackets,
     pub server: Option<ServerUsage>,
 }
 
+fn default_target() -> Target {
+    Target::Sfu
+}
+
+impl Report {
+    /// Server CPU µs per forwarded packet, when the server's pid was given.
+    pub fn cpu_us_per_packet(&self) -> Option<f64> {
+        self.server
+            .as_ref()
+            .and_then(|s| s.cpu_us_per_forwarded_packet)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
-struct Role {
+pub(crate) struct Role {
     index: usize,
     /// Some(video?) when publishing.
     publish: Option<bool>,
@@ -153,7 +199,7 @@ struct Role {
 }
 
 #[derive(Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     error: Option<String>,
     rx: Option<RxStats>,
     join: Option<Duration>,
@@ -220,11 +266,14 @@ impl Tokens {
     }
 }
 
-struct RunContext {
+pub(crate) struct RunContext {
     config: BenchConfig,
-    target: WtTarget,
-    endpoint: Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
-    tokens: Tokens,
+    /// Our SFU: where its WebTransport signaling is, and tokens for it.
+    target: Option<WtTarget>,
+    endpoint: Option<Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>>,
+    tokens: Option<Tokens>,
+    /// Janus: its API and the run's room.
+    janus: Option<janus::JanusTarget>,
     shared: Arc<Shared>,
     room: String,
     participants: usize,
@@ -269,17 +318,26 @@ fn roles(config: &BenchConfig) -> Vec<Role> {
 /// Run one benchmark and return its report (also written to `config.json` when set).
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let base = config.url.trim_end_matches('/').to_string();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let target = signaling::discover(&http, &base).await?;
-    let endpoint = signaling::client_endpoint(&target)?;
-    let tokens = match &config.jwt_secret {
-        Some(secret) => Tokens::Secret(
-            crate::auth::Authenticator::new(Some(secret), None).map_err(|e| anyhow!(e))?,
-        ),
-        None => Tokens::Dev(http.clone(), base.clone()),
+    let (base, target, endpoint, tokens, janus) = match &config.target {
+        Target::Sfu => {
+            let base = config.url.trim_end_matches('/').to_string();
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let target = signaling::discover(&http, &base).await?;
+            let endpoint = signaling::client_endpoint(&target)?;
+            let tokens = match &config.jwt_secret {
+                Some(secret) => Tokens::Secret(
+                    crate::auth::Authenticator::new(Some(secret), None).map_err(|e| anyhow!(e))?,
+                ),
+                None => Tokens::Dev(http.clone(), base.clone()),
+            };
+            (base, Some(target), Some(endpoint), Some(tokens), None)
+        }
+        Target::Janus(url) => {
+            let janus = janus::JanusTarget::new(url)?;
+            (janus.base.clone(), None, None, None, Some(janus))
+        }
     };
     // Media sockets bind where the server's host resolves from here (loopback in tests).
     let host = reqwest::Url::parse(&base)?
@@ -292,7 +350,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         .ok_or_else(|| anyhow!("{host} does not resolve"))?
         .ip();
     // The address this machine routes to the server from: the peers' ICE host candidate.
-    let local_ip = if server_ip.is_loopback() {
+    let local_ip = if janus.is_some() {
+        // Janus gathers no loopback candidates: use this host's primary IPv4 address.
+        janus::primary_ipv4().unwrap_or(server_ip)
+    } else if server_ip.is_loopback() {
         server_ip
     } else {
         let any: std::net::IpAddr = if server_ip.is_ipv4() {
@@ -309,6 +370,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         target,
         endpoint,
         tokens,
+        janus,
         shared: Shared::new(),
         room: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         participants: roles.len(),
@@ -382,6 +444,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let mut latency = Histogram::default();
     let mut joins = Histogram::default();
     let mut report = Report {
+        target: config.target.clone(),
         scenario: config.scenario,
         layer: config.layer,
         ramp_per_sec: config.ramp_per_sec,
@@ -413,6 +476,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         latency_us: None,
         join_ms: None,
         keyframe_requests_at_publishers: 0,
+        packets_by_layer: LayerPackets::default(),
         server: None,
     };
     for outcome in &outcomes {
@@ -424,6 +488,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         report.packets += rx.packets;
         report.bytes += rx.bytes;
         report.unstamped_packets += rx.unstamped;
+        report.packets_by_layer.low += rx.layer_packets[0];
+        report.packets_by_layer.medium += rx.layer_packets[1];
+        report.packets_by_layer.high += rx.layer_packets[2];
+        report.packets_by_layer.audio += rx.layer_packets[3];
         report.subscriber_packets.push(rx.packets);
         let (expected, lost) = rx.loss();
         report.expected_packets += expected;
@@ -499,10 +567,15 @@ async fn participant_inner(
     mut stop: tokio::sync::watch::Receiver<bool>,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
+    let (Some(tokens), Some(endpoint), Some(target)) = (&ctx.tokens, &ctx.endpoint, &ctx.target)
+    else {
+        let janus = ctx.janus.as_ref().expect("a Janus target when not ours");
+        return janus::participant_inner(ctx, janus, role, joined, stop, outcome).await;
+    };
     let name = format!("bench-{}-{}", ctx.room, role.index);
-    let token = ctx.tokens.token(&name, &role, ctx.config.scenario).await?;
+    let token = tokens.token(&name, &role, ctx.config.scenario).await?;
     outcome.connect_at = Some(Instant::now());
-    let mut signal = Signal::connect(ctx.endpoint.clone(), &ctx.target).await?;
+    let mut signal = Signal::connect(endpoint.clone(), target).await?;
     signal
         .request("authenticate", json!({ "token": token }))
         .await?;
@@ -611,7 +684,15 @@ fn fmt_percentiles(p: &Option<Percentiles>, scale: f64, unit: &str) -> String {
 impl Report {
     /// A plain two-column table.
     pub fn table(&self) -> String {
+        let l = self.packets_by_layer;
         let mut rows: Vec<(&str, String)> = vec![
+            (
+                "target",
+                match &self.target {
+                    Target::Sfu => "our SFU".to_string(),
+                    Target::Janus(url) => format!("Janus VideoRoom ({url})"),
+                },
+            ),
             (
                 "scenario",
                 format!("{:?} (layer {})", self.scenario, self.layer.as_str()).to_lowercase(),
@@ -655,6 +736,13 @@ impl Report {
                 format!(
                     "{:.3} % ({} of {})",
                     self.loss_percent, self.lost_packets, self.expected_packets
+                ),
+            ),
+            (
+                "by layer",
+                format!(
+                    "audio {}  low {}  medium {}  high {}",
+                    l.audio, l.low, l.medium, l.high
                 ),
             ),
             ("latency", fmt_percentiles(&self.latency_us, 1000.0, " ms")),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
@@ -95,6 +95,8 @@ pub struct RxStats {
     pub latency_us: Histogram,
     /// Packets whose payload carried no stamp.
     pub unstamped: u64,
+    /// Stamped packets by layer: low, medium, high, audio.
+    pub layer_packets: [u64; 4],
 }
 
 impl RxStats {
@@ -109,6 +111,12 @@ impl RxStats {
             return;
         };
         self.latency_us.record(recv_us.saturating_sub(sent_us));
+        let slot = if layer == AUDIO_LAYER {
+            3
+        } else {
+            usize::from(layer).min(2)
+        };
+        self.layer_packets[slot] += 1;
         self.streams
             .entry((mid, layer))
             .and_modify(|s| {
@@ -318,6 +326,8 @@ impl SyntheticSource {
 pub struct PeerState {
     pub rtc: Rtc,
     source: Option<SyntheticSource>,
+    /// Our publishing offer waiting for its answer, and its (audio, video) mids.
+    pending: Option<(SdpPendingOffer, (Mid, Option<Mid>))>,
     pub rx: RxStats,
     pub keyframe_requests: u64,
     pub connected: bool,
@@ -351,6 +361,7 @@ impl Peer {
         let state = PeerState {
             rtc,
             source: None,
+            pending: None,
             rx: RxStats::default(),
             keyframe_requests: 0,
             connected: false,
@@ -378,51 +389,72 @@ impl Peer {
 
     /// Publish audio (and 3-layer simulcast video when `video`): offer → server → answer.
     pub async fn publish(&self, signal: &mut Signal, video: bool) -> anyhow::Result<Value> {
-        let (offer, pending, mids) = self
-            .with(move |s| {
-                let mut api = s.rtc.sdp_api();
-                let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-                let video = video.then(|| {
-                    let mut sim = Simulcast::new();
-                    for rid in LAYERS {
-                        sim.add_send_layer(SimulcastLayer::new(rid));
-                    }
-                    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim))
-                });
-                let (offer, pending) = api.apply().expect("local offer");
-                (offer.to_sdp_string(), pending, (audio, video))
-            })
-            .await?;
+        let offer = self.publish_offer(video, false).await?;
         let reply = signal
             .request("publisherOffer", json!({ "sdp": offer }))
             .await?;
         let data = reply["data"].clone();
-        let answer = SdpAnswer::from_sdp_string(data["sdp"].as_str().unwrap_or_default())?;
+        self.publish_answer(data["sdp"].as_str().unwrap_or_default())
+            .await?;
+        Ok(data)
+    }
+
+    /// Our publishing offer (audio, and 3-layer simulcast video when `video`), kept pending.
+    /// The rids are listed lowest first, or highest first with `high_first`.
+    pub async fn publish_offer(&self, video: bool, high_first: bool) -> anyhow::Result<String> {
+        self.with(move |s| {
+            let mut api = s.rtc.sdp_api();
+            let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let video = video.then(|| {
+                let mut sim = Simulcast::new();
+                let mut rids = LAYERS;
+                if high_first {
+                    rids.reverse();
+                }
+                for rid in rids {
+                    sim.add_send_layer(SimulcastLayer::new(rid));
+                }
+                api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim))
+            });
+            let (offer, pending) = api.apply().expect("local offer");
+            s.pending = Some((pending, (audio, video)));
+            offer.to_sdp_string()
+        })
+        .await
+    }
+
+    /// Accept the server's answer to [`Peer::publish_offer`] and start sending media.
+    pub async fn publish_answer(&self, sdp: &str) -> anyhow::Result<()> {
+        let answer = SdpAnswer::from_sdp_string(sdp)?;
         self.with(move |s| -> anyhow::Result<()> {
+            let (pending, mids) = s
+                .pending
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no pending offer"))?;
             s.rtc.sdp_api().accept_answer(pending, answer)?;
             s.source = Some(SyntheticSource::new(mids.0, mids.1, s.shared.clone()));
             Ok(())
         })
-        .await??;
-        Ok(data)
+        .await?
     }
 
     /// Answer one `subscriberOffer` notification.
     pub async fn answer_offer(&self, signal: &mut Signal, offer: &Value) -> anyhow::Result<()> {
-        let sdp = offer["data"]["sdp"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let answer = self
-            .with(move |s| -> anyhow::Result<String> {
-                let offer = SdpOffer::from_sdp_string(&sdp)?;
-                Ok(s.rtc.sdp_api().accept_offer(offer)?.to_sdp_string())
-            })
-            .await??;
+        let sdp = offer["data"]["sdp"].as_str().unwrap_or_default();
+        let answer = self.answer_sdp(sdp).await?;
         signal
             .request("subscriberAnswer", json!({ "sdp": answer }))
             .await?;
         Ok(())
+    }
+
+    /// Accept a remote offer; returns our answer.
+    pub async fn answer_sdp(&self, sdp: &str) -> anyhow::Result<String> {
+        let offer = SdpOffer::from_sdp_string(sdp)?;
+        self.with(move |s| -> anyhow::Result<String> {
+            Ok(s.rtc.sdp_api().accept_offer(offer)?.to_sdp_string())
+        })
+        .await?
     }
 
     /// Take what this peer measured (and how many keyframe requests it got).

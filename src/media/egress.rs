@@ -34,11 +34,11 @@ pub struct BatchEgress {
 
 impl BatchEgress {
     /// Write through `socket`; it must outlive this value (the worker loop owns both).
-        pub fn new(socket: &impl std::os::fd::AsRawFd) -> Self {
+    pub fn new(socket: &impl std::os::fd::AsRawFd) -> Self {
         Self::with_fd(socket.as_raw_fd())
     }
 
-        fn with_fd(fd: std::os::fd::RawFd) -> Self {
+    fn with_fd(fd: std::os::fd::RawFd) -> Self {
         BatchEgress {
             fd,
             buffers: vec![[0u8; SLOT]; BATCH].into_boxed_slice(),
@@ -52,7 +52,7 @@ impl BatchEgress {
     }
 
     /// Send everything queued: one `sendmmsg` per call, repeated until the batch is out.
-        pub fn flush(&mut self) {
+    pub fn flush(&mut self) {
         let mut start = 0;
         while start < self.queued {
             let n = self.queued - start;
@@ -120,7 +120,7 @@ impl BatchEgress {
     }
 
     /// One datagram too large for a slot: send it on its own.
-        fn send_alone(&mut self, destination: SocketAddr, payload: &[u8]) {
+    fn send_alone(&mut self, destination: SocketAddr, payload: &[u8]) {
         let mut addr = std::mem::MaybeUninit::<libc::sockaddr_storage>::uninit();
         let addr_len = write_sockaddr(&mut addr, destination);
         // SAFETY: `payload` and `addr` are valid for the call.
@@ -173,7 +173,12 @@ fn write_sockaddr(
                 sin6_scope_id: v6.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { storage.as_mut_ptr().cast::<libc::sockaddr_in6>().write(sin6) };
+            unsafe {
+                storage
+                    .as_mut_ptr()
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6)
+            };
             std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
         }
     }

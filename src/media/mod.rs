@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod core;
+mod egress;
 pub mod ortc;
 pub mod simulcast;
 pub mod worker;
@@ -22,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 pub use self::codec::CodecName;
-pub use self::simulcast::Preference;
 use self::core::{ConsumerCreated, Egress, WorkerCore};
 use self::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
+pub use self::simulcast::Preference;
 use self::worker::{Command, WorkerHandle};
 
 /// Identifies a WebRTC transport (one PeerConnection) across the whole server.

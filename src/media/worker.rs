@@ -8,9 +8,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Egress, WorkerCore};
-#[path = "egress.rs"]
-mod egress;
-use egress::BatchEgress;
+use super::egress::BatchEgress;
 use super::{
     MediaConfig, MediaError, MediaEvent, NewProducer, Preference, ProducerId, TransportId,
     WorkerStats,
