@@ -770,11 +770,7 @@ impl WorkerCore {
         } else {
             rids.iter().map(|r| Layer::new(Some(*r))).collect()
         };
-        let kind = if kind == MediaKind::Audio {
-            Kind::Audio
-        } else {
-            Kind::Video
-        };
+        let kind = Kind::from_media_kind(kind);
         let id = Uuid::new_v4();
         let pk = self.producers.insert(Producer {
             id,
@@ -824,25 +820,10 @@ impl WorkerCore {
         if already {
             return Ok(());
         }
-        let kind = self.producers[pk].kind;
-        let clock_rate = if kind == Kind::Audio { 48_000 } else { 90_000 };
-        let ck = self.consumers.insert(Consumer {
-            producer: pk,
-            transport: key,
-            stream_id,
-            mid: None,
-            tx_ssrc: None,
-            pt_map: None,
-            selector: LayerSelector::new(Preference::Auto, kind == Kind::Video),
-            munger: Munger::new(clock_rate),
-            last_keyframe_ask: None,
-            nacks_seen: 0,
-            paused: false,
-        });
-        self.producers[pk].consumers.push(ck);
-        let transport = &mut self.transports[key];
-        transport.consumers.push(ck);
-        transport.queued_changes.push(SubscriberChange::Add(ck));
+        let ck = self.attach_consumer(pk, key, stream_id, None, None, false);
+        self.transports[key]
+            .queued_changes
+            .push(SubscriberChange::Add(ck));
         self.retarget_consumer(ck, now);
         self.negotiate(key);
         self.drain(key, now, egress);
@@ -878,12 +859,8 @@ impl WorkerCore {
                         continue;
                     };
                     let producer = &self.producers[consumer.producer];
-                    let kind = match producer.kind {
-                        Kind::Audio => MediaKind::Audio,
-                        Kind::Video => MediaKind::Video,
-                    };
                     let mid = api.add_media(
-                        kind,
+                        producer.kind.media_kind(),
                         Direction::SendOnly,
                         Some(consumer.stream_id.clone()),
                         Some(producer.id.to_string()),
@@ -971,8 +948,7 @@ impl WorkerCore {
                 .map(|s| s.ssrc());
             self.consumers[ck].tx_ssrc = ssrc;
             if ssrc.is_some() {
-                self.retarget_consumer(ck, now);
-                self.request_keyframe_for(ck, now);
+                self.start_at_keyframe(ck, now);
             }
         }
         self.negotiate(key);
@@ -989,17 +965,7 @@ impl WorkerCore {
         now: Instant,
         egress: &mut dyn Egress,
     ) -> Result<(), MediaError> {
-        let key = self.subscriber_key(id)?;
-        let pk = *self
-            .producer_by_id
-            .get(&producer)
-            .ok_or(MediaError::ProducerNotFound)?;
-        let ck = self.transports[key]
-            .consumers
-            .iter()
-            .copied()
-            .find(|ck| self.consumers[*ck].producer == pk)
-            .ok_or(MediaError::ProducerNotFound)?;
+        let ck = self.consumer_of(id, producer)?;
         self.consumers[ck].selector.preference = preference;
         self.retarget_consumer(ck, now);
         self.after_drain(now, egress);
@@ -1206,12 +1172,8 @@ impl WorkerCore {
             }
             return Err(e);
         }
-        let media_kind = match kind {
-            Kind::Audio => MediaKind::Audio,
-            Kind::Video => MediaKind::Video,
-        };
         self.new_producers.clear();
-        self.add_producer(key, mid_value, media_kind);
+        self.add_producer(key, mid_value, kind.media_kind());
         self.drain(key, now, egress);
         self.after_drain(now, egress);
         let created = self
@@ -1243,12 +1205,9 @@ impl WorkerCore {
             .get(&producer)
             .ok_or(MediaError::ProducerNotFound)?;
         let producer_state = &self.producers[pk];
-        let (kind, clock) = match producer_state.kind {
-            Kind::Audio => (MediaKind::Audio, 48_000),
-            Kind::Video => (MediaKind::Video, 90_000),
-        };
+        let kind = producer_state.kind.media_kind();
         let decodable = match &producer_state.mime_type {
-            Some(mime) => ortc::caps_support(caps, mime, clock),
+            Some(mime) => ortc::caps_support(caps, mime, producer_state.kind.clock_rate()),
             None => caps.codecs.iter().any(|c| {
                 c.mime_type
                     .to_ascii_lowercase()
@@ -1271,7 +1230,6 @@ impl WorkerCore {
         }
         let producer_mime = producer_state.mime_type.clone();
         let producer_id = producer_state.id;
-        let video = producer_state.kind == Kind::Video;
         let transport = &mut self.transports[key];
         let mut api = transport.rtc.sdp_api();
         let mid = api.add_media(
@@ -1341,24 +1299,8 @@ impl WorkerCore {
             .direct_api()
             .stream_tx_by_mid(mid, None)
             .map(|s| s.ssrc());
-        let clock_rate = if video { 90_000 } else { 48_000 };
-        let ck = self.consumers.insert(Consumer {
-            producer: pk,
-            transport: key,
-            stream_id,
-            mid: Some(mid),
-            tx_ssrc,
-            pt_map: None,
-            selector: LayerSelector::new(Preference::Auto, video),
-            munger: Munger::new(clock_rate),
-            last_keyframe_ask: None,
-            nacks_seen: 0,
-            paused,
-        });
-        self.producers[pk].consumers.push(ck);
-        self.transports[key].consumers.push(ck);
-        self.retarget_consumer(ck, now);
-        self.request_keyframe_for(ck, now);
+        let ck = self.attach_consumer(pk, key, stream_id, Some(mid), tx_ssrc, paused);
+        self.start_at_keyframe(ck, now);
         self.drain(key, now, egress);
         self.after_drain(now, egress);
         let layers = self.producers[pk].layers.len() as u8;
@@ -1403,11 +1345,7 @@ impl WorkerCore {
             if !matches!(direction, Direction::SendOnly | Direction::SendRecv) {
                 continue;
             }
-            let want = if media_kind == MediaKind::Audio {
-                Kind::Audio
-            } else {
-                Kind::Video
-            };
+            let want = Kind::from_media_kind(media_kind);
             let pick = producers.iter().find(|(p, _)| {
                 !used.contains(p)
                     && self
@@ -1425,24 +1363,8 @@ impl WorkerCore {
                 .direct_api()
                 .stream_tx_by_mid(mid, None)
                 .map(|s| s.ssrc());
-            let video = want == Kind::Video;
-            let ck = self.consumers.insert(Consumer {
-                producer: pk,
-                transport: key,
-                stream_id,
-                mid: Some(mid),
-                tx_ssrc,
-                pt_map: None,
-                selector: LayerSelector::new(Preference::Auto, video),
-                munger: Munger::new(if video { 90_000 } else { 48_000 }),
-                last_keyframe_ask: None,
-                nacks_seen: 0,
-                paused: false,
-            });
-            self.producers[pk].consumers.push(ck);
-            self.transports[key].consumers.push(ck);
-            self.retarget_consumer(ck, now);
-            self.request_keyframe_for(ck, now);
+            let ck = self.attach_consumer(pk, key, stream_id, Some(mid), tx_ssrc, false);
+            self.start_at_keyframe(ck, now);
             attached.push(producer);
         }
         if attached.is_empty() {
@@ -1468,10 +1390,7 @@ impl WorkerCore {
         let ck = self.consumer_of(id, producer)?;
         let was = std::mem::replace(&mut self.consumers[ck].paused, paused);
         if was && !paused {
-            // Resumed video must start at a keyframe.
-            self.consumers[ck].selector.current = None;
-            self.retarget_consumer(ck, now);
-            self.request_keyframe_for(ck, now);
+            self.start_at_keyframe(ck, now);
         }
         self.after_drain(now, egress);
         Ok(())
@@ -1491,9 +1410,7 @@ impl WorkerCore {
         let was = std::mem::replace(&mut self.producers[pk].paused, paused);
         if was && !paused {
             for ck in self.producers[pk].consumers.clone() {
-                self.consumers[ck].selector.current = None;
-                self.retarget_consumer(ck, now);
-                self.request_keyframe_for(ck, now);
+                self.start_at_keyframe(ck, now);
             }
         }
         self.after_drain(now, egress);
@@ -1540,6 +1457,43 @@ impl WorkerCore {
         transport.ufrag = creds.ufrag.clone();
         self.by_ufrag.insert(creds.ufrag.clone(), key);
         Ok(ice_parameters(&creds))
+    }
+
+    /// A new consumer of producer `pk` on subscriber transport `key`, in both fan-out lists.
+    fn attach_consumer(
+        &mut self,
+        pk: usize,
+        key: usize,
+        stream_id: String,
+        mid: Option<Mid>,
+        tx_ssrc: Option<Ssrc>,
+        paused: bool,
+    ) -> usize {
+        let kind = self.producers[pk].kind;
+        let ck = self.consumers.insert(Consumer {
+            producer: pk,
+            transport: key,
+            stream_id,
+            mid,
+            tx_ssrc,
+            pt_map: None,
+            selector: LayerSelector::new(Preference::Auto, kind == Kind::Video),
+            munger: Munger::new(kind.clock_rate()),
+            last_keyframe_ask: None,
+            nacks_seen: 0,
+            paused,
+        });
+        self.producers[pk].consumers.push(ck);
+        self.transports[key].consumers.push(ck);
+        ck
+    }
+
+    /// (Re)start forwarding to a consumer from a fresh keyframe of its target layer: new
+    /// consumers, and resumed ones (their decoder state is stale).
+    fn start_at_keyframe(&mut self, ck: usize, now: Instant) {
+        self.consumers[ck].selector.current = None;
+        self.retarget_consumer(ck, now);
+        self.request_keyframe_for(ck, now);
     }
 
     fn consumer_of(&self, id: TransportId, producer: ProducerId) -> Result<usize, MediaError> {

@@ -41,6 +41,31 @@ pub enum Kind {
     Video,
 }
 
+impl Kind {
+    /// RTP clock rate of every codec we forward of this kind (Opus 48 kHz, video 90 kHz).
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Kind::Audio => 48_000,
+            Kind::Video => 90_000,
+        }
+    }
+
+    pub(crate) fn media_kind(self) -> str0m::media::MediaKind {
+        match self {
+            Kind::Audio => str0m::media::MediaKind::Audio,
+            Kind::Video => str0m::media::MediaKind::Video,
+        }
+    }
+
+    pub(crate) fn from_media_kind(kind: str0m::media::MediaKind) -> Self {
+        if kind == str0m::media::MediaKind::Audio {
+            Kind::Audio
+        } else {
+            Kind::Video
+        }
+    }
+}
+
 /// Settings every worker shares.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {

@@ -407,13 +407,12 @@ pub struct RemoteIdentity<'a> {
     pub fingerprint: &'a str,
 }
 
-fn session_header(out: &mut String, remote: &RemoteIdentity<'_>, mids: &[String], version: u64) {
+fn session_header(out: &mut String, mids: &[String], version: u64) {
     let _ = write!(
         out,
         "v=0\r\no=- 4611731400430051336 {version} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {}\r\na=msid-semantic: WMS\r\n",
         mids.join(" ")
     );
-    let _ = remote;
 }
 
 fn media_transport_lines(out: &mut String, remote: &RemoteIdentity<'_>, setup: &str) {
@@ -468,7 +467,7 @@ pub fn publisher_offer_sdp(
 ) -> String {
     let mut out = String::with_capacity(2048);
     let mids: Vec<String> = lines.iter().map(|l| l.mid.clone()).collect();
-    session_header(&mut out, remote, &mids, version);
+    session_header(&mut out, &mids, version);
     for line in lines {
         let p = &line.params;
         let pts: Vec<String> = p
@@ -786,7 +785,7 @@ pub fn subscriber_answer_sdp(
     let media = parse_media(offer);
     let mut out = String::with_capacity(2048);
     let mids: Vec<String> = media.iter().map(|m| m.mid.clone()).collect();
-    session_header(&mut out, remote, &mids, version);
+    session_header(&mut out, &mids, version);
     for m in &media {
         let codecs = codecs_for(&m.mid).unwrap_or_default();
         let pts: Vec<String> = codecs.iter().map(|c| c.payload_type.to_string()).collect();

@@ -470,6 +470,34 @@ impl Rooms {
     // ------------------------------------------------------------------------------------
     // WHIP / WHEP.
 
+    /// A WHIP/WHEP session: a participant without signaling, whose one offer `negotiate`
+    /// applies; if that fails, the participant leaves again and nothing remains.
+    async fn http_session(
+        &self,
+        room_id: &str,
+        identity: &Identity,
+        token: &str,
+        label: &str,
+        negotiate: impl AsyncFnOnce(&str) -> Result<String, RoomError>,
+    ) -> Result<HttpMediaSession, RoomError> {
+        let sink = SessionSink::new(Uuid::new_v4());
+        let name = format!("{label} {}", identity.user.id);
+        let joined = self
+            .join_as(room_id, identity, token, &name, sink, Dialect::Http)
+            .await?;
+        let participant_id = joined.participant_id;
+        match negotiate(&participant_id).await {
+            Ok(answer) => Ok(HttpMediaSession {
+                participant_id,
+                answer,
+            }),
+            Err(e) => {
+                self.leave(room_id, &participant_id).await;
+                Err(e)
+            }
+        }
+    }
+
     /// WHIP: a participant that only publishes the offer's tracks.
     pub async fn whip_publish(
         &self,
@@ -478,28 +506,17 @@ impl Rooms {
         token: &str,
         sdp: String,
     ) -> Result<HttpMediaSession, RoomError> {
-        let sink = SessionSink::new(Uuid::new_v4());
-        let name = format!("WHIP {}", identity.user.id);
-        let joined = self
-            .join_as(room_id, identity, token, &name, sink, Dialect::Http)
-            .await?;
-        match self.publish(room_id, &joined.participant_id, sdp).await {
-            Ok((_, announced)) if announced.is_empty() => {
-                self.leave(room_id, &joined.participant_id).await;
-                Err(RoomError::new(
+        self.http_session(room_id, identity, token, "WHIP", async |pid| {
+            let (answer, announced) = self.publish(room_id, pid, sdp).await?;
+            if announced.is_empty() {
+                return Err(RoomError::new(
                     ErrorCode::UnsupportedCodec,
                     "the offer has no audio or video track with a codec this server forwards",
-                ))
+                ));
             }
-            Ok((answer, _)) => Ok(HttpMediaSession {
-                participant_id: joined.participant_id,
-                answer,
-            }),
-            Err(e) => {
-                self.leave(room_id, &joined.participant_id).await;
-                Err(e)
-            }
-        }
+            Ok(answer)
+        })
+        .await
     }
 
     /// WHEP: a participant that plays the room's current producers (one per offered m-line).
@@ -510,20 +527,10 @@ impl Rooms {
         token: &str,
         sdp: String,
     ) -> Result<HttpMediaSession, RoomError> {
-        let sink = SessionSink::new(Uuid::new_v4());
-        let name = format!("WHEP {}", identity.user.id);
-        let joined = self
-            .join_as(room_id, identity, token, &name, sink, Dialect::Http)
-            .await?;
-        let pid = joined.participant_id.clone();
-        let result = self.whep_attach(room_id, &pid, sdp).await;
-        if result.is_err() {
-            self.leave(room_id, &pid).await;
-        }
-        result.map(|answer| HttpMediaSession {
-            participant_id: pid,
-            answer,
+        self.http_session(room_id, identity, token, "WHEP", async |pid| {
+            self.whep_attach(room_id, pid, sdp).await
         })
+        .await
     }
 
     async fn whep_attach(

@@ -489,7 +489,6 @@ impl Session {
                     )
                         .into());
                 }
-                let _ = &r.app_data;
                 let published = rooms
                     .publish_ortc(
                         &m.room_id,

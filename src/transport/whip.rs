@@ -124,6 +124,16 @@ fn offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Box<Response>> {
     })
 }
 
+/// Who posts (Bearer token, else 401) and their offer: what both POST endpoints start with.
+fn authorized_offer(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Identity, String, String), Box<Response>> {
+    let (identity, token) = bearer(ctx, headers)?;
+    Ok((identity, token, offer(headers, body)?))
+}
+
 fn created(kind: &str, room: &str, session: &str, answer: String) -> Response {
     let location = format!("/{kind}/{room}/{session}");
     (
@@ -171,12 +181,8 @@ async fn whip_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (identity, token) = match bearer(&ctx, &headers) {
+    let (identity, token, sdp) = match authorized_offer(&ctx, &headers, &body) {
         Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let sdp = match offer(&headers, &body) {
-        Ok(sdp) => sdp,
         Err(r) => return *r,
     };
     if ctx.is_draining() {
@@ -213,12 +219,8 @@ async fn whep_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (identity, token) = match bearer(&ctx, &headers) {
+    let (identity, token, sdp) = match authorized_offer(&ctx, &headers, &body) {
         Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let sdp = match offer(&headers, &body) {
-        Ok(sdp) => sdp,
         Err(r) => return *r,
     };
     if !identity.grants.subscribe {
