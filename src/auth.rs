@@ -9,7 +9,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::session::protocol::{ErrorCode, UserInfo};
+use crate::session::protocol::wire::UserInfo;
+use crate::session::protocol::ErrorCode;
 
 /// What a token allows. Absent from a token, [`Grants::default_for_role`] applies, so plain
 /// simplejwt tokens keep working as they did with the Node backend.

@@ -176,6 +176,14 @@ pub struct Config {
     /// Most rooms this server holds at once.
     #[arg(long, env = "MAX_ROOMS", default_value_t = 1000)]
     pub max_rooms: usize,
+    /// Most rooms one user may have created that still exist (`createRoom`, WHIP).
+    #[arg(long, env = "MAX_ROOMS_PER_USER", default_value_t = 20)]
+    pub max_rooms_per_user: usize,
+    /// Seconds a room with nobody in it lives (created and never joined) before it is
+    /// closed, as LiveKit's `empty_timeout`. A room closes at once when its last participant
+    /// leaves.
+    #[arg(long, env = "EMPTY_ROOM_TIMEOUT_SECS", default_value_t = 300)]
+    pub empty_room_timeout_secs: u64,
     /// Seconds a dropped client has to resume its session (over either transport) before it
     /// is removed from its room.
     #[arg(long, env = "SESSION_RESUME_GRACE_SECS", default_value_t = 15)]

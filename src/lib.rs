@@ -41,6 +41,8 @@ pub struct AppContext {
     pub media: MediaRouter,
     pub limits: Limits,
     pub sessions: SessionRegistry,
+    /// Kept to deliver what is queued before exit; the rooms only see it as an event sink.
+    pub webhooks: Option<integrations::django::Webhooks>,
     pub started: Instant,
     /// Set once the WebTransport endpoint is bound (absent when disabled).
     pub webtransport: std::sync::OnceLock<Arc<transport::webtransport::WebTransportState>>,
@@ -97,7 +99,11 @@ impl ServerHandle {
         }
         let remaining = self.ctx.sessions.attached_count();
         // Participants who left produced webhooks; deliver them before exiting (bounded).
-        if !self.ctx.rooms.flush_webhooks(Duration::from_secs(5)).await {
+        let delivered = match &self.ctx.webhooks {
+            Some(webhooks) => webhooks.flush(Duration::from_secs(5)).await,
+            None => true,
+        };
+        if !delivered {
             tracing::warn!("webhook queue not fully delivered before exit");
         }
         // Whatever the database did not take is spilled to disk and replayed at next start.
@@ -136,6 +142,17 @@ async fn heartbeat(ctx: std::sync::Weak<AppContext>, directory: Arc<store::Redis
             Err(_) => {}
         }
         tokio::time::sleep(store::HEARTBEAT).await;
+    }
+}
+
+/// Close rooms nobody joined within the empty timeout (they would otherwise count against
+/// MAX_ROOMS forever).
+async fn close_idle_rooms(rooms: std::sync::Weak<Rooms>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Some(rooms) = rooms.upgrade() else { return };
+        rooms.close_idle_rooms(Instant::now());
     }
 }
 
@@ -179,12 +196,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
             secret,
         ))
     });
-    let lookup = settings.config.django_room_lookup.then(|| {
-        integrations::django::RoomLookup::new(
+    let catalog = settings.config.django_room_lookup.then(|| {
+        Arc::new(integrations::django::RoomLookup::new(
             &settings.config.django_base_url,
             &settings.config.django_room_lookup_path,
             Duration::from_secs(3),
-        )
+        )) as Arc<dyn room::RoomCatalog>
     });
     // Bound early: a node's public URL (for redirects) needs the real port.
     let bind = SocketAddr::new(settings.config.host, settings.config.port);
@@ -213,13 +230,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         }
         None => None,
     };
+    let mut observers: Vec<Arc<dyn room::EventSink>> = vec![Arc::new(audit.clone())];
+    if let Some(webhooks) = &webhooks {
+        observers.push(Arc::new(webhooks.clone()));
+    }
+    let room_directory: Arc<dyn room::Directory> = match &directory {
+        Some(redis) => Arc::new(redis.clone()),
+        None => Arc::new(store::LocalDirectory),
+    };
     let rooms = Rooms::new(
         media.clone(),
-        settings.config.max_rooms,
-        webhooks,
-        lookup,
-        directory.clone(),
-        audit.clone(),
+        room::RoomLimits {
+            max_rooms: settings.config.max_rooms,
+            max_rooms_per_user: settings.config.max_rooms_per_user,
+            empty_timeout: Duration::from_secs(settings.config.empty_room_timeout_secs),
+        },
+        room::RoomPorts {
+            directory: room_directory,
+            catalog,
+            observers,
+        },
     );
     let ctx = Arc::new(AppContext {
         auth,
@@ -229,6 +259,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         rooms: rooms.clone(),
         media,
         sessions: SessionRegistry::default(),
+        webhooks,
         started: Instant::now(),
         webtransport: std::sync::OnceLock::new(),
         draining: AtomicBool::new(false),
@@ -246,6 +277,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
             ctx.limits.prune();
         }
     });
+    tokio::spawn(close_idle_rooms(Arc::downgrade(&rooms)));
 
     // Media events (offers, layer changes) are routed to sessions off the worker threads.
     tokio::spawn(async move {

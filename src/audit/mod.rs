@@ -72,6 +72,7 @@ mod db;
 mod event;
 pub mod http;
 mod migrations;
+mod room_events;
 mod spill;
 mod writer;
 

@@ -1,3 +1,4 @@
 //! Integrations with external systems. Each is optional and off unless configured.
 
 pub mod django;
+mod room_ports;

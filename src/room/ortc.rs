@@ -1,70 +1,60 @@
-//! Room operations of the two other media dialects: mediasoup-style ORTC (explicit transports,
-//! `publish` and `consume`) and WHIP/WHEP (one HTTP exchange per publisher or player).
-//!
-//! Both share the room model with the SDP flow: their producers are announced and forwarded
-//! to everyone, and they consume anyone's producers.
+//! The mediasoup-style ORTC dialect: explicit transports, `publish` and `consume`, pause,
+//! close, preferred layers and ICE restarts. Its producers are announced and forwarded like
+//! any other, and its consumers take anyone's producers.
 
-use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{
-    kind_name, room_not_found, Dialect, Participant, ProducerInfo, Room, RoomError, Rooms,
-};
-use crate::audit::AuditKind;
-use crate::auth::Identity;
-use crate::media::ortc::{RtpCapabilities, RtpParameters};
+use super::events::{ConsumerOrigin, Notice, RoomEvent};
+use super::model::Dialect;
+use super::{RoomError, RoomErrorKind, Rooms};
+use crate::media::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
 use crate::media::{Kind, Preference, ProducerId, TransportId};
-use crate::room::SessionSink;
-use crate::session::protocol::{ErrorCode, OutboundEnvelope};
 
-fn transport_not_found() -> RoomError {
+/// A new ORTC transport: its opaque id and the ICE/DTLS parameters the client needs.
+pub struct TransportCreated {
+    pub transport_id: String,
+    pub parameters: TransportParameters,
+}
+
+/// A new ORTC producer.
+pub struct ProducerPublished {
+    pub producer_id: ProducerId,
+    pub kind: Kind,
+    pub rtp_parameters: RtpParameters,
+}
+
+/// A new ORTC consumer.
+pub struct ConsumerCreated {
+    pub consumer_id: String,
+    pub producer_id: ProducerId,
+    pub kind: Kind,
+    pub rtp_parameters: RtpParameters,
+    pub simulcast: bool,
+    pub paused: bool,
+}
+
+/// The remote DTLS parameters of `connectWebRtcTransport`, already picked and checked.
+pub struct RemoteDtls {
+    /// `auto`, `client` or `server`.
+    pub role: String,
+    pub algorithm: String,
+    pub fingerprint: String,
+}
+
+fn invalid(message: &str) -> RoomError {
+    RoomError::new(RoomErrorKind::InvalidArgument, message)
+}
+
+fn producer_not_in_room(producer_id: &str) -> RoomError {
     RoomError::new(
-        ErrorCode::TransportNotFound,
-        "no such transport for this participant (create it with createWebRtcTransport)",
+        RoomErrorKind::ProducerNotFound,
+        format!("no producer `{producer_id}` in this room"),
     )
-}
-
-fn consumer_not_found() -> RoomError {
-    RoomError::new(ErrorCode::ConsumerNotFound, "no such consumer")
-}
-
-fn not_in_room() -> RoomError {
-    RoomError::new(ErrorCode::NotInRoom, "not a participant of this room")
-}
-
-/// A WHIP/WHEP session as the HTTP layer keeps it.
-#[derive(Debug, Clone)]
-pub struct HttpMediaSession {
-    pub participant_id: String,
-    pub answer: String,
 }
 
 impl Rooms {
     pub fn router_capabilities(&self) -> &RtpCapabilities {
         self.media.capabilities()
-    }
-
-    fn with_participant<T>(
-        &self,
-        room_id: &str,
-        participant_id: &str,
-        f: impl FnOnce(&mut Room, &str) -> Result<T, RoomError>,
-    ) -> Result<T, RoomError> {
-        let mut state = self.lock();
-        let room = state
-            .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| room_not_found(room_id))?;
-        if !room.participants.contains_key(participant_id) {
-            return Err(not_in_room());
-        }
-        f(room, participant_id)
-    }
-
-    fn participant<'a>(room: &'a mut Room, participant_id: &str) -> &'a mut Participant {
-        room.participants
-            .get_mut(participant_id)
-            .expect("checked by with_participant")
     }
 
     /// `createWebRtcTransport`: one send and one receive transport per participant. The first
@@ -75,79 +65,75 @@ impl Rooms {
         room_id: &str,
         participant_id: &str,
         send: bool,
-    ) -> Result<Value, RoomError> {
+    ) -> Result<TransportCreated, RoomError> {
         let (worker, id, replaced) =
             self.with_participant(room_id, participant_id, |room, pid| {
                 let worker = room.worker;
                 let p = Self::participant(room, pid);
                 if send {
                     if p.ortc.send_transport.is_some() {
-                        return Err(RoomError::new(
-                            ErrorCode::InvalidPayload,
-                            "this participant already has a send transport",
-                        ));
+                        return Err(invalid("this participant already has a send transport"));
                     }
                     if !p.producers.is_empty() && p.dialect == Dialect::Sdp {
-                        return Err(RoomError::new(
-                            ErrorCode::InvalidPayload,
+                        return Err(invalid(
                             "this participant already publishes over publisherOffer",
                         ));
                     }
                     Ok((worker, p.publisher, None))
                 } else {
                     if p.ortc.recv_transport.is_some() {
-                        return Err(RoomError::new(
-                            ErrorCode::InvalidPayload,
-                            "this participant already has a receive transport",
-                        ));
+                        return Err(invalid("this participant already has a receive transport"));
                     }
                     Ok((worker, self.media.new_transport_id(), Some(p.subscriber)))
                 }
             })?;
-        let params = self.media.create_ortc_transport(worker, id, send).await?;
+        let parameters = self.media.create_ortc_transport(worker, id, send).await?;
         let transport_id = Uuid::new_v4().to_string();
-        let registered = {
-            let mut state = self.lock();
-            let registered = match state
-                .rooms
-                .get_mut(room_id)
-                .and_then(|r| r.participants.get_mut(participant_id))
-            {
-                Some(p) => {
-                    p.dialect = Dialect::Ortc;
-                    if send {
-                        p.ortc.send_transport = Some(transport_id.clone());
-                    } else {
-                        p.ortc.recv_transport = Some(transport_id.clone());
-                        p.subscriber = id;
-                    }
-                    true
-                }
-                None => false,
-            };
-            if registered {
-                let ids = (room_id.to_string(), participant_id.to_string());
-                state.transports.insert(id, ids);
-                if let Some(old) = replaced {
-                    state.transports.remove(&old);
-                }
-            }
-            registered
-        };
-        if !registered {
+        if !self.register_ortc_transport(room_id, participant_id, &transport_id, id, send, replaced)
+        {
             let _ = self.media.close_transport(worker, id).await;
-            return Err(not_in_room());
+            return Err(RoomError::not_in_room());
         }
         if let Some(old) = replaced {
             let _ = self.media.close_transport(worker, old).await;
         }
-        Ok(json!({
-            "transportId": transport_id,
-            "iceParameters": params.ice_parameters,
-            "iceCandidates": params.ice_candidates,
-            "dtlsParameters": params.dtls_parameters,
-            "sctpParameters": null,
-        }))
+        Ok(TransportCreated {
+            transport_id,
+            parameters,
+        })
+    }
+
+    /// Record a new ORTC transport; false when the participant left meanwhile.
+    fn register_ortc_transport(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        transport_id: &str,
+        id: TransportId,
+        send: bool,
+        replaced: Option<TransportId>,
+    ) -> bool {
+        let mut state = self.lock();
+        let Some(p) = state
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.participants.get_mut(participant_id))
+        else {
+            return false;
+        };
+        p.dialect = Dialect::Ortc;
+        if send {
+            p.ortc.send_transport = Some(transport_id.to_string());
+        } else {
+            p.ortc.recv_transport = Some(transport_id.to_string());
+            p.subscriber = id;
+        }
+        let ids = (room_id.to_string(), participant_id.to_string());
+        state.transports.insert(id, ids);
+        if let Some(old) = replaced {
+            state.transports.remove(&old);
+        }
+        true
     }
 
     /// Resolve an ORTC transport id; `send` = Some(direction) when the operation needs one.
@@ -170,11 +156,11 @@ impl Rooms {
                     } else if Some(t) == recv_match {
                         false
                     } else {
-                        return Err(transport_not_found());
+                        return Err(RoomError::transport_not_found());
                     };
                     if dir.is_some_and(|d| d != is_send) {
                         return Err(RoomError::new(
-                            ErrorCode::TransportNotFound,
+                            RoomErrorKind::TransportNotFound,
                             if is_send {
                                 "this is a send transport; use a receive transport"
                             } else {
@@ -187,11 +173,11 @@ impl Rooms {
                 (None, Some(d)) => {
                     let exists = if d { send_match } else { recv_match };
                     if exists.is_none() {
-                        return Err(transport_not_found());
+                        return Err(RoomError::transport_not_found());
                     }
                     d
                 }
-                (None, None) => return Err(transport_not_found()),
+                (None, None) => return Err(RoomError::transport_not_found()),
             };
             Ok((worker, if is_send { p.publisher } else { p.subscriber }))
         })
@@ -202,36 +188,12 @@ impl Rooms {
         room_id: &str,
         participant_id: &str,
         transport_id: &str,
-        dtls: &Value,
+        dtls: RemoteDtls,
     ) -> Result<(), RoomError> {
         let (worker, id) =
             self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
-        let bad = |m: &str| RoomError::new(ErrorCode::InvalidRtpParameters, m.to_string());
-        let role = match dtls.get("role") {
-            None | Some(Value::Null) => "auto".to_string(),
-            Some(Value::String(r)) => r.clone(),
-            Some(_) => return Err(bad("dtlsParameters.role must be a string")),
-        };
-        let fingerprints = dtls
-            .get("fingerprints")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("dtlsParameters.fingerprints must be a non-empty array"))?;
-        // Prefer sha-256, as browsers do; str0m verifies only sha-256/sha-1.
-        let pick = fingerprints
-            .iter()
-            .find(|f| f.get("algorithm").and_then(Value::as_str) == Some("sha-256"))
-            .or_else(|| fingerprints.first())
-            .ok_or_else(|| bad("dtlsParameters.fingerprints must be a non-empty array"))?;
-        let (Some(algorithm), Some(value)) = (
-            pick.get("algorithm").and_then(Value::as_str),
-            pick.get("value").and_then(Value::as_str),
-        ) else {
-            return Err(bad(
-                "dtlsParameters.fingerprints[] needs string `algorithm` and `value`",
-            ));
-        };
         self.media
-            .connect_ortc(worker, id, role, algorithm.to_string(), value.to_string())
+            .connect_ortc(worker, id, dtls.role, dtls.algorithm, dtls.fingerprint)
             .await?;
         Ok(())
     }
@@ -243,50 +205,45 @@ impl Rooms {
         participant_id: &str,
         transport_id: Option<&str>,
         kind: Kind,
-        params: RtpParameters,
-    ) -> Result<Value, RoomError> {
+        rtp_parameters: RtpParameters,
+    ) -> Result<ProducerPublished, RoomError> {
         let (worker, id) =
             self.ortc_transport(room_id, participant_id, transport_id, Some(true))?;
         let created = self
             .media
-            .ortc_publish(worker, id, kind, params.clone())
+            .ortc_publish(worker, id, kind, rtp_parameters.clone())
             .await?;
-        let producer_id = created.producer_id.to_string();
+        let producer_id = created.producer_id;
         self.announce_producers(room_id, participant_id, worker, vec![created])
             .await?;
-        Ok(json!({
-            "producerId": producer_id,
-            "kind": kind_name(kind),
-            "rtpParameters": params,
-        }))
+        Ok(ProducerPublished {
+            producer_id,
+            kind,
+            rtp_parameters,
+        })
     }
 
-    /// The producer `producer_id` if it belongs to this room: (id, owner, kind, layers).
+    /// The producer `producer_id` if it belongs to this room: (id, owner, kind).
     fn room_producer(
         &self,
         room_id: &str,
         producer_id: &str,
-    ) -> Result<(ProducerId, String, ProducerInfo), RoomError> {
+    ) -> Result<(ProducerId, String, Kind), RoomError> {
+        let producer: ProducerId = producer_id
+            .parse()
+            .map_err(|_| producer_not_in_room(producer_id))?;
         let state = self.lock();
         let room = state
             .rooms
             .get(room_id)
-            .ok_or_else(|| room_not_found(room_id))?;
+            .ok_or_else(|| RoomError::room_not_found(room_id))?;
         room.participants
             .iter()
             .find_map(|(pid, p)| {
-                let info = p
-                    .producers
-                    .iter()
-                    .find(|pr| pr.producer_id == producer_id)?;
-                Some((info.producer_id.parse().ok()?, pid.clone(), info.clone()))
+                let view = p.producers.iter().find(|pr| pr.producer_id == producer)?;
+                Some((producer, pid.clone(), view.kind))
             })
-            .ok_or_else(|| {
-                RoomError::new(
-                    ErrorCode::ProducerNotFound,
-                    format!("no producer `{producer_id}` in this room"),
-                )
-            })
+            .ok_or_else(|| producer_not_in_room(producer_id))
     }
 
     pub async fn consume(
@@ -297,8 +254,8 @@ impl Rooms {
         caps: RtpCapabilities,
         transport_id: Option<&str>,
         paused: bool,
-    ) -> Result<Value, RoomError> {
-        let (producer, owner, info) = self.room_producer(room_id, producer_id)?;
+    ) -> Result<ConsumerCreated, RoomError> {
+        let (producer, owner, kind) = self.room_producer(room_id, producer_id)?;
         let (worker, id) =
             self.ortc_transport(room_id, participant_id, transport_id, Some(false))?;
         let (created, rtp_parameters) = self
@@ -313,20 +270,22 @@ impl Rooms {
                 .insert(consumer_id.clone(), producer);
             Ok(())
         })?;
-        self.audit(
-            AuditKind::ConsumerCreated,
-            room_id,
-            Some(participant_id),
-            json!({ "producerId": producer_id, "consumerId": consumer_id }),
-        );
-        Ok(json!({
-            "consumerId": consumer_id,
-            "producerId": producer_id,
-            "kind": info.kind,
-            "rtpParameters": rtp_parameters,
-            "type": if created.layers > 1 { "simulcast" } else { "simple" },
-            "paused": paused,
-        }))
+        self.emit(RoomEvent::ConsumerCreated {
+            room_id: room_id.to_string(),
+            participant_id: participant_id.to_string(),
+            producer_id: producer,
+            origin: ConsumerOrigin::Consume {
+                consumer_id: consumer_id.clone(),
+            },
+        });
+        Ok(ConsumerCreated {
+            consumer_id,
+            producer_id: producer,
+            kind,
+            rtp_parameters,
+            simulcast: created.layers > 1,
+            paused,
+        })
     }
 
     fn consumer_producer(
@@ -342,7 +301,7 @@ impl Rooms {
                 .ortc
                 .consumers
                 .get(consumer_id)
-                .ok_or_else(consumer_not_found)?;
+                .ok_or_else(RoomError::consumer_not_found)?;
             Ok((worker, p.subscriber, producer))
         })
     }
@@ -359,7 +318,7 @@ impl Rooms {
         self.media
             .set_consumer_paused(worker, subscriber, producer, paused)
             .await
-            .map_err(|_| consumer_not_found())
+            .map_err(|_| RoomError::consumer_not_found())
     }
 
     pub async fn set_consumer_preferred_layers(
@@ -375,7 +334,7 @@ impl Rooms {
         self.media
             .set_preference(worker, subscriber, producer, Preference::Fixed(layer))
             .await
-            .map_err(|_| consumer_not_found())
+            .map_err(|_| RoomError::consumer_not_found())
     }
 
     /// One of the participant's own producers.
@@ -385,20 +344,19 @@ impl Rooms {
         participant_id: &str,
         producer_id: &str,
     ) -> Result<(usize, ProducerId), RoomError> {
+        let not_found = || {
+            RoomError::new(
+                RoomErrorKind::ProducerNotFound,
+                "no such producer of this participant",
+            )
+        };
+        let producer: ProducerId = producer_id.parse().map_err(|_| not_found())?;
         self.with_participant(room_id, participant_id, |room, pid| {
             let worker = room.worker;
-            let p = Self::participant(room, pid);
-            p.producers
-                .iter()
-                .find(|pr| pr.producer_id == producer_id)
-                .and_then(|pr| pr.producer_id.parse().ok())
-                .map(|id| (worker, id))
-                .ok_or_else(|| {
-                    RoomError::new(
-                        ErrorCode::ProducerNotFound,
-                        "no such producer of this participant",
-                    )
-                })
+            Self::participant(room, pid)
+                .owns(producer)
+                .then_some((worker, producer))
+                .ok_or_else(not_found)
         })
     }
 
@@ -413,17 +371,13 @@ impl Rooms {
         self.media
             .set_producer_paused(worker, producer, paused)
             .await?;
-        let kind = if paused {
-            "producerPaused"
-        } else {
-            "producerResumed"
-        };
         self.with_participant(room_id, participant_id, |room, pid| {
             room.broadcast(
-                &OutboundEnvelope::notification(
-                    kind,
-                    json!({ "producerId": producer_id, "participantId": pid }),
-                ),
+                &Notice::ProducerPaused {
+                    producer_id: producer,
+                    participant_id: pid.to_string(),
+                    paused,
+                },
                 Some(pid),
             );
             Ok(())
@@ -441,185 +395,30 @@ impl Rooms {
         let orphans = self.with_participant(room_id, participant_id, |room, pid| {
             Self::participant(room, pid)
                 .producers
-                .retain(|p| p.producer_id != producer_id);
-            Ok(room.announce_producer_closed(producer_id, pid, Some(pid)))
+                .retain(|p| p.producer_id != producer);
+            Ok(room.announce_producer_closed(producer, pid, Some(pid)))
         })?;
-        self.audit(
-            AuditKind::ProducerClosed,
-            room_id,
-            Some(participant_id),
-            json!({ "producerId": producer_id, "reason": "closeProducer" }),
-        );
+        self.emit(RoomEvent::ProducerClosed {
+            room_id: room_id.to_string(),
+            participant_id: participant_id.to_string(),
+            producer_id: producer,
+            reason: Some("closeProducer".into()),
+        });
         for orphan in orphans {
             self.leave(room_id, &orphan).await;
         }
         Ok(())
     }
 
+    /// New ICE credentials for a transport; returns the new `iceParameters`.
     pub async fn restart_ice(
         &self,
         room_id: &str,
         participant_id: &str,
         transport_id: &str,
-    ) -> Result<Value, RoomError> {
+    ) -> Result<serde_json::Value, RoomError> {
         let (worker, id) =
             self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
         Ok(self.media.restart_ice(worker, id).await?)
-    }
-
-    // ------------------------------------------------------------------------------------
-    // WHIP / WHEP.
-
-    /// A WHIP/WHEP session: a participant without signaling, whose one offer `negotiate`
-    /// applies; if that fails, the participant leaves again and nothing remains.
-    async fn http_session(
-        &self,
-        room_id: &str,
-        identity: &Identity,
-        token: &str,
-        label: &str,
-        negotiate: impl AsyncFnOnce(&str) -> Result<String, RoomError>,
-    ) -> Result<HttpMediaSession, RoomError> {
-        let sink = SessionSink::new(Uuid::new_v4());
-        let name = format!("{label} {}", identity.user.id);
-        let joined = self
-            .join_as(room_id, identity, token, &name, sink, Dialect::Http)
-            .await?;
-        let participant_id = joined.participant_id;
-        match negotiate(&participant_id).await {
-            Ok(answer) => Ok(HttpMediaSession {
-                participant_id,
-                answer,
-            }),
-            Err(e) => {
-                self.leave(room_id, &participant_id).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// WHIP: a participant that only publishes the offer's tracks.
-    pub async fn whip_publish(
-        &self,
-        room_id: &str,
-        identity: &Identity,
-        token: &str,
-        sdp: String,
-    ) -> Result<HttpMediaSession, RoomError> {
-        self.http_session(room_id, identity, token, "WHIP", async |pid| {
-            let (answer, announced) = self.publish(room_id, pid, sdp).await?;
-            if announced.is_empty() {
-                return Err(RoomError::new(
-                    ErrorCode::UnsupportedCodec,
-                    "the offer has no audio or video track with a codec this server forwards",
-                ));
-            }
-            Ok(answer)
-        })
-        .await
-    }
-
-    /// WHEP: a participant that plays the room's current producers (one per offered m-line).
-    pub async fn whep_play(
-        &self,
-        room_id: &str,
-        identity: &Identity,
-        token: &str,
-        sdp: String,
-    ) -> Result<HttpMediaSession, RoomError> {
-        self.http_session(room_id, identity, token, "WHEP", async |pid| {
-            self.whep_attach(room_id, pid, sdp).await
-        })
-        .await
-    }
-
-    async fn whep_attach(
-        &self,
-        room_id: &str,
-        participant_id: &str,
-        sdp: String,
-    ) -> Result<String, RoomError> {
-        let (worker, subscriber, producers) =
-            self.with_participant(room_id, participant_id, |room, pid| {
-                let producers: Vec<(ProducerId, String)> = room
-                    .participants
-                    .iter()
-                    .filter(|(id, _)| id.as_str() != pid)
-                    .flat_map(|(id, p)| {
-                        p.producers
-                            .iter()
-                            .filter_map(move |pr| Some((pr.producer_id.parse().ok()?, id.clone())))
-                    })
-                    .collect();
-                let worker = room.worker;
-                Ok((worker, Self::participant(room, pid).subscriber, producers))
-            })?;
-        if producers.is_empty() {
-            return Err(RoomError::new(
-                ErrorCode::ProducerNotFound,
-                "nothing is published in this room yet",
-            ));
-        }
-        let (answer, attached) = self
-            .media
-            .whep_offer(worker, subscriber, sdp, producers)
-            .await?;
-        self.with_participant(room_id, participant_id, |room, pid| {
-            let p = Self::participant(room, pid);
-            for producer in &attached {
-                p.ortc
-                    .consumers
-                    .insert(Uuid::new_v4().to_string(), *producer);
-            }
-            Ok(())
-        })?;
-        for producer in attached {
-            self.audit(
-                AuditKind::ConsumerCreated,
-                room_id,
-                Some(participant_id),
-                json!({ "producerId": producer.to_string(), "via": "whep" }),
-            );
-        }
-        Ok(answer)
-    }
-
-    pub fn room_exists(&self, room_id: &str) -> bool {
-        self.lock().rooms.contains_key(room_id)
-    }
-
-    /// DELETE of a WHIP/WHEP session: only its own user or a room admin may end it.
-    pub async fn end_http_session(
-        &self,
-        room_id: &str,
-        participant_id: &str,
-        identity: &Identity,
-    ) -> Result<(), RoomError> {
-        let not_found = || {
-            RoomError::new(
-                ErrorCode::ParticipantNotFound,
-                "no such WHIP/WHEP session in this room",
-            )
-        };
-        {
-            let state = self.lock();
-            let room = state.rooms.get(room_id).ok_or_else(not_found)?;
-            let p = room
-                .participants
-                .get(participant_id)
-                .ok_or_else(not_found)?;
-            if p.dialect != Dialect::Http {
-                return Err(not_found());
-            }
-            if p.user_id != identity.user.id && !identity.grants.room_admin {
-                tracing::warn!(room = room_id, session = participant_id, user = %identity.user.id, "refused to end another user's WHIP/WHEP session");
-                return Err(RoomError::new(
-                    ErrorCode::AdminRequired,
-                    "only the user who started this session or a room admin may end it",
-                ));
-            }
-        }
-        self.leave(room_id, participant_id).await;
-        Ok(())
     }
 }

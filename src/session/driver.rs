@@ -15,7 +15,7 @@ use crate::AppContext;
 
 /// Outbound frames a connection may have queued before the client counts as stuck; also
 /// bounds a replay after resume.
-const OUTBOUND_QUEUE: usize = crate::room::REPLAY_BUFFER + 256;
+const OUTBOUND_QUEUE: usize = crate::session::REPLAY_BUFFER + 256;
 
 /// One frame from the client, as the transport decoded it.
 pub enum Inbound {

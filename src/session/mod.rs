@@ -1,85 +1,32 @@
 //! The session layer: one state machine per client connection, fed text frames and producing
-//! outbound envelopes. It never sees a socket, so WebSocket and WebTransport share it.
+//! outbound envelopes. It never sees a socket, so WebSocket and WebTransport share it. It owns
+//! the wire: message names, error codes, and the mapping of room notices and errors to them.
 
 pub mod driver;
+mod errors;
+mod handlers;
 pub mod protocol;
+mod registry;
+mod sink;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+pub use errors::{room_error_code, Failure};
+pub use registry::{SessionRegistry, SharedSession};
+pub use sink::{ReplayGap, SessionSink, REPLAY_BUFFER};
+
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::audit::{AuditEvent, AuditKind};
 use crate::auth::Identity;
-use crate::media::Preference;
-use crate::room::{RoomError, SessionSink};
 use crate::AppContext;
-use protocol::{
-    parse_request, ErrorCode, LayerPreference, OutboundEnvelope, ParsedRequest, Request,
-};
+use protocol::{parse_request, ErrorCode, OutboundEnvelope, ParsedRequest, Request};
 
 struct Membership {
     room_id: String,
     participant_id: String,
-}
-
-/// A session shared by the connections that carry it over its life (resume swaps them).
-pub type SharedSession = Arc<tokio::sync::Mutex<Session>>;
-
-/// Every session's sink, so the server can address all clients (shutdown notice), and the
-/// sessions a client may resume, by resume token.
-#[derive(Default)]
-pub struct SessionRegistry {
-    sinks: Mutex<HashMap<Uuid, SessionSink>>,
-    resumable: Mutex<HashMap<String, SharedSession>>,
-}
-
-impl SessionRegistry {
-    pub fn register_resumable(&self, token: String, session: SharedSession) {
-        self.resumable_lock().insert(token, session);
-    }
-
-    pub fn resumable(&self, token: &str) -> Option<SharedSession> {
-        self.resumable_lock().get(token).cloned()
-    }
-
-    pub fn forget_resumable(&self, token: &str) {
-        self.resumable_lock().remove(token);
-    }
-
-    fn resumable_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SharedSession>> {
-        self.resumable.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn register(&self, sink: SessionSink) {
-        self.lock().insert(sink.connection_id, sink);
-    }
-
-    pub fn unregister(&self, connection_id: Uuid) {
-        self.lock().remove(&connection_id);
-    }
-
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Sessions with a live connection (excludes those waiting for a resume).
-    pub fn attached_count(&self) -> usize {
-        self.lock().values().filter(|s| s.is_attached()).count()
-    }
-
-    pub fn broadcast(&self, message: &OutboundEnvelope) {
-        for sink in self.lock().values() {
-            sink.send(message.clone());
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SessionSink>> {
-        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 pub struct Session {
@@ -111,35 +58,8 @@ pub enum Flow {
 /// Outcome of one request: a reply, or an error with its code.
 type Reply = Result<(&'static str, Value), Failure>;
 
-/// A refused request: code, human message, and optionally one extra `data` field.
-pub struct Failure {
-    code: ErrorCode,
-    message: String,
-    detail: Option<(&'static str, Value)>,
-}
-
-impl From<(ErrorCode, String)> for Failure {
-    fn from((code, message): (ErrorCode, String)) -> Self {
-        Failure {
-            code,
-            message,
-            detail: None,
-        }
-    }
-}
-
-impl From<RoomError> for Failure {
-    fn from(e: RoomError) -> Self {
-        Failure {
-            code: e.code,
-            message: e.message,
-            detail: e.detail,
-        }
-    }
-}
-
 fn deny(code: ErrorCode, message: &str) -> Failure {
-    (code, message.to_string()).into()
+    Failure::new(code, message)
 }
 
 impl Session {
@@ -321,396 +241,19 @@ impl Session {
         }
     }
 
-    async fn dispatch(&mut self, request: Request) -> Reply {
-        let identity = match (&request, &self.identity) {
-            (Request::Authenticate(auth), None) => {
-                let token = auth.token.clone();
-                return self.authenticate(token);
-            }
-            (Request::Authenticate(_), Some(_)) => {
-                return Err(deny(
-                    ErrorCode::AlreadyAuthenticated,
-                    "this connection is already authenticated",
-                ))
-            }
-            (Request::Ping, _) => return Ok(("pong", json!({}))),
-            (Request::Resume(_), _) => unreachable!("handled by the connection driver"),
-            (_, None) => {
-                return Err(deny(
-                    ErrorCode::NotAuthenticated,
-                    "send `authenticate` with a valid token first",
-                ))
-            }
-            (_, Some(identity)) => identity.clone(),
-        };
-        let grants = &identity.grants;
-        let rooms = self.ctx.rooms.clone();
-        let draining = self.ctx.is_draining();
-        let pausing = matches!(
-            request,
-            Request::PauseConsumer(_) | Request::PauseProducer(_)
-        );
-        match request {
-            Request::Authenticate(_) | Request::Ping | Request::Resume(_) => {
-                unreachable!("handled above")
-            }
-            Request::CreateRoom(r) => {
-                if draining {
-                    return Err(shutting_down());
-                }
-                if !grants.create_room {
-                    return Err(deny(
-                        ErrorCode::CreateRoomDenied,
-                        "this token may not create rooms",
-                    ));
-                }
-                let room = rooms
-                    .create_room(r.name, r.description, r.max_participants, r.room_id)
-                    .await?;
-                Ok(("createRoomResponse", json!(room)))
-            }
-            Request::JoinRoom(r) => {
-                if draining {
-                    return Err(shutting_down());
-                }
-                if !grants.may_join(&r.room_id) {
-                    return Err((
-                        ErrorCode::RoomAccessDenied,
-                        format!("this token may not join room `{}`", r.room_id),
-                    )
-                        .into());
-                }
-                if let Some(m) = &self.membership {
-                    // A kick or a closed room ends membership without this session acting.
-                    if rooms.is_participant(&m.room_id, &m.participant_id) {
-                        return Err(deny(
-                            ErrorCode::AlreadyInRoom,
-                            "leave the current room before joining another",
-                        ));
-                    }
-                    self.membership = None;
-                }
-                let token = self.token.clone().unwrap_or_default();
-                let joined = rooms
-                    .join(
-                        &r.room_id,
-                        &identity,
-                        &token,
-                        &r.display_name,
-                        self.sink.clone(),
-                    )
-                    .await?;
-                self.membership = Some(Membership {
-                    room_id: r.room_id.clone(),
-                    participant_id: joined.participant_id.clone(),
-                });
-                Ok((
-                    "joinRoomResponse",
-                    json!({
-                        "roomId": r.room_id,
-                        "participantId": joined.participant_id,
-                        "participants": joined.others,
-                        "routerRtpCapabilities": rooms.router_capabilities(),
-                    }),
-                ))
-            }
-            Request::LeaveRoom => {
-                let m = self.membership()?;
-                let (room_id, participant_id) = (m.room_id.clone(), m.participant_id.clone());
-                self.membership = None;
-                rooms.leave(&room_id, &participant_id).await;
-                Ok(("leaveRoomResponse", json!({ "roomId": room_id })))
-            }
-            Request::PublisherOffer(r) => {
-                let m = self.membership()?;
-                for kind in crate::room::sdp_sending_kinds(&r.sdp) {
-                    if !grants.may_publish(kind) {
-                        return Err((
-                            ErrorCode::PublishDenied,
-                            format!("this token may not publish {kind}"),
-                        )
-                            .into());
-                    }
-                }
-                let (answer, producers) =
-                    rooms.publish(&m.room_id, &m.participant_id, r.sdp).await?;
-                let producers: Vec<Value> = producers
-                    .into_iter()
-                    .map(|(info, mid)| {
-                        let mut v = json!(info);
-                        v["mid"] = json!(mid);
-                        v
-                    })
-                    .collect();
-                Ok((
-                    "publisherAnswer",
-                    json!({ "sdp": answer, "producers": producers }),
-                ))
-            }
-            Request::CreateWebRtcTransport(r) => {
-                let m = self.ortc_membership(r.room_id.as_deref())?;
-                let send = r.direction == protocol::TransportDirection::Send;
-                if !send && !grants.subscribe {
-                    return Err(deny(
-                        ErrorCode::SubscribeDenied,
-                        "this token may not subscribe",
-                    ));
-                }
-                let created = rooms
-                    .create_webrtc_transport(&m.room_id, &m.participant_id, send)
-                    .await?;
-                Ok(("createWebRtcTransportResponse", created))
-            }
-            Request::ConnectWebRtcTransport(r) => {
-                let m = self.membership()?;
-                rooms
-                    .connect_webrtc_transport(
-                        &m.room_id,
-                        &m.participant_id,
-                        &r.transport_id,
-                        &r.dtls_parameters,
-                    )
-                    .await?;
-                Ok((
-                    "connectWebRtcTransportResponse",
-                    json!({ "transportId": r.transport_id }),
-                ))
-            }
-            Request::Publish(r) => {
-                let m = self.ortc_membership(r.room_id.as_deref())?;
-                let (kind, name) = match r.kind {
-                    protocol::MediaKindName::Audio => (crate::media::Kind::Audio, "audio"),
-                    protocol::MediaKindName::Video => (crate::media::Kind::Video, "video"),
-                };
-                if !grants.may_publish(name) {
-                    return Err((
-                        ErrorCode::PublishDenied,
-                        format!("this token may not publish {name}"),
-                    )
-                        .into());
-                }
-                let published = rooms
-                    .publish_ortc(
-                        &m.room_id,
-                        &m.participant_id,
-                        r.transport_id.as_deref(),
-                        kind,
-                        r.rtp_parameters,
-                    )
-                    .await?;
-                Ok(("publishResponse", published))
-            }
-            Request::Consume(r) => {
-                if !grants.subscribe {
-                    return Err(deny(
-                        ErrorCode::SubscribeDenied,
-                        "this token may not subscribe",
-                    ));
-                }
-                let m = self.membership()?;
-                let consumed = rooms
-                    .consume(
-                        &m.room_id,
-                        &m.participant_id,
-                        &r.producer_id,
-                        r.rtp_capabilities,
-                        r.transport_id.as_deref(),
-                        r.paused,
-                    )
-                    .await?;
-                Ok(("consumeResponse", consumed))
-            }
-            Request::PauseConsumer(r) | Request::ResumeConsumer(r) => {
-                let paused = pausing;
-                let m = self.membership()?;
-                rooms
-                    .set_consumer_paused(&m.room_id, &m.participant_id, &r.consumer_id, paused)
-                    .await?;
-                Ok((
-                    if paused {
-                        "pauseConsumerResponse"
-                    } else {
-                        "resumeConsumerResponse"
-                    },
-                    json!({ "consumerId": r.consumer_id }),
-                ))
-            }
-            Request::PauseProducer(r) | Request::ResumeProducer(r) => {
-                let paused = pausing;
-                let m = self.membership()?;
-                rooms
-                    .set_producer_paused(&m.room_id, &m.participant_id, &r.producer_id, paused)
-                    .await?;
-                Ok((
-                    if paused {
-                        "pauseProducerResponse"
-                    } else {
-                        "resumeProducerResponse"
-                    },
-                    json!({ "producerId": r.producer_id }),
-                ))
-            }
-            Request::CloseProducer(r) => {
-                let m = self.membership()?;
-                rooms
-                    .close_producer(&m.room_id, &m.participant_id, &r.producer_id)
-                    .await?;
-                Ok((
-                    "closeProducerResponse",
-                    json!({ "producerId": r.producer_id }),
-                ))
-            }
-            Request::SetConsumerPreferredLayers(r) => {
-                let m = self.membership()?;
-                rooms
-                    .set_consumer_preferred_layers(
-                        &m.room_id,
-                        &m.participant_id,
-                        &r.consumer_id,
-                        r.spatial_layer,
-                    )
-                    .await?;
-                Ok((
-                    "setConsumerPreferredLayersResponse",
-                    json!({ "consumerId": r.consumer_id, "spatialLayer": r.spatial_layer, "temporalLayer": r.temporal_layer }),
-                ))
-            }
-            Request::RestartIce(r) => {
-                let m = self.membership()?;
-                let ice = rooms
-                    .restart_ice(&m.room_id, &m.participant_id, &r.transport_id)
-                    .await?;
-                Ok((
-                    "restartIceResponse",
-                    json!({ "transportId": r.transport_id, "iceParameters": ice }),
-                ))
-            }
-            Request::SubscriberAnswer(r) => {
-                if !grants.subscribe {
-                    return Err(deny(
-                        ErrorCode::SubscribeDenied,
-                        "this token may not subscribe",
-                    ));
-                }
-                let m = self.membership()?;
-                rooms
-                    .subscriber_answer(&m.room_id, &m.participant_id, r.sdp)
-                    .await?;
-                Ok(("subscriberAnswerResponse", json!({})))
-            }
-            Request::SetPreferredLayer(r) => {
-                if !grants.subscribe {
-                    return Err(deny(
-                        ErrorCode::SubscribeDenied,
-                        "this token may not subscribe",
-                    ));
-                }
-                let m = self.membership()?;
-                let preference = match r.layer {
-                    LayerPreference::Auto => Preference::Auto,
-                    LayerPreference::Low => Preference::Fixed(0),
-                    LayerPreference::Medium => Preference::Fixed(1),
-                    LayerPreference::High => Preference::Fixed(2),
-                };
-                rooms
-                    .set_preference(&m.room_id, &m.participant_id, &r.producer_id, preference)
-                    .await?;
-                Ok((
-                    "setPreferredLayerResponse",
-                    json!({ "producerId": r.producer_id, "layer": r.layer }),
-                ))
-            }
-            Request::KickParticipant(r) => {
-                let m = self.membership()?;
-                if !grants.room_admin {
-                    return Err(deny(
-                        ErrorCode::AdminRequired,
-                        "kicking needs the room-admin grant",
-                    ));
-                }
-                let reason = r.reason.unwrap_or_else(|| "removed by an admin".into());
-                rooms.kick(&m.room_id, &r.participant_id, &reason).await?;
-                tracing::warn!(room = %m.room_id, admin = %identity.user.id, target = %r.participant_id, "participant kicked");
-                self.ctx.audit.record(
-                    AuditEvent::new(AuditKind::AdminAction)
-                        .room(&m.room_id)
-                        .participant(&m.participant_id)
-                        .user(&identity.user.id)
-                        .detail(json!({ "action": "kickParticipant", "target": r.participant_id, "reason": reason })),
-                );
-                Ok((
-                    "kickParticipantResponse",
-                    json!({ "participantId": r.participant_id }),
-                ))
-            }
-            Request::CloseRoom => {
-                let m = self.membership()?;
-                if !grants.room_admin {
-                    return Err(deny(
-                        ErrorCode::AdminRequired,
-                        "closing a room needs the room-admin grant",
-                    ));
-                }
-                let room_id = m.room_id.clone();
-                self.membership = None;
-                rooms.close_room(&room_id).await;
-                tracing::warn!(room = %room_id, admin = %identity.user.id, "room closed by admin");
-                self.ctx.audit.record(
-                    AuditEvent::new(AuditKind::AdminAction)
-                        .room(&room_id)
-                        .user(&identity.user.id)
-                        .detail(json!({ "action": "closeRoom" })),
-                );
-                Ok(("closeRoomResponse", json!({ "roomId": room_id })))
-            }
-        }
-    }
-
-    fn authenticate(&mut self, token: String) -> Reply {
-        match self.ctx.auth.verify(&token) {
-            Ok(identity) => {
-                tracing::info!(connection = %self.connection_id(), user = %identity.user.id, "authenticated");
-                self.ctx.audit.record(
-                    AuditEvent::new(AuditKind::AuthSucceeded)
-                        .user(&identity.user.id)
-                        .detail(json!({ "connectionId": self.connection_id() })),
-                );
-                let resume_token = random_token();
-                let data = json!({
-                    "connectionId": self.connection_id(),
-                    "user": identity.user,
-                    "resumeToken": resume_token,
-                    "resumeGraceMs": self.ctx.settings.config.resume_grace_secs * 1000,
-                });
-                self.identity = Some(identity);
-                self.token = Some(token);
-                self.resume_token = Some(resume_token);
-                Ok(("connected", data))
-            }
-            Err(e) => {
-                // Security event: always at warn, never with the token itself.
-                tracing::warn!(connection = %self.connection_id(), code = ?e.code, reason = %e.message, "authentication failed");
-                self.ctx
-                    .audit
-                    .record(AuditEvent::new(AuditKind::AuthFailed).detail(json!({
-                        "connectionId": self.connection_id(),
-                        "code": e.code,
-                        "reason": e.message,
-                    })));
-                Err((e.code, e.message).into())
-            }
-        }
-    }
-
-    /// The membership, checking the optional `roomId` the seed's ORTC messages carry.
-    fn ortc_membership(&self, room_id: Option<&str>) -> Result<&Membership, Failure> {
+    /// The membership, checking the optional `roomId` the seed's clients put in every room
+    /// request. Owned, so a handler can go on to borrow the session mutably.
+    fn membership_in(&self, room_id: Option<&str>) -> Result<Membership, Failure> {
         let m = self.membership()?;
         match room_id {
             Some(id) if id != m.room_id => Err(deny(
                 ErrorCode::NotInRoom,
                 "`roomId` is not the room this session joined",
             )),
-            _ => Ok(m),
+            _ => Ok(Membership {
+                room_id: m.room_id.clone(),
+                participant_id: m.participant_id.clone(),
+            }),
         }
     }
 
@@ -727,11 +270,4 @@ fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn shutting_down() -> Failure {
-    deny(
-        ErrorCode::ServerShuttingDown,
-        "this server is shutting down; reconnect to join",
-    )
 }

@@ -193,17 +193,15 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
     let started = std::time::Instant::now();
     let workers = tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let room_store = match ctx.rooms.directory() {
-        None => json!({ "status": "ok", "kind": "memory", "latencyMs": 0.0 }),
-        Some(directory) => match directory.ping().await {
-            Ok(rtt) => json!({
-                "status": "ok",
-                "kind": "redis",
-                "nodeId": directory.node_id,
-                "latencyMs": rtt.as_secs_f64() * 1000.0,
-            }),
-            Err(e) => json!({ "status": "unavailable", "kind": "redis", "error": e.to_string() }),
-        },
+    let directory = ctx.rooms.directory().health().await;
+    let room_store = match &directory.latency {
+        Ok(rtt) => json!({
+            "status": "ok",
+            "kind": directory.kind,
+            "nodeId": directory.node_id,
+            "latencyMs": rtt.as_secs_f64() * 1000.0,
+        }),
+        Err(e) => json!({ "status": "unavailable", "kind": directory.kind, "error": e }),
     };
     let store_ok = room_store["status"] == "ok";
     let ok = workers.is_ok() && store_ok;

@@ -17,8 +17,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::auth::Identity;
-use crate::room::RoomError;
+use crate::room::{Requester, RoomError, RoomErrorKind, RoomSpec};
 use crate::session::protocol::ErrorCode;
+use crate::session::room_error_code;
 use crate::AppContext;
 
 /// Largest SDP offer accepted (browsers send 5–15 KB).
@@ -47,7 +48,8 @@ fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Res
 }
 
 fn room_error(e: RoomError) -> Response {
-    let status = match e.code {
+    let code = room_error_code(e.kind);
+    let status = match code {
         ErrorCode::RoomNotFound | ErrorCode::ProducerNotFound | ErrorCode::ParticipantNotFound => {
             StatusCode::NOT_FOUND
         }
@@ -64,7 +66,7 @@ fn room_error(e: RoomError) -> Response {
         }
         _ => StatusCode::BAD_REQUEST,
     };
-    let mut body = json!({ "error": e.message, "code": e.code });
+    let mut body = json!({ "error": e.message, "code": code });
     if let Some((key, value)) = e.detail {
         body[key] = value;
     }
@@ -166,11 +168,18 @@ async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Resul
     }
     match ctx
         .rooms
-        .create_room(room.to_string(), None, None, Some(room.to_string()))
+        .create_room(
+            RoomSpec {
+                name: room.to_string(),
+                room_id: Some(room.to_string()),
+                ..Default::default()
+            },
+            &identity.user.id,
+        )
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if e.code == ErrorCode::RoomExists => Ok(()),
+        Err(e) if e.kind == RoomErrorKind::RoomExists => Ok(()),
         Err(e) => Err(room_error(e)),
     }
 }
@@ -204,7 +213,11 @@ async fn whip_post(
     if let Err(r) = ensure_room(&ctx, &room, &identity).await {
         return r;
     }
-    match ctx.rooms.whip_publish(&room, &identity, &token, sdp).await {
+    match ctx
+        .rooms
+        .whip_publish(&room, &identity.user.id, &token, sdp)
+        .await
+    {
         Ok(session) => {
             tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHIP publish started");
             created("whip", &room, &session.participant_id, session.answer)
@@ -237,7 +250,11 @@ async fn whep_post(
             format!("this token may not join room `{room}`"),
         );
     }
-    match ctx.rooms.whep_play(&room, &identity, &token, sdp).await {
+    match ctx
+        .rooms
+        .whep_play(&room, &identity.user.id, &token, sdp)
+        .await
+    {
         Ok(session) => {
             tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHEP playback started");
             created("whep", &room, &session.participant_id, session.answer)
@@ -255,7 +272,12 @@ async fn session_delete(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    match ctx.rooms.end_http_session(&room, &session, &identity).await {
+    // Admin rights reach only the rooms the token names.
+    let requester = Requester {
+        user_id: &identity.user.id,
+        admin_here: identity.grants.room_admin && identity.grants.may_join(&room),
+    };
+    match ctx.rooms.end_http_session(&room, &session, requester).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => room_error(e),
     }

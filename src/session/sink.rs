@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use crate::session::protocol::OutboundEnvelope;
+use super::protocol::{wire, OutboundEnvelope};
+use crate::room::{Notice, Notifier};
 
 /// Messages kept for replay. A session that misses more than this must rejoin.
 pub const REPLAY_BUFFER: usize = 1024;
@@ -145,6 +146,13 @@ impl SessionSink {
     pub fn still_detached_since(&self, generation: u64) -> bool {
         let outbox = self.lock();
         outbox.generation == generation && outbox.live.is_none()
+    }
+}
+
+/// The room's notices reach a signaling client as wire notifications.
+impl Notifier for SessionSink {
+    fn notify(&self, notice: Notice) {
+        self.send(wire::notification(notice));
     }
 }
 

@@ -1,169 +1,14 @@
-//! Signaling protocol: the seed's envelope `{type, data, requestId, error}` and every message type.
+//! Requests (client → server) and their parsing.
 //!
 //! Parsing happens in two steps so that each kind of bad input gets its own error code:
 //! the envelope first (malformed JSON, missing `type`), then `data` against the type's schema
-//! (missing or mistyped fields). The same types serve WebSocket and, later, WebTransport.
+//! (missing or mistyped fields).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Stable, machine-readable error codes. Clients switch on these; never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    /// The frame is not valid JSON.
-    ParseError,
-    /// Valid JSON, but not an object with a string `type`.
-    InvalidMessage,
-    /// `type` names no message this server knows.
-    UnknownType,
-    /// `data` is missing fields, has mistyped fields or values out of range.
-    InvalidPayload,
-    /// The frame is larger than MAX_MESSAGE_SIZE.
-    MessageTooLarge,
-    /// A request other than `authenticate` arrived before authentication.
-    NotAuthenticated,
-    /// `authenticate` on an already authenticated connection.
-    AlreadyAuthenticated,
-    /// The JWT is malformed or lacks required claims.
-    InvalidToken,
-    /// The JWT's signature does not verify (forged or signed with another key).
-    TokenSignatureInvalid,
-    /// The JWT says `alg: none`.
-    TokenUnsigned,
-    /// The JWT's algorithm is not one this server accepts (HS256/RS256 as configured).
-    TokenAlgorithmNotAllowed,
-    /// The JWT's `exp` is in the past.
-    TokenExpired,
-    /// The JWT's `nbf` is in the future.
-    TokenNotYetValid,
-    /// The token's grants do not include this room.
-    RoomAccessDenied,
-    /// The token may not create rooms.
-    CreateRoomDenied,
-    /// The token may not publish (this kind of) media.
-    PublishDenied,
-    /// The token may not subscribe to media.
-    SubscribeDenied,
-    /// The operation needs the room-admin grant.
-    AdminRequired,
-    ParticipantNotFound,
-    /// Too many requests; `data.retryAfterMs` says when to try again.
-    RateLimited,
-    /// The server holds MAX_ROOMS rooms already.
-    TooManyRooms,
-    /// The server is draining for shutdown; reconnect elsewhere.
-    ServerShuttingDown,
-    /// The Django room lookup failed (Django unreachable or erroring).
-    RoomLookupFailed,
-    /// The room lives on another node: reconnect to `data.nodeUrl` and join there.
-    RoomOnOtherNode,
-    /// The cross-node room directory (Redis) is unreachable; local rooms keep working.
-    DirectoryUnavailable,
-    /// The resume token is unknown or expired, or missed messages are no longer buffered:
-    /// authenticate and join again.
-    ResumeFailed,
-    RoomNotFound,
-    RoomExists,
-    RoomFull,
-    NotInRoom,
-    AlreadyInRoom,
-    /// An SDP offer or answer that could not be parsed or applied.
-    InvalidSdp,
-    /// A subscriber answer arrived while no offer was outstanding.
-    NoPendingOffer,
-    ProducerNotFound,
-    /// ORTC parameters (rtpParameters, dtlsParameters, rtpCapabilities) that are malformed or
-    /// inconsistent; the message names the field.
-    InvalidRtpParameters,
-    /// No codec both sides support (unknown codec published, or the consumer cannot decode).
-    UnsupportedCodec,
-    /// `transportId` names no transport of this participant (or of the wrong direction).
-    TransportNotFound,
-    /// `consumerId` names no consumer of this participant.
-    ConsumerNotFound,
-    /// The server could not complete the request (worker gone, internal failure).
-    InternalError,
-}
-
-/// What arrives from a client, before `data` is interpreted.
-#[derive(Debug, Deserialize)]
-pub struct InboundEnvelope {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub data: Option<Value>,
-    #[serde(rename = "requestId", default)]
-    pub request_id: Option<Value>,
-}
-
-/// What the server sends. `requestId` echoes the request's so clients can match replies.
-#[derive(Debug, Clone, Serialize)]
-pub struct OutboundEnvelope {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
-    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Per-session sequence number of server → client messages (for resume).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
-}
-
-impl OutboundEnvelope {
-    pub fn message(kind: &str, data: impl Serialize, request_id: Option<Value>) -> Self {
-        OutboundEnvelope {
-            kind: kind.to_string(),
-            data: Some(serde_json::to_value(data).unwrap_or(Value::Null)),
-            request_id,
-            error: None,
-            seq: None,
-        }
-    }
-
-    pub fn notification(kind: &str, data: impl Serialize) -> Self {
-        Self::message(kind, data, None)
-    }
-
-    /// `{type: "error", error: <human message>, data: {code, requestType}}`.
-    pub fn error(
-        code: ErrorCode,
-        message: impl Into<String>,
-        request_type: Option<&str>,
-        request_id: Option<Value>,
-    ) -> Self {
-        let message = message.into();
-        OutboundEnvelope {
-            kind: "error".to_string(),
-            data: Some(serde_json::json!({
-                "code": code,
-                "message": message,
-                "requestType": request_type,
-            })),
-            request_id,
-            error: Some(message),
-            seq: None,
-        }
-    }
-
-    /// Attach extra machine-readable fields to an error's `data` (e.g. `retryAfterMs`).
-    pub fn with_error_detail(mut self, key: &str, value: Value) -> Self {
-        if let Some(Value::Object(map)) = self.data.as_mut() {
-            map.insert(key.to_string(), value);
-        }
-        self
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("envelope serializes")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Requests (client → server). Field names are camelCase on the wire, as in the seed.
+use super::wire::MediaKindName;
+use super::{ErrorCode, InboundEnvelope};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,15 +38,21 @@ pub struct JoinRoom {
 
 /// The client's offer for its publisher PeerConnection (it sends, we receive).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublisherOffer {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub sdp: String,
 }
 
 /// The client's answer to our `subscriberOffer` (we send, it receives).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriberAnswer {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub sdp: String,
 }
 
@@ -217,6 +68,9 @@ pub struct Resume {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KickParticipant {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub participant_id: String,
     #[serde(default)]
     pub reason: Option<String>,
@@ -225,6 +79,9 @@ pub struct KickParticipant {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetPreferredLayer {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub producer_id: String,
     pub layer: LayerPreference,
 }
@@ -249,6 +106,9 @@ pub struct CreateWebRtcTransport {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectWebRtcTransport {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub transport_id: String,
     pub dtls_parameters: Value,
 }
@@ -270,6 +130,9 @@ pub struct Publish {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Consume {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub producer_id: String,
     pub rtp_capabilities: crate::media::ortc::RtpCapabilities,
     #[serde(default)]
@@ -281,27 +144,47 @@ pub struct Consume {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsumerRef {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub consumer_id: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProducerRef {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub producer_id: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetConsumerPreferredLayers {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub consumer_id: String,
     pub spatial_layer: u8,
     #[serde(default)]
     pub temporal_layer: Option<u8>,
 }
 
+/// `leaveRoom`, `closeRoom`: nothing but the optional room id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomRef {
+    #[serde(default)]
+    pub room_id: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransportRef {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
     pub transport_id: String,
 }
 
@@ -322,7 +205,7 @@ pub enum Request {
     Resume(Resume),
     CreateRoom(CreateRoom),
     JoinRoom(JoinRoom),
-    LeaveRoom,
+    LeaveRoom(RoomRef),
     PublisherOffer(PublisherOffer),
     CreateWebRtcTransport(CreateWebRtcTransport),
     ConnectWebRtcTransport(ConnectWebRtcTransport),
@@ -338,7 +221,7 @@ pub enum Request {
     SubscriberAnswer(SubscriberAnswer),
     SetPreferredLayer(SetPreferredLayer),
     KickParticipant(KickParticipant),
-    CloseRoom,
+    CloseRoom(RoomRef),
     Ping,
 }
 
@@ -421,7 +304,7 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
         "resume" => payload(&kind, data).map(Request::Resume),
         "createRoom" => payload(&kind, data).map(Request::CreateRoom),
         "joinRoom" => payload(&kind, data).map(Request::JoinRoom),
-        "leaveRoom" => Ok(Request::LeaveRoom),
+        "leaveRoom" => payload(&kind, data).map(Request::LeaveRoom),
         "publisherOffer" => payload(&kind, data).map(Request::PublisherOffer),
         "createWebRtcTransport" => payload(&kind, data).map(Request::CreateWebRtcTransport),
         "connectWebRtcTransport" => payload(&kind, data).map(Request::ConnectWebRtcTransport),
@@ -439,7 +322,7 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
         "subscriberAnswer" => payload(&kind, data).map(Request::SubscriberAnswer),
         "setPreferredLayer" => payload(&kind, data).map(Request::SetPreferredLayer),
         "kickParticipant" => payload(&kind, data).map(Request::KickParticipant),
-        "closeRoom" => Ok(Request::CloseRoom),
+        "closeRoom" => payload(&kind, data).map(Request::CloseRoom),
         "ping" => Ok(Request::Ping),
         other => {
             return Err(fail(
@@ -465,57 +348,10 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Payloads of responses and notifications (server → client).
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserInfo {
-    pub id: String,
-    pub email: Option<String>,
-    pub full_name: Option<String>,
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParticipantInfo {
-    pub participant_id: String,
-    pub user_id: String,
-    pub display_name: String,
-    pub producers: Vec<ProducerInfo>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProducerInfo {
-    pub producer_id: String,
-    pub participant_id: String,
-    pub kind: MediaKindName,
-    /// Simulcast layers the publisher announced (empty for audio and single-layer video).
-    pub layers: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MediaKindName {
-    Audio,
-    Video,
-}
-
-/// One m-line of a `subscriberOffer`: which producer the transceiver with `mid` carries.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubscriberTrack {
-    pub mid: String,
-    pub producer_id: String,
-    pub participant_id: String,
-    pub kind: MediaKindName,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::protocol::ErrorCode;
 
     #[test]
     fn each_bad_input_has_its_own_code() {

@@ -1,0 +1,124 @@
+//! The SDP flow's media operations: publish from an offer, answer the server's subscriber
+//! offers, pick simulcast layers. New producers are announced to the room and every
+//! auto-subscribing participant gets them.
+
+use super::events::{Notice, ProducerView, RoomEvent};
+use super::model::Dialect;
+use super::{RoomError, RoomErrorKind, Rooms};
+use crate::media::{NewProducer, Preference, ProducerId};
+
+/// A producer just published, with the mid of its m-line in the offer.
+pub type AnnouncedProducer = (ProducerView, String);
+
+impl Rooms {
+    /// Apply the participant's publisher offer; new producers are announced and subscribed
+    /// by everyone else in the room. Returns the answer and the producers with their mids.
+    pub async fn publish(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        sdp: String,
+    ) -> Result<(String, Vec<AnnouncedProducer>), RoomError> {
+        let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
+        let (answer, created) = self.media.publisher_offer(worker, publisher, sdp).await?;
+        let announced = self
+            .announce_producers(room_id, participant_id, worker, created)
+            .await?;
+        Ok((answer, announced))
+    }
+
+    /// Record new producers, tell the room, and subscribe every SDP participant to them.
+    pub(super) async fn announce_producers(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        worker: usize,
+        created: Vec<NewProducer>,
+    ) -> Result<Vec<AnnouncedProducer>, RoomError> {
+        let announced: Vec<AnnouncedProducer> = created
+            .into_iter()
+            .map(|p| {
+                let view = ProducerView {
+                    producer_id: p.producer_id,
+                    participant_id: participant_id.to_string(),
+                    kind: p.kind,
+                    layers: p.rids,
+                };
+                (view, p.mid)
+            })
+            .collect();
+        let subscribers = self
+            .with_participant(room_id, participant_id, |room, pid| {
+                Self::participant(room, pid)
+                    .producers
+                    .extend(announced.iter().map(|(view, _)| view.clone()));
+                let mut subscribers = Vec::new();
+                for (id, p) in room.participants.iter().filter(|(id, _)| *id != pid) {
+                    for (view, _) in &announced {
+                        p.notifier.notify(Notice::NewProducer(view.clone()));
+                    }
+                    if p.can_subscribe && p.dialect == Dialect::Sdp {
+                        subscribers.push((p.subscriber, id.clone()));
+                    }
+                }
+                Ok(subscribers)
+            })
+            .map_err(|e| match e.kind {
+                RoomErrorKind::NotInRoom => RoomError::new(e.kind, "left the room meanwhile"),
+                _ => e,
+            })?;
+        for (view, _) in &announced {
+            self.emit(RoomEvent::ProducerCreated {
+                room_id: room_id.to_string(),
+                participant_id: participant_id.to_string(),
+                producer_id: view.producer_id,
+                kind: view.kind,
+                layers: view.layers.clone(),
+            });
+        }
+        for (subscriber, subscriber_participant) in subscribers {
+            for (view, _) in &announced {
+                self.subscribe_automatically(
+                    room_id,
+                    worker,
+                    subscriber,
+                    &subscriber_participant,
+                    view.producer_id,
+                    participant_id.to_string(),
+                )
+                .await;
+            }
+        }
+        Ok(announced)
+    }
+
+    pub async fn subscriber_answer(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        sdp: String,
+    ) -> Result<(), RoomError> {
+        let (worker, _, subscriber) = self.participant_transports(room_id, participant_id)?;
+        Ok(self
+            .media
+            .subscriber_answer(worker, subscriber, sdp)
+            .await?)
+    }
+
+    pub async fn set_preference(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        producer_id: &str,
+        preference: Preference,
+    ) -> Result<(), RoomError> {
+        let (worker, _, subscriber) = self.participant_transports(room_id, participant_id)?;
+        let producer: ProducerId = producer_id
+            .parse()
+            .map_err(|_| RoomError::new(RoomErrorKind::ProducerNotFound, "no such producer"))?;
+        Ok(self
+            .media
+            .set_preference(worker, subscriber, producer, preference)
+            .await?)
+    }
+}

@@ -1,0 +1,77 @@
+//! One handler per request type; `dispatch` only checks authentication and routes.
+
+mod account;
+mod ortc;
+mod rooms;
+mod sdp;
+
+use serde_json::json;
+
+use super::protocol::{ErrorCode, Request};
+use super::{deny, Failure, Reply, Session};
+
+impl Session {
+    pub(super) async fn dispatch(&mut self, request: Request) -> Reply {
+        let identity = match (&request, &self.identity) {
+            (Request::Authenticate(auth), None) => {
+                let token = auth.token.clone();
+                return self.authenticate(token);
+            }
+            (Request::Authenticate(_), Some(_)) => {
+                return Err(deny(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already authenticated",
+                ))
+            }
+            (Request::Ping, _) => return Ok(("pong", json!({}))),
+            (Request::Resume(_), _) => {
+                return Err(deny(
+                    ErrorCode::AlreadyAuthenticated,
+                    "resume must be the first message of a new connection",
+                ))
+            }
+            (_, None) => {
+                return Err(deny(
+                    ErrorCode::NotAuthenticated,
+                    "send `authenticate` with a valid token first",
+                ))
+            }
+            (_, Some(identity)) => identity.clone(),
+        };
+        match request {
+            Request::Authenticate(_) | Request::Ping | Request::Resume(_) => {
+                unreachable!("answered above")
+            }
+            Request::CreateRoom(r) => self.create_room(&identity, r).await,
+            Request::JoinRoom(r) => self.join_room(&identity, r).await,
+            Request::LeaveRoom(r) => self.leave_room(r).await,
+            Request::KickParticipant(r) => self.kick_participant(&identity, r).await,
+            Request::CloseRoom(r) => self.close_room(&identity, r).await,
+            Request::PublisherOffer(r) => self.publisher_offer(&identity, r).await,
+            Request::SubscriberAnswer(r) => self.subscriber_answer(&identity, r).await,
+            Request::SetPreferredLayer(r) => self.set_preferred_layer(&identity, r).await,
+            Request::CreateWebRtcTransport(r) => self.create_transport(&identity, r).await,
+            Request::ConnectWebRtcTransport(r) => self.connect_transport(r).await,
+            Request::Publish(r) => self.publish(&identity, *r).await,
+            Request::Consume(r) => self.consume(&identity, *r).await,
+            Request::PauseConsumer(r) => self.set_consumer_paused(r, true).await,
+            Request::ResumeConsumer(r) => self.set_consumer_paused(r, false).await,
+            Request::PauseProducer(r) => self.set_producer_paused(r, true).await,
+            Request::ResumeProducer(r) => self.set_producer_paused(r, false).await,
+            Request::CloseProducer(r) => self.close_producer(r).await,
+            Request::SetConsumerPreferredLayers(r) => self.set_consumer_layers(r).await,
+            Request::RestartIce(r) => self.restart_ice(r).await,
+        }
+    }
+}
+
+fn subscribe_denied() -> Failure {
+    deny(ErrorCode::SubscribeDenied, "this token may not subscribe")
+}
+
+fn publish_denied(kind: &str) -> Failure {
+    Failure::new(
+        ErrorCode::PublishDenied,
+        format!("this token may not publish {kind}"),
+    )
+}
