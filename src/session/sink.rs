@@ -16,6 +16,9 @@ use crate::room::{Notice, Notifier};
 
 /// Messages kept for replay. A session that misses more than this must rejoin.
 pub const REPLAY_BUFFER: usize = 1024;
+/// Bytes kept for replay, whatever the count: a session's memory is bounded by this, not by
+/// what clients make the server say.
+pub const REPLAY_BYTES: usize = 256 * 1024;
 
 /// The connection currently carrying a session's messages.
 struct Live {
@@ -27,9 +30,28 @@ struct Live {
 struct Outbox {
     next_seq: u64,
     ring: VecDeque<(u64, Arc<str>)>,
+    /// Sum of the ring's message lengths.
+    ring_bytes: usize,
+    /// Off until the session authenticates: an anonymous connection cannot resume, so
+    /// keeping its messages would only let it grow the server's memory.
+    replayable: bool,
     live: Option<Live>,
     /// Bumped on every attach, so a stale detach or expiry can tell it lost the race.
     generation: u64,
+}
+
+impl Outbox {
+    /// Keep `text` for replay, dropping the oldest beyond the count and byte bounds.
+    fn remember(&mut self, seq: u64, text: Arc<str>) {
+        self.ring_bytes += text.len();
+        self.ring.push_back((seq, text));
+        while self.ring.len() > REPLAY_BUFFER || self.ring_bytes > REPLAY_BYTES {
+            match self.ring.pop_front() {
+                Some((_, old)) => self.ring_bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -49,6 +71,8 @@ impl SessionSink {
             outbox: Arc::new(Mutex::new(Outbox {
                 next_seq: 1,
                 ring: VecDeque::new(),
+                ring_bytes: 0,
+                replayable: false,
                 live: None,
                 generation: 0,
             })),
@@ -66,10 +90,9 @@ impl SessionSink {
         outbox.next_seq += 1;
         message.seq = Some(seq);
         let text: Arc<str> = message.to_json().into();
-        if outbox.ring.len() == REPLAY_BUFFER {
-            outbox.ring.pop_front();
+        if outbox.replayable {
+            outbox.remember(seq, text.clone());
         }
-        outbox.ring.push_back((seq, text.clone()));
         if let Some(live) = &outbox.live {
             if live.tx.try_send(text).is_err() {
                 // The client stopped reading. Cut it loose; it resumes and replays from the
@@ -79,6 +102,11 @@ impl SessionSink {
                 outbox.live = None;
             }
         }
+    }
+
+    /// Keep messages for replay from now on (the session authenticated and can resume).
+    pub fn enable_replay(&self) {
+        self.lock().replayable = true;
     }
 
     /// Route messages to a new connection. Returns the generation of this attachment.
@@ -168,6 +196,7 @@ mod tests {
     #[test]
     fn resume_replays_exactly_what_was_missed() {
         let sink = SessionSink::new(Uuid::new_v4());
+        sink.enable_replay();
         let (tx, mut rx) = mpsc::channel(16);
         let generation = sink.attach(tx, Arc::new(Notify::new()));
         sink.send(note(1));
@@ -193,11 +222,39 @@ mod tests {
     #[test]
     fn resume_beyond_the_ring_is_a_gap() {
         let sink = SessionSink::new(Uuid::new_v4());
+        sink.enable_replay();
         for n in 0..(REPLAY_BUFFER as u64 + 10) {
             sink.send(note(n));
         }
         let (tx, _rx) = mpsc::channel(4096);
         assert!(sink.resume(1, tx.clone(), Arc::new(Notify::new())).is_err());
         assert!(sink.resume(99_999, tx, Arc::new(Notify::new())).is_err());
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_and_empty_before_authentication() {
+        let big = || OutboundEnvelope::notification("n", json!({ "pad": "x".repeat(60_000) }));
+        let sink = SessionSink::new(Uuid::new_v4());
+        for _ in 0..50 {
+            sink.send(big());
+        }
+        assert_eq!(
+            sink.lock().ring.len(),
+            0,
+            "nothing kept before authentication"
+        );
+        sink.enable_replay();
+        for _ in 0..50 {
+            sink.send(big());
+        }
+        let outbox = sink.lock();
+        assert!(
+            outbox.ring_bytes <= REPLAY_BYTES,
+            "{} bytes kept",
+            outbox.ring_bytes
+        );
+        assert!(outbox.ring.len() >= 3, "recent messages are still kept");
+        let counted: usize = outbox.ring.iter().map(|(_, t)| t.len()).sum();
+        assert_eq!(counted, outbox.ring_bytes);
     }
 }

@@ -23,6 +23,7 @@ impl Session {
                     "resumeGraceMs": self.ctx.settings.config.resume_grace_secs * 1000,
                 });
                 self.identity = Some(identity);
+                self.sink.enable_replay();
                 self.token = Some(token);
                 self.resume_token = Some(resume_token);
                 Ok(("connected", data))

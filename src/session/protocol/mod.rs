@@ -90,6 +90,9 @@ pub enum ErrorCode {
     InternalError,
 }
 
+/// Longest human message in an error reply.
+const MAX_ERROR_MESSAGE_CHARS: usize = 300;
+
 /// What arrives from a client, before `data` is interpreted.
 #[derive(Debug, Deserialize)]
 pub struct InboundEnvelope {
@@ -139,7 +142,8 @@ impl OutboundEnvelope {
         request_type: Option<&str>,
         request_id: Option<Value>,
     ) -> Self {
-        let message = message.into();
+        // Messages may quote client input (serde names the offending value): bound them.
+        let message = requests::bounded(&message.into(), MAX_ERROR_MESSAGE_CHARS);
         OutboundEnvelope {
             kind: "error".to_string(),
             data: Some(serde_json::json!({

@@ -242,7 +242,47 @@ pub struct ParsedRequest {
     pub request_id: Option<Value>,
 }
 
-/// Parse one text frame. `max_size` is checked first so an oversized frame is never parsed.
+/// Longest `requestId` string echoed back; a longer one is refused (never echoed).
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Longest `type` echoed back in an error.
+const MAX_ECHOED_TYPE_CHARS: usize = 64;
+
+/// `s`, cut to `max` characters (with an ellipsis) so errors never echo unbounded input.
+pub fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+/// A `requestId` is a number or a short string; `null` is kept (echoed as `null`).
+fn checked_request_id(id: Option<&Value>) -> Result<Option<Value>, String> {
+    match id {
+        None => Ok(None),
+        Some(v @ (Value::Null | Value::Number(_))) => Ok(Some(v.clone())),
+        Some(Value::String(s)) if s.chars().count() <= MAX_REQUEST_ID_CHARS => {
+            Ok(Some(Value::String(s.clone())))
+        }
+        Some(_) => Err(format!(
+            "`requestId` must be a number or a string of at most {MAX_REQUEST_ID_CHARS} characters"
+        )),
+    }
+}
+
+/// The `requestId` of a frame too large to parse in full: read without building the rest
+/// (serde skips every other field), so the refusal can still be matched to its request.
+fn request_id_of_oversized(text: &str) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(rename = "requestId", default)]
+        request_id: Option<Value>,
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.request_id;
+    checked_request_id(id.as_ref()).ok().flatten()
+}
+
+/// Parse one text frame. `max_size` is checked first so an oversized frame is never parsed
+/// into a tree.
 pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, ParseFailure> {
     let fail = |code, message: String, request_type: Option<String>, request_id| ParseFailure {
         code,
@@ -258,7 +298,7 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
                 text.len()
             ),
             None,
-            None,
+            request_id_of_oversized(text),
         ));
     }
     let value: Value = serde_json::from_str(text).map_err(|e| {
@@ -269,27 +309,26 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
             None,
         )
     })?;
-    if !value.is_object() {
+    let Value::Object(mut object) = value else {
         return Err(fail(
             ErrorCode::InvalidMessage,
             "a message must be a JSON object with a string `type`".into(),
             None,
             None,
         ));
-    }
-    let envelope: InboundEnvelope = serde_json::from_value(value).map_err(|e| {
+    };
+    let request_id = checked_request_id(object.get("requestId"))
+        .map_err(|why| fail(ErrorCode::InvalidMessage, why, None, None))?;
+    object.remove("requestId");
+    let envelope: InboundEnvelope = serde_json::from_value(Value::Object(object)).map_err(|e| {
         fail(
             ErrorCode::InvalidMessage,
             format!("invalid envelope: {e}"),
             None,
-            None,
+            request_id.clone(),
         )
     })?;
-    let InboundEnvelope {
-        kind,
-        data,
-        request_id,
-    } = envelope;
+    let InboundEnvelope { kind, data, .. } = envelope;
 
     fn payload<T: serde::de::DeserializeOwned>(
         kind: &str,
@@ -325,12 +364,13 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
         "closeRoom" => payload(&kind, data).map(Request::CloseRoom),
         "ping" => Ok(Request::Ping),
         other => {
+            let echoed = bounded(other, MAX_ECHOED_TYPE_CHARS);
             return Err(fail(
                 ErrorCode::UnknownType,
-                format!("unknown message type `{other}`"),
-                Some(kind.clone()),
+                format!("unknown message type `{echoed}`"),
+                Some(echoed),
                 request_id,
-            ))
+            ));
         }
     };
     match request {
@@ -389,5 +429,52 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn errors_never_echo_unbounded_input() {
+        let long_type = "x".repeat(65_500);
+        let frame = format!(r#"{{"type":"{long_type}","requestId":1}}"#);
+        let failure = parse_request(&frame, 1 << 20).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::UnknownType);
+        let reply = crate::session::protocol::OutboundEnvelope::error(
+            failure.code,
+            failure.message,
+            failure.request_type.as_deref(),
+            failure.request_id,
+        )
+        .to_json();
+        assert!(reply.len() < 1024, "reply of {} bytes", reply.len());
+        // serde quotes offending values in its messages; they are bounded too.
+        let frame =
+            format!(r#"{{"type":"joinRoom","data":{{"roomId":1,"displayName":"{long_type}"}}}}"#);
+        let failure = parse_request(&frame, 1 << 20).unwrap_err();
+        let reply = crate::session::protocol::OutboundEnvelope::error(
+            failure.code,
+            failure.message,
+            None,
+            None,
+        );
+        assert!(reply.to_json().len() < 1024);
+        let huge_id = format!(r#"{{"type":"ping","requestId":"{long_type}"}}"#);
+        let failure = parse_request(&huge_id, 1 << 20).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::InvalidMessage);
+        assert_eq!(failure.request_id, None);
+    }
+
+    #[test]
+    fn every_refusal_carries_the_request_id() {
+        let id = |t: &str| parse_request(t, 64).unwrap_err().request_id;
+        assert_eq!(id(r#"{"type":7,"requestId":5}"#), Some(Value::from(5)));
+        assert_eq!(id(r#"{"type":"nope","requestId":null}"#), Some(Value::Null));
+        let oversized = format!(
+            r#"{{"requestId":"r1","type":"ping","data":{{"pad":"{}"}}}}"#,
+            "y".repeat(100)
+        );
+        let failure = parse_request(&oversized, 64).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::MessageTooLarge);
+        assert_eq!(failure.request_id, Some(Value::from("r1")));
+        let ok = parse_request(r#"{"type":"ping","requestId":null}"#, 64).unwrap();
+        assert_eq!(ok.request_id, Some(Value::Null));
     }
 }

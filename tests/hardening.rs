@@ -1,0 +1,180 @@
+//! Defects an adversarial pass found (issue 12), each reproduced against a real server:
+//! unbounded echoes, replies without their requestId, rooms nobody joins, room-id grants on
+//! create, and `roomId` on every room request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+/// A token with exactly these grants (raw claims, as a third-party issuer would write them).
+fn token_with_grants(user: &str, grants: Value) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "user_id": user, "exp": exp, "grants": grants }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn client(server: &sfu::ServerHandle, token: &str) -> WsClient {
+    let mut ws = WsClient::connect(server.http_addr).await;
+    ws.authenticate(token).await;
+    ws
+}
+
+async fn create(ws: &mut WsClient, room_id: Option<&str>) -> Value {
+    let mut data = json!({ "name": "hardening" });
+    if let Some(id) = room_id {
+        data["roomId"] = json!(id);
+    }
+    ws.request("createRoom", data).await
+}
+
+#[tokio::test]
+async fn unauthenticated_garbage_is_answered_small_and_with_its_request_id() {
+    let server = start_server_with(&["--max-message-size", "70000"]).await;
+    let mut ws = WsClient::connect(server.http_addr).await;
+    let long_type = "x".repeat(65_500);
+    for n in 0..20 {
+        ws.send_raw(&json!({ "type": long_type, "requestId": n }).to_string())
+            .await;
+        let reply = ws.recv(Duration::from_secs(5)).await.expect("a reply");
+        assert_eq!(error_code(&reply), "UNKNOWN_TYPE");
+        assert_eq!(reply["requestId"], json!(n));
+        let size = reply.to_string().len();
+        assert!(size < 1024, "reply of {size} bytes echoes the input");
+    }
+    ws.send_raw(r#"{"type":7,"requestId":5}"#).await;
+    let reply = ws.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error_code(&reply), "INVALID_MESSAGE");
+    assert_eq!(reply["requestId"], json!(5));
+
+    ws.send_raw(r#"{"type":"launch","requestId":null}"#).await;
+    let reply = ws.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error_code(&reply), "UNKNOWN_TYPE");
+    assert!(
+        reply.as_object().unwrap().contains_key("requestId"),
+        "requestId null is echoed: {reply}"
+    );
+
+    let oversized =
+        json!({ "requestId": "big", "type": "ping", "data": { "pad": "y".repeat(80_000) } });
+    ws.send_raw(&oversized.to_string()).await;
+    let reply = ws.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error_code(&reply), "MESSAGE_TOO_LARGE");
+    assert_eq!(reply["requestId"], json!("big"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_nobody_joins_are_closed_after_the_empty_timeout() {
+    let server = start_server_with(&["--empty-room-timeout-secs", "1"]).await;
+    let mut ws = client(&server, &token(&server, "creator")).await;
+    ok(
+        &create(&mut ws, Some("idle-room")).await,
+        "createRoomResponse",
+    );
+    ok(
+        &create(&mut ws, Some("used-room")).await,
+        "createRoomResponse",
+    );
+    ok(
+        &ws.request(
+            "joinRoom",
+            json!({ "roomId": "used-room", "displayName": "stays" }),
+        )
+        .await,
+        "joinRoomResponse",
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !server.ctx.rooms.room_exists("idle-room"),
+        "idle room closed"
+    );
+    assert!(
+        server.ctx.rooms.room_exists("used-room"),
+        "occupied room kept"
+    );
+    let mut other = client(&server, &token(&server, "late")).await;
+    let reply = other
+        .request(
+            "joinRoom",
+            json!({ "roomId": "idle-room", "displayName": "late" }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "ROOM_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_user_cannot_exhaust_the_rooms_of_a_node() {
+    let server = start_server_with(&["--max-rooms-per-user", "3"]).await;
+    let mut hog = client(&server, &token(&server, "hog")).await;
+    for _ in 0..3 {
+        ok(&create(&mut hog, None).await, "createRoomResponse");
+    }
+    let refused = create(&mut hog, None).await;
+    assert_eq!(error_code(&refused), "TOO_MANY_ROOMS");
+    let mut other = client(&server, &token(&server, "someone-else")).await;
+    ok(&create(&mut other, None).await, "createRoomResponse");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_limited_to_some_rooms_creates_only_those() {
+    let server = start_server().await;
+    let grants = json!({ "rooms": ["roomA"], "createRoom": true, "publish": [], "subscribe": true, "roomAdmin": false });
+    let mut ws = client(&server, &token_with_grants("limited", grants)).await;
+    let denied = create(&mut ws, Some("roomB")).await;
+    assert_eq!(error_code(&denied), "ROOM_ACCESS_DENIED");
+    let unnamed = create(&mut ws, None).await;
+    assert_eq!(error_code(&unnamed), "ROOM_ACCESS_DENIED");
+    assert!(!server.ctx.rooms.room_exists("roomB"));
+    ok(&create(&mut ws, Some("roomA")).await, "createRoomResponse");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn room_requests_accept_the_room_id_and_check_it() {
+    let server = start_server().await;
+    let mut ws = client(&server, &token(&server, "ortc")).await;
+    ok(&create(&mut ws, Some("here")).await, "createRoomResponse");
+    ok(
+        &ws.request("joinRoom", json!({ "roomId": "here", "displayName": "o" }))
+            .await,
+        "joinRoomResponse",
+    );
+    let consume = |room: &str| {
+        json!({
+            "roomId": room,
+            "producerId": "00000000-0000-0000-0000-000000000000",
+            "rtpCapabilities": { "codecs": [], "headerExtensions": [] },
+        })
+    };
+    // The seed's clients put roomId in every room request: accepted, then checked.
+    let reply = ws.request("consume", consume("here")).await;
+    assert_eq!(error_code(&reply), "PRODUCER_NOT_FOUND");
+    let reply = ws.request("consume", consume("elsewhere")).await;
+    assert_eq!(error_code(&reply), "NOT_IN_ROOM");
+    let reply = ws
+        .request(
+            "pauseConsumer",
+            json!({ "roomId": "here", "consumerId": "c" }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "CONSUMER_NOT_FOUND");
+    ok(
+        &ws.request("leaveRoom", json!({ "roomId": "here" })).await,
+        "leaveRoomResponse",
+    );
+    server.stop().await;
+}
