@@ -1194,6 +1194,37 @@ pub fn layer_name(layer: u8) -> &'static str {
     }
 }
 
+/// A live WHIP or WHEP session (an HTTP-dialect participant).
+#[derive(Debug, Clone)]
+pub struct HttpSessionRef {
+    pub room_id: String,
+    pub participant_id: String,
+    /// True for WHIP (it publishes), false for WHEP (it only plays).
+    pub publishes: bool,
+}
+
+impl Rooms {
+    /// Every live WHIP/WHEP session: the drain waits for them, and DELETE checks a session is
+    /// addressed under its own path (`/whip` for publishers, `/whep` for players).
+    pub fn http_sessions(&self) -> Vec<HttpSessionRef> {
+        let state = self.lock();
+        state
+            .rooms
+            .iter()
+            .flat_map(|(room_id, room)| {
+                room.participants
+                    .iter()
+                    .filter(|(_, p)| p.dialect == Dialect::Http)
+                    .map(move |(participant_id, p)| HttpSessionRef {
+                        room_id: room_id.clone(),
+                        participant_id: participant_id.clone(),
+                        publishes: !p.producers.is_empty(),
+                    })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sdp_sending_kinds;

@@ -41,10 +41,23 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
     let mut generation = session.lock().await.sink().attach(tx.clone(), kick.clone());
     let transport = conn.kind();
     metrics::counter!("sfu_signaling_connections_total", "transport" => transport).increment(1);
+    // Until `authenticate` (or `resume`) succeeds the connection is on a deadline.
+    let auth_timeout = Duration::from_secs(ctx.settings.config.auth_timeout_secs);
+    let auth_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut authenticated = false;
     loop {
         tokio::select! {
             biased;
             _ = kick.notified() => break,
+            _ = &mut auth_deadline, if !authenticated => {
+                tracing::info!(transport, ?auth_timeout, "connection did not authenticate in time; closing");
+                metrics::counter!("sfu_auth_timeouts_total", "transport" => transport).increment(1);
+                let message = format!("no `authenticate` within {} s; closing", auth_timeout.as_secs());
+                let reply = OutboundEnvelope::error(ErrorCode::NotAuthenticated, &message, None, None);
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(reply.to_json().into())).await;
+                break;
+            }
             Some(out) = rx.recv() => {
                 if !conn.send(out).await {
                     break;
@@ -62,6 +75,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                 match flow {
                     Flow::Continue => {}
                     Flow::Authenticated { resume_token } => {
+                        authenticated = true;
                         ctx.sessions.register_resumable(resume_token, session.clone());
                     }
                     Flow::Resume { token, last_seq, request_id } => {
@@ -72,6 +86,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                         let resumed = existing.lock().await.sink().resume(last_seq, tx.clone(), kick.clone());
                         match resumed {
                             Ok((new_generation, replayed)) => {
+                                authenticated = true;
                                 // The fresh session of this connection was never used.
                                 session.lock().await.close().await;
                                 session = existing;
