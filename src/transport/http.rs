@@ -282,7 +282,7 @@ async fn audit_log(
         .as_deref()
         .filter(|r| !r.is_empty())
         .unwrap_or("*");
-    if !identity.grants.room_admin || !identity.grants.may_join(scope) {
+    if !admission::is_room_admin(&identity.grants, scope) {
         return (
             StatusCode::FORBIDDEN,
             Json(json!({ "error": "the audit log needs the room-admin grant", "code": "ADMIN_REQUIRED" })),
