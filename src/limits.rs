@@ -1,8 +1,10 @@
 //! Rate limits (governor's GCRA, keyed): new sessions and HTTP requests per client, signaling
 //! messages per user; and a cap on connections held open at once per client. Clients are keyed
 //! by [`client_key`] (IPv4 address, IPv6 /64). A trip is counted in metrics; the warn line and
-//! the audit row are written once per key per [`TRIP_WINDOW`], with the count of the window
-//! before, so a flood cannot turn into a log or audit flood.
+//! the audit row are written for the first trip of a key per [`TRIP_WINDOW`], and a window
+//! with more trips gets one summary (warn line + audit row with `count`) when it is over —
+//! at the next trip, or at the next [`Limits::prune`] — so a flood cannot become a log or
+//! audit flood.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -198,10 +200,36 @@ impl Limits {
         self.http.retain_recent();
         self.messages.retain_recent();
         let now = Instant::now();
+        let mut ended = Vec::new();
         self.trips
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| now.duration_since(w.started) < TRIP_WINDOW * 6);
+            .retain(|(which, client), w| {
+                let open = now.duration_since(w.started) < TRIP_WINDOW;
+                if !open && w.count > 1 {
+                    ended.push((*which, client.clone(), w.count));
+                }
+                open
+            });
+        // Windows that saw more than their first trip: one summary each, with the count.
+        for (which, client, count) in ended {
+            tracing::warn!(
+                limit = which,
+                client,
+                count,
+                window_secs = TRIP_WINDOW.as_secs(),
+                "rate limit trips in the last window"
+            );
+            self.audit.record(
+                AuditEvent::new(AuditKind::LimitTripped).detail(serde_json::json!({
+                    "limit": which,
+                    "client": client,
+                    "count": count,
+                    "windowSecs": TRIP_WINDOW.as_secs(),
+                    "summary": true,
+                })),
+            );
+        }
     }
 }
 

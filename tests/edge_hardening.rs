@@ -297,5 +297,22 @@ async fn a_flood_of_limit_trips_writes_one_audit_row_per_window() {
         .filter(|e| e.contains("limit_tripped"))
         .collect();
     assert_eq!(trips.len(), 1, "{trips:?}");
+    // Once the window is over, one summary row carries the count of all its trips.
+    tokio::time::sleep(sfu::limits::TRIP_WINDOW + Duration::from_millis(200)).await;
+    server.ctx.limits.prune();
+    assert!(server.ctx.audit.flush(Duration::from_secs(5)).await);
+    let events = server.ctx.audit.query(None, 1000).await.unwrap();
+    let trips: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .filter(|e| e.to_string().contains("limit_tripped"))
+        .collect();
+    assert_eq!(trips.len(), 2, "{trips:?}");
+    assert!(
+        trips
+            .iter()
+            .any(|e| e.to_string().contains(&format!("\"count\":{limited}"))),
+        "no summary with count {limited}: {trips:?}"
+    );
     server.stop().await;
 }
