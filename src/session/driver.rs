@@ -32,6 +32,9 @@ pub trait SignalingConnection: Send {
     fn send(&mut self, text: Arc<str>) -> impl Future<Output = bool> + Send;
     /// A short name for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// End the connection on the server's initiative, after what was sent reached the client
+    /// (bounded wait); `reason` is a short text for the close frame.
+    fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
 }
 
 pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
@@ -56,6 +59,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                 let message = format!("no `authenticate` within {} s; closing", auth_timeout.as_secs());
                 let reply = OutboundEnvelope::error(ErrorCode::NotAuthenticated, &message, None, None);
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(reply.to_json().into())).await;
+                conn.close("authentication timeout").await;
                 break;
             }
             Some(out) = rx.recv() => {

@@ -406,4 +406,17 @@ impl SignalingConnection for WtConnection {
     fn kind(&self) -> &'static str {
         "webtransport"
     }
+
+    async fn close(&mut self, reason: &'static str) {
+        // Closing the connection at once would discard stream data still in flight: finish
+        // the stream and give the client a moment to read it first.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if self.send.finish().await.is_ok() {
+                self.send.stopped().await;
+            }
+        })
+        .await;
+        self.connection
+            .close(VarInt::from_u32(6), reason.as_bytes());
+    }
 }
