@@ -196,6 +196,21 @@ pub struct Config {
     /// Directory of the demo page served at `/`.
     #[arg(long, env = "WEB_DEMO_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web-demo"))]
     pub web_demo_dir: std::path::PathBuf,
+
+    /// Seconds a WebSocket/WebTransport client has to `authenticate` (or `resume`) before it
+    /// is told `NOT_AUTHENTICATED` and disconnected.
+    #[arg(long, env = "AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    pub auth_timeout_secs: u64,
+
+    /// Seconds an HTTP request's headers, or a started WebTransport frame, may take to arrive
+    /// whole before the connection is closed.
+    #[arg(long, env = "READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub read_timeout_secs: u64,
+
+    /// Connections one client (IPv4 address, IPv6 /64) may hold open at once: TCP connections
+    /// from accept on (also ones whose request never finishes) and WebTransport sessions.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(clap::Parser)]
@@ -286,6 +301,15 @@ impl Config {
                 "RATE_LIMIT_MESSAGES_PER_SECOND",
                 self.rate_limit_messages_per_second,
             ),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("AUTH_TIMEOUT_SECS", self.auth_timeout_secs),
+            ("READ_TIMEOUT_SECS", self.read_timeout_secs),
+            ("MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip as u64),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));

@@ -29,7 +29,6 @@ use config::Settings;
 use limits::Limits;
 use media::MediaRouter;
 use room::Rooms;
-use session::protocol::OutboundEnvelope;
 use session::SessionRegistry;
 
 /// Everything a session needs, shared by all connections.
@@ -75,44 +74,11 @@ impl ServerHandle {
     }
 
     /// Graceful shutdown: report not-ready, tell every client (`serverShuttingDown`), refuse
-    /// new sessions, and wait up to `timeout` for clients to leave before stopping.
-    /// Returns how many sessions were still connected at the deadline.
+    /// new sessions, and wait up to `timeout` for clients — signaling and WHIP/WHEP — to leave
+    /// before stopping. Returns how many sessions were still there at the deadline.
     pub async fn drain(self, timeout: Duration) -> usize {
         self.ctx.draining.store(true, Ordering::Relaxed);
-        let deadline_ms = timeout.as_millis() as u64;
-        self.ctx.sessions.broadcast(&OutboundEnvelope::notification(
-            "serverShuttingDown",
-            serde_json::json!({
-                "reason": "server is shutting down",
-                "deadlineMs": deadline_ms,
-                // Clients should reconnect (to another node behind the load balancer) after
-                // a short, jittered pause rather than all at once.
-                "reconnectAfterMs": 1000,
-            }),
-        ));
-        tracing::info!(sessions = self.ctx.sessions.count(), ?timeout, "draining");
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Only connected clients hold the drain; a dropped one waiting to resume would
-        // reconnect to another node anyway.
-        while self.ctx.sessions.attached_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let remaining = self.ctx.sessions.attached_count();
-        // Participants who left produced webhooks; deliver them before exiting (bounded).
-        let delivered = match &self.ctx.webhooks {
-            Some(webhooks) => webhooks.flush(Duration::from_secs(5)).await,
-            None => true,
-        };
-        if !delivered {
-            tracing::warn!("webhook queue not fully delivered before exit");
-        }
-        // Whatever the database did not take is spilled to disk and replayed at next start.
-        if !self.ctx.audit.flush(Duration::from_secs(5)).await {
-            tracing::warn!(
-                "audit log not fully written before exit; the rest is in the spill file"
-            );
-        }
-        tracing::info!(remaining, "drain finished");
+        let remaining = transport::drain::drain(&self.ctx, timeout).await;
         self.stop().await;
         remaining
     }
@@ -329,22 +295,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     let app = transport::http::router(ctx.clone());
     let metrics_app = transport::http::metrics_router(ctx.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let (serve_ctx, metrics_ctx) = (ctx.clone(), ctx.clone());
     let task = tokio::spawn(async move {
         let metrics_task = tokio::spawn(async move {
-            let _ = axum::serve(metrics_listener, metrics_app).await;
+            transport::serve::serve(
+                metrics_listener,
+                metrics_app,
+                metrics_ctx,
+                std::future::pending(),
+            )
+            .await;
         });
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
+        transport::serve::serve(listener, app, serve_ctx, async {
             let _ = shutdown_rx.await;
         })
         .await;
         metrics_task.abort();
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
     });
     tracing::info!(%http_addr, %metrics_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
     Ok(ServerHandle {

@@ -81,8 +81,9 @@ fn envelope() -> impl Strategy<Value = String> {
             json_value(),
             json_value()
         )
-            .prop_map(|(t, data, id)| json!({ "type": t, "data": data, "requestId": id })
-                .to_string()),
+            .prop_map(
+                |(t, data, id)| json!({ "type": t, "data": data, "requestId": id }).to_string()
+            ),
         // Arbitrary JSON and arbitrary text.
         json_value().prop_map(|v| v.to_string()),
         ".{0,200}",
@@ -183,12 +184,7 @@ async fn mutated_sdp_offers_are_answered_or_refused_cleanly() {
     });
     let mut offers = Vec::new();
     for _ in 0..60 {
-        offers.push(
-            mutated_offer()
-                .new_tree(&mut runner)
-                .unwrap()
-                .current(),
-        );
+        offers.push(mutated_offer().new_tree(&mut runner).unwrap().current());
     }
     for (n, offer) in offers.into_iter().enumerate() {
         // A fresh participant each time: an accepted offer leaves its transport negotiated.
@@ -203,8 +199,13 @@ async fn mutated_sdp_offers_are_answered_or_refused_cleanly() {
         if reply["type"] == "error" {
             let code = error_code(&reply).to_string();
             assert!(
-                ["INVALID_SDP", "UNSUPPORTED_CODEC", "PUBLISH_DENIED", "INVALID_PAYLOAD"]
-                    .contains(&code.as_str()),
+                [
+                    "INVALID_SDP",
+                    "UNSUPPORTED_CODEC",
+                    "PUBLISH_DENIED",
+                    "INVALID_PAYLOAD"
+                ]
+                .contains(&code.as_str()),
                 "unexpected code {code} for offer {offer:?}: {reply}"
             );
             let message = reply["error"].as_str().unwrap();

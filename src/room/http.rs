@@ -18,6 +18,15 @@ pub struct HttpMediaSession {
     pub answer: String,
 }
 
+/// A WHIP/WHEP session in some room (for the drain and the DELETE path check).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSessionRef {
+    pub room_id: String,
+    pub participant_id: String,
+    /// WHIP (publishes) rather than WHEP (plays).
+    pub publishes: bool,
+}
+
 /// Who asks to end a WHIP/WHEP session.
 pub struct Requester<'a> {
     pub user_id: &'a str,
@@ -33,17 +42,22 @@ impl Rooms {
         room_id: &str,
         user_id: &str,
         token: &str,
-        label: &str,
+        dialect: Dialect,
         negotiate: impl AsyncFnOnce(&str) -> Result<String, RoomError>,
     ) -> Result<HttpMediaSession, RoomError> {
+        let label = if dialect == Dialect::Whip {
+            "WHIP"
+        } else {
+            "WHEP"
+        };
         let member = Member {
             user_id: user_id.to_string(),
             display_name: format!("{label} {user_id}"),
             // WHEP players consume explicitly; WHIP publishers consume nothing.
-            can_subscribe: label == "WHEP",
+            can_subscribe: dialect == Dialect::Whep,
             notifier: Arc::new(Unheard),
         };
-        let joined = self.join(room_id, member, token, Dialect::Http).await?;
+        let joined = self.join(room_id, member, token, dialect).await?;
         let participant_id = joined.participant_id;
         match negotiate(&participant_id).await {
             Ok(answer) => Ok(HttpMediaSession {
@@ -65,7 +79,7 @@ impl Rooms {
         token: &str,
         sdp: String,
     ) -> Result<HttpMediaSession, RoomError> {
-        self.http_session(room_id, user_id, token, "WHIP", async |pid| {
+        self.http_session(room_id, user_id, token, Dialect::Whip, async |pid| {
             let (answer, announced) = self.publish(room_id, pid, sdp).await?;
             if announced.is_empty() {
                 return Err(RoomError::new(
@@ -86,7 +100,7 @@ impl Rooms {
         token: &str,
         sdp: String,
     ) -> Result<HttpMediaSession, RoomError> {
-        self.http_session(room_id, user_id, token, "WHEP", async |pid| {
+        self.http_session(room_id, user_id, token, Dialect::Whep, async |pid| {
             self.whep_attach(room_id, pid, sdp).await
         })
         .await
@@ -134,13 +148,6 @@ impl Rooms {
         Ok(answer)
     }
 
-    /// Whether `participant_id` is a WHIP (`publisher`) or WHEP player session in the room.
-    pub fn http_session_kind(&self, room_id: &str, participant_id: &str) -> Option<bool> {
-        let state = self.lock();
-        let p = state.rooms.get(room_id)?.participants.get(participant_id)?;
-        (p.dialect == Dialect::Http).then_some(!p.can_subscribe)
-    }
-
     /// DELETE of a WHIP/WHEP session: only its own user or an admin of this room may end it.
     pub async fn end_http_session(
         &self,
@@ -161,7 +168,7 @@ impl Rooms {
                 .participants
                 .get(participant_id)
                 .ok_or_else(not_found)?;
-            if p.dialect != Dialect::Http {
+            if !p.dialect.is_http() {
                 return Err(not_found());
             }
             if p.user_id != requester.user_id && !requester.admin_here {
@@ -176,24 +183,22 @@ impl Rooms {
         Ok(())
     }
 
-    /// End every WHIP/WHEP session (drain deadline): their producers close cleanly.
-    pub async fn end_all_http_sessions(&self) -> usize {
-        let sessions: Vec<(String, String)> = {
-            let state = self.lock();
-            state
-                .rooms
-                .iter()
-                .flat_map(|(rid, r)| {
-                    r.participants
-                        .iter()
-                        .filter(|(_, p)| p.dialect == Dialect::Http)
-                        .map(move |(pid, _)| (rid.clone(), pid.clone()))
-                })
-                .collect()
-        };
-        for (room_id, participant_id) in &sessions {
-            self.leave(room_id, participant_id).await;
-        }
-        sessions.len()
+    /// Every WHIP/WHEP session on this node.
+    pub fn http_sessions(&self) -> Vec<HttpSessionRef> {
+        let state = self.lock();
+        state
+            .rooms
+            .iter()
+            .flat_map(|(room_id, room)| {
+                room.participants
+                    .iter()
+                    .filter(|(_, p)| p.dialect.is_http())
+                    .map(move |(participant_id, p)| HttpSessionRef {
+                        room_id: room_id.clone(),
+                        participant_id: participant_id.clone(),
+                        publishes: p.dialect == Dialect::Whip,
+                    })
+            })
+            .collect()
     }
 }

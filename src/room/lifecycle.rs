@@ -205,7 +205,7 @@ impl Rooms {
         let publisher = self.media.new_transport_id();
         let subscriber = self.media.new_transport_id();
         // WHIP/WHEP create their one transport themselves.
-        if dialect != Dialect::Http {
+        if !dialect.is_http() {
             self.media.create_subscriber(worker, subscriber).await?;
         }
         let participant_id = Uuid::new_v4().to_string();

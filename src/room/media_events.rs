@@ -85,7 +85,7 @@ impl Rooms {
             return Vec::new();
         };
         // A WHIP/WHEP session is its one transport: when that dies, the session ends.
-        if p.dialect == Dialect::Http {
+        if p.dialect.is_http() {
             return vec![participant_id.to_string()];
         }
         // A dead publisher transport took its producers with it on the worker.

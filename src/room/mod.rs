@@ -21,7 +21,7 @@ pub use error::{RoomError, RoomErrorKind};
 pub use events::{
     ConsumerOrigin, Notice, OfferedTrackView, ParticipantView, ProducerView, RoomEvent,
 };
-pub use http::{HttpMediaSession, Requester};
+pub use http::{HttpMediaSession, HttpSessionRef, Requester};
 pub use lifecycle::{Joined, RoomSpec};
 pub use model::{Dialect, Member, RoomSummary};
 pub use ortc::{ConsumerCreated, ProducerPublished, RemoteDtls, TransportCreated};
@@ -105,9 +105,7 @@ impl Rooms {
             rooms: state.rooms.len(),
             participants: participants().count(),
             producers: participants().map(|p| p.producers.len()).sum(),
-            http_sessions: participants()
-                .filter(|p| p.dialect == Dialect::Http)
-                .count(),
+            http_sessions: participants().filter(|p| p.dialect.is_http()).count(),
         }
     }
 

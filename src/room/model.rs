@@ -40,8 +40,17 @@ pub enum Dialect {
     /// mediasoup-style ORTC: consumes explicitly (`consume`); switched to on the first
     /// `createWebRtcTransport`.
     Ortc,
-    /// WHIP publisher or WHEP player: one HTTP exchange, nothing pushed.
-    Http,
+    /// A WHIP publisher: one HTTP exchange, nothing pushed, consumes nothing.
+    Whip,
+    /// A WHEP player: one HTTP exchange, consumes what was published when it started.
+    Whep,
+}
+
+impl Dialect {
+    /// WHIP or WHEP: a participant without signaling, whose session is its one transport.
+    pub fn is_http(self) -> bool {
+        matches!(self, Dialect::Whip | Dialect::Whep)
+    }
 }
 
 pub(super) struct Room {
@@ -131,7 +140,7 @@ impl Room {
                     consumer_id,
                     producer_id: producer,
                 });
-                if p.dialect == Dialect::Http && p.ortc.consumers.is_empty() {
+                if p.dialect.is_http() && p.ortc.consumers.is_empty() {
                     orphans.push(id.clone());
                 }
             }

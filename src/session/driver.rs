@@ -32,6 +32,9 @@ pub trait SignalingConnection: Send {
     fn send(&mut self, text: Arc<str>) -> impl Future<Output = bool> + Send;
     /// A short name for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// End the connection on the server's initiative, after what was sent reached the client
+    /// (bounded wait); `reason` is a short text for the close frame.
+    fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
 }
 
 pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
@@ -41,10 +44,24 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
     let mut generation = session.lock().await.sink().attach(tx.clone(), kick.clone());
     let transport = conn.kind();
     metrics::counter!("sfu_signaling_connections_total", "transport" => transport).increment(1);
+    // Until `authenticate` (or `resume`) succeeds the connection is on a deadline.
+    let auth_timeout = Duration::from_secs(ctx.settings.config.auth_timeout_secs);
+    let auth_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut authenticated = false;
     loop {
         tokio::select! {
             biased;
             _ = kick.notified() => break,
+            _ = &mut auth_deadline, if !authenticated => {
+                tracing::info!(transport, ?auth_timeout, "connection did not authenticate in time; closing");
+                metrics::counter!("sfu_auth_timeouts_total", "transport" => transport).increment(1);
+                let message = format!("no `authenticate` within {} s; closing", auth_timeout.as_secs());
+                let reply = OutboundEnvelope::error(ErrorCode::NotAuthenticated, &message, None, None);
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(reply.to_json().into())).await;
+                conn.close("authentication timeout").await;
+                break;
+            }
             Some(out) = rx.recv() => {
                 if !conn.send(out).await {
                     break;
@@ -62,55 +79,19 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                 match flow {
                     Flow::Continue => {}
                     Flow::Authenticated { resume_token } => {
+                        authenticated = true;
                         ctx.sessions.register_resumable(resume_token, session.clone());
                     }
                     Flow::Resume { token, last_seq, request_id } => {
-                        let Some(existing) = ctx.sessions.resumable(&token) else {
-                            send_direct(&tx, resume_failed("unknown or expired resume token", request_id));
-                            continue;
-                        };
-                        let resumed = existing.lock().await.sink().resume(last_seq, tx.clone(), kick.clone());
-                        match resumed {
-                            Ok((new_generation, replayed)) => {
-                                // The fresh session of this connection was never used.
-                                session.lock().await.close().await;
-                                session = existing;
-                                generation = new_generation;
-                                let mut guard = session.lock().await;
-                                // Single use: whoever else holds the old token gets nothing.
-                                let fresh_token = guard.rotate_resume_token();
-                                ctx.sessions.register_resumable(fresh_token.clone(), session.clone());
-                                let (room_id, participant_id) = guard.room().unzip();
-                                tracing::info!(session = %guard.connection_id(), transport, replayed, "session resumed");
-                                metrics::counter!("sfu_session_resumes_total", "transport" => transport).increment(1);
-                                // Unsequenced: it belongs to this connection, not the session's
-                                // stream, and must not hide the replayed messages that follow.
-                                let reply = OutboundEnvelope::message("resumed", json!({
-                                    "connectionId": guard.connection_id(),
-                                    "roomId": room_id,
-                                    "participantId": participant_id,
-                                    "resumeToken": fresh_token,
-                                    "replayed": replayed,
-                                }), request_id);
-                                drop(guard);
-                                // The reply goes first: put it ahead of the replay in the queue.
-                                let mut replay = Vec::new();
-                                while let Ok(m) = rx.try_recv() {
-                                    replay.push(m);
-                                }
-                                if !conn.send(reply.to_json().into()).await {
-                                    break;
-                                }
-                                for m in replay {
-                                    if !conn.send(m).await {
-                                        break;
-                                    }
-                                }
+                        let resume = Resume { token, last_seq, request_id };
+                        let taken = take_over(&ctx, &mut conn, &tx, &mut rx, &kick, &session, resume).await;
+                        if let Some(TakenOver { session: existing, generation: new_generation, alive }) = taken {
+                            authenticated = true;
+                            session = existing;
+                            generation = new_generation;
+                            if !alive {
+                                break;
                             }
-                            Err(_) => send_direct(
-                                &tx,
-                                resume_failed("missed messages are no longer buffered; join again", request_id),
-                            ),
                         }
                     }
                 }
@@ -118,6 +99,97 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
         }
     }
     disconnected(ctx, session, generation).await;
+}
+
+/// A dropped session now driven by this connection.
+struct TakenOver {
+    session: SharedSession,
+    generation: u64,
+    /// False when writing the reply or the replay failed: the connection is gone.
+    alive: bool,
+}
+
+struct Resume {
+    token: String,
+    last_seq: u64,
+    request_id: Option<serde_json::Value>,
+}
+
+/// `resume`: move the dropped session the token names onto this connection, answer `resumed`
+/// and replay what it missed. `None` when the resume failed (the client was told).
+async fn take_over(
+    ctx: &AppContext,
+    conn: &mut impl SignalingConnection,
+    tx: &mpsc::Sender<Arc<str>>,
+    rx: &mut mpsc::Receiver<Arc<str>>,
+    kick: &Arc<Notify>,
+    fresh: &SharedSession,
+    resume: Resume,
+) -> Option<TakenOver> {
+    let Resume {
+        token,
+        last_seq,
+        request_id,
+    } = resume;
+    let transport = conn.kind();
+    let Some(existing) = ctx.sessions.resumable(&token) else {
+        send_direct(
+            tx,
+            resume_failed("unknown or expired resume token", request_id),
+        );
+        return None;
+    };
+    let resumed = existing
+        .lock()
+        .await
+        .sink()
+        .resume(last_seq, tx.clone(), kick.clone());
+    let Ok((generation, replayed)) = resumed else {
+        let why = "missed messages are no longer buffered; join again";
+        send_direct(tx, resume_failed(why, request_id));
+        return None;
+    };
+    // The fresh session of this connection was never used.
+    fresh.lock().await.close().await;
+    let mut guard = existing.lock().await;
+    // Single use: whoever else holds the old token gets nothing.
+    let fresh_token = guard.rotate_resume_token();
+    ctx.sessions
+        .register_resumable(fresh_token.clone(), existing.clone());
+    let (room_id, participant_id) = guard.room().unzip();
+    tracing::info!(session = %guard.connection_id(), transport, replayed, "session resumed");
+    metrics::counter!("sfu_session_resumes_total", "transport" => transport).increment(1);
+    // Unsequenced: it belongs to this connection, not the session's stream, and must not hide
+    // the replayed messages that follow.
+    let reply = OutboundEnvelope::message(
+        "resumed",
+        json!({
+            "connectionId": guard.connection_id(),
+            "roomId": room_id,
+            "participantId": participant_id,
+            "resumeToken": fresh_token,
+            "replayed": replayed,
+        }),
+        request_id,
+    );
+    drop(guard);
+    // The reply goes first: put it ahead of the replay in the queue.
+    let mut replay = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        replay.push(m);
+    }
+    let mut alive = conn.send(reply.to_json().into()).await;
+    for m in replay {
+        if !alive {
+            break;
+        }
+        alive = conn.send(m).await;
+    }
+    Some(TakenOver {
+        session: existing,
+        generation,
+        alive,
+    })
 }
 
 fn send_direct(tx: &mpsc::Sender<Arc<str>>, message: OutboundEnvelope) {

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,6 +18,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use super::admission::{self, Caller, Entry, Refusal};
+use crate::limits::OpenConnection;
 use crate::AppContext;
 
 pub fn router(ctx: Arc<AppContext>) -> Router {
@@ -96,17 +99,7 @@ fn cors(allowed: &[String]) -> CorsLayer {
 }
 
 fn too_many(retry_after: Duration, what: &str) -> Response {
-    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    (
-        StatusCode::TOO_MANY_REQUESTS,
-        [(header::RETRY_AFTER, secs.to_string())],
-        Json(json!({
-            "error": format!("too many {what}; retry in {secs} s"),
-            "code": "RATE_LIMITED",
-            "retryAfterMs": retry_after.as_millis() as u64,
-        })),
-    )
-        .into_response()
+    Refusal::rate_limited(retry_after, what).into_response()
 }
 
 /// Per-IP request rate on every endpoint except the probes (kubelet polls those).
@@ -125,41 +118,25 @@ async fn http_rate_limit(
     next.run(request).await
 }
 
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    // Non-browser clients send no Origin; browsers always do, and must match (CSWSH).
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    allowed.iter().any(|a| a == "*" || a == origin)
-        || headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.ends_with(&format!("//{host}")))
-}
-
 async fn ws_upgrade(
     State(ctx): State<Arc<AppContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    open: Option<Extension<OpenConnection>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if ctx.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": "server is shutting down", "code": "SERVER_SHUTTING_DOWN" })),
-        )
-            .into_response();
-    }
-    if !origin_allowed(&ctx.settings.allowed_origins, &headers) {
-        tracing::warn!(%peer, origin = ?headers.get(header::ORIGIN), "websocket origin refused");
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": "origin not allowed", "code": "ORIGIN_NOT_ALLOWED" })),
-        )
-            .into_response();
-    }
-    if let Err(retry_after) = ctx.limits.check_connection(peer.ip()) {
-        return too_many(retry_after, "connections");
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let caller = Caller {
+        ip: peer.ip(),
+        origin: header(header::ORIGIN),
+        host: header(header::HOST),
+    };
+    if let Err(refusal) = admission::admit(&ctx, Entry::WebSocket, &caller) {
+        return refusal.into_response();
     }
     // The hard cap sits well above MAX_MESSAGE_SIZE so an oversized message gets a proper
     // error reply from the session instead of a dropped connection.
@@ -171,38 +148,63 @@ async fn ws_upgrade(
         .max(1 << 20);
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| crate::transport::ws::serve(ctx, socket))
+        .on_upgrade(move |socket| async move {
+            // The socket counts against its client's open connections until it closes.
+            let _open = open;
+            crate::transport::ws::serve(ctx, socket).await
+        })
 }
 
-/// Ready when not draining and every media worker answers within a second.
+/// The room directory's health (Redis when several nodes share rooms), for /readyz and
+/// /health alike: `{status, kind, latencyMs | error}`.
+async fn room_store_health(ctx: &AppContext) -> serde_json::Value {
+    let health = ctx.rooms.directory().health();
+    let Ok(health) = tokio::time::timeout(Duration::from_secs(1), health).await else {
+        return json!({ "status": "unavailable", "error": "no answer within 1 s" });
+    };
+    match &health.latency {
+        Ok(rtt) => json!({
+            "status": "ok",
+            "kind": health.kind,
+            "nodeId": health.node_id,
+            "latencyMs": rtt.as_secs_f64() * 1000.0,
+        }),
+        Err(e) => json!({ "status": "unavailable", "kind": health.kind, "error": e }),
+    }
+}
+
+/// Ready when not draining, every media worker answers within a second and the room
+/// directory (Redis, when configured) is reachable.
 async fn readyz(State(ctx): State<Arc<AppContext>>) -> Response {
     if ctx.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    match tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(_) => (
+    if tokio::time::timeout(Duration::from_secs(1), ctx.media.stats())
+        .await
+        .is_err()
+    {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "media workers not responding",
         )
-            .into_response(),
+            .into_response();
     }
+    let store = room_store_health(&ctx).await;
+    if store["status"] != "ok" {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room directory unreachable",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
 }
 
 async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
     let started = std::time::Instant::now();
     let workers = tokio::time::timeout(Duration::from_secs(1), ctx.media.stats()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let directory = ctx.rooms.directory().health().await;
-    let room_store = match &directory.latency {
-        Ok(rtt) => json!({
-            "status": "ok",
-            "kind": directory.kind,
-            "nodeId": directory.node_id,
-            "latencyMs": rtt.as_secs_f64() * 1000.0,
-        }),
-        Err(e) => json!({ "status": "unavailable", "kind": directory.kind, "error": e }),
-    };
+    let room_store = room_store_health(&ctx).await;
     let store_ok = room_store["status"] == "ok";
     let ok = workers.is_ok() && store_ok;
     let status = match (ok, ctx.is_draining()) {
@@ -278,7 +280,7 @@ async fn audit_log(
         .as_deref()
         .filter(|r| !r.is_empty())
         .unwrap_or("*");
-    if !identity.grants.room_admin || !identity.grants.may_join(scope) {
+    if !admission::is_room_admin(&identity.grants, scope) {
         return (
             StatusCode::FORBIDDEN,
             Json(json!({ "error": "the audit log needs the room-admin grant", "code": "ADMIN_REQUIRED" })),

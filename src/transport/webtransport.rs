@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use axum::http::StatusCode;
 use base64::Engine;
 use serde_json::json;
 use wtransport::endpoint::endpoint_side::Server;
@@ -21,6 +22,7 @@ use wtransport::endpoint::IncomingSession;
 use wtransport::tls::self_signed::time::OffsetDateTime;
 use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
+use super::admission::{self, Caller, Entry};
 use crate::session::driver::{drive, Inbound, SignalingConnection};
 use crate::AppContext;
 
@@ -207,39 +209,40 @@ async fn rotate_certificates(
 }
 
 async fn handle_session(ctx: Arc<AppContext>, incoming: IncomingSession) {
-    let request = match incoming.await {
-        Ok(request) => request,
-        Err(e) => {
-            tracing::debug!(error = %e, "WebTransport handshake failed");
-            return;
-        }
+    // Counted from the first packet on, like a TCP connection from accept on.
+    let Some(_open) = ctx.limits.open_connection(incoming.remote_address().ip()) else {
+        incoming.refuse();
+        return;
     };
-    let peer = request.remote_address();
+    let read_timeout = Duration::from_secs(ctx.settings.config.read_timeout_secs);
+    let request =
+        match tokio::time::timeout(read_timeout, std::future::IntoFuture::into_future(incoming))
+            .await
+        {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "WebTransport handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("WebTransport handshake timed out");
+                return;
+            }
+        };
     if request.path() != PATH {
         request.not_found().await;
         return;
     }
-    if ctx.is_draining() {
-        request.too_many_requests().await;
-        return;
-    }
-    let origin_ok = match request.origin() {
-        None => true,
-        Some(origin) => {
-            ctx.settings
-                .allowed_origins
-                .iter()
-                .any(|a| a == "*" || a == origin)
-                || same_site(origin, request.authority())
-        }
+    let caller = Caller {
+        ip: request.remote_address().ip(),
+        origin: request.origin(),
+        host: Some(request.authority()),
     };
-    if !origin_ok {
-        tracing::warn!(%peer, origin = ?request.origin(), "WebTransport origin refused");
-        request.forbidden().await;
-        return;
-    }
-    if ctx.limits.check_connection(peer.ip()).is_err() {
-        request.too_many_requests().await;
+    if let Err(refusal) = admission::admit(&ctx, Entry::WebTransport, &caller) {
+        match refusal.status {
+            StatusCode::FORBIDDEN => request.forbidden().await,
+            _ => request.too_many_requests().await,
+        }
         return;
     }
     let connection = match request.accept().await {
@@ -263,22 +266,10 @@ async fn handle_session(ctx: Arc<AppContext>, incoming: IncomingSession) {
         chunk: vec![0u8; 16 * 1024],
         max_frame,
         strays: 0,
+        frame_timeout: read_timeout,
+        partial_since: None,
     };
     drive(ctx, conn).await;
-}
-
-/// The page and this endpoint share a host (the page is served from PORT, WebTransport
-/// listens on another port of the same host), the WebTransport analogue of same-origin.
-fn same_site(origin: &str, authority: &str) -> bool {
-    let host_of = |s: &str| -> String {
-        let s = s.split("://").nth(1).unwrap_or(s);
-        let s = s.split('/').next().unwrap_or(s);
-        match s.rsplit_once(':') {
-            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
-            _ => s.to_string(),
-        }
-    };
-    !origin.is_empty() && host_of(origin).eq_ignore_ascii_case(&host_of(authority))
 }
 
 /// Frames up to this size are read (and answered with MESSAGE_TOO_LARGE when above
@@ -297,6 +288,9 @@ struct WtConnection {
     chunk: Vec<u8>,
     max_frame: usize,
     strays: u32,
+    /// A started frame must be complete this long after its first byte arrived.
+    frame_timeout: Duration,
+    partial_since: Option<tokio::time::Instant>,
 }
 
 enum Framed {
@@ -324,6 +318,7 @@ impl WtConnection {
         }
         let frame = self.buffer[4..4 + len].to_vec();
         self.buffer.drain(..4 + len);
+        self.partial_since = None;
         Framed::Frame(frame)
     }
 
@@ -360,9 +355,22 @@ impl SignalingConnection for WtConnection {
                 }
                 Framed::Incomplete => {}
             }
+            if self.buffer.is_empty() {
+                self.partial_since = None;
+            }
+            let frame_deadline = self.partial_since.map(|since| since + self.frame_timeout);
             tokio::select! {
+                _ = tokio::time::sleep_until(frame_deadline.unwrap_or_else(tokio::time::Instant::now)), if frame_deadline.is_some() => {
+                    tracing::warn!(peer = %self.connection.remote_address(), buffered = self.buffer.len(), "WebTransport frame incomplete past READ_TIMEOUT_SECS; closing");
+                    metrics::counter!("sfu_webtransport_refused_total", "what" => "incomplete_frame").increment(1);
+                    self.connection.close(VarInt::from_u32(5), b"incomplete frame timed out");
+                    return None;
+                }
                 read = self.recv.read(&mut self.chunk) => match read {
-                    Ok(Some(n)) => self.buffer.extend_from_slice(&self.chunk[..n]),
+                    Ok(Some(n)) => {
+                        self.buffer.extend_from_slice(&self.chunk[..n]);
+                        self.partial_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
                     _ => return None,
                 },
                 extra = self.connection.accept_bi() => {
@@ -398,20 +406,17 @@ impl SignalingConnection for WtConnection {
     fn kind(&self) -> &'static str {
         "webtransport"
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn same_site_ignores_ports_only() {
-        assert!(super::same_site("http://127.0.0.1:3000", "127.0.0.1:3001"));
-        assert!(super::same_site(
-            "https://sfu.example.com",
-            "sfu.example.com:3001"
-        ));
-        assert!(!super::same_site(
-            "https://evil.example",
-            "sfu.example.com:3001"
-        ));
+    async fn close(&mut self, reason: &'static str) {
+        // Closing the connection at once would discard stream data still in flight: finish
+        // the stream and give the client a moment to read it first.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if self.send.finish().await.is_ok() {
+                self.send.stopped().await;
+            }
+        })
+        .await;
+        self.connection
+            .close(VarInt::from_u32(6), reason.as_bytes());
     }
 }

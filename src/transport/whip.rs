@@ -6,16 +6,18 @@
 //! WebSocket/WebTransport subscribers and WHEP players see their producers. Errors are JSON
 //! `{error, code}` with a fitting status.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::admission::{self, Caller, Entry};
 use crate::auth::Identity;
 use crate::room::{Requester, RoomError, RoomErrorKind, RoomSpec};
 use crate::session::protocol::ErrorCode;
@@ -31,11 +33,11 @@ pub fn routes() -> Router<Arc<AppContext>> {
         .route("/whep/{room}", post(whep_post))
         .route(
             "/whip/{room}/{session}",
-            patch(ice_patch).delete(session_delete),
+            patch(ice_patch).delete(whip_delete),
         )
         .route(
             "/whep/{room}/{session}",
-            patch(ice_patch).delete(session_delete),
+            patch(ice_patch).delete(whep_delete),
         )
 }
 
@@ -156,13 +158,6 @@ fn created(kind: &str, room: &str, session: &str, answer: String) -> Response {
 
 /// WHIP into a room that does not exist yet creates it when the token may create rooms.
 async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Result<(), Response> {
-    if !identity.grants.may_join(room) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::RoomAccessDenied,
-            format!("this token may not join room `{room}`"),
-        ));
-    }
     if ctx.rooms.room_exists(room) || !identity.grants.create_room {
         return Ok(());
     }
@@ -184,32 +179,45 @@ async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Resul
     }
 }
 
+/// What both POST endpoints do before the room sees the offer: the shared admission policy,
+/// the Bearer token, the offer body, then the grants this entry needs.
+fn admitted(
+    ctx: &AppContext,
+    entry: Entry,
+    peer: SocketAddr,
+    room: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Identity, String, String), Box<Response>> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let caller = Caller {
+        ip: peer.ip(),
+        origin: header(header::ORIGIN),
+        host: header(header::HOST),
+    };
+    admission::admit(ctx, entry, &caller).map_err(|r| Box::new(r.into_response()))?;
+    let (identity, token, sdp) = authorized_offer(ctx, headers, body)?;
+    let kinds = crate::room::sdp_sending_kinds(&sdp);
+    admission::authorize_http(entry, &identity.grants, room, &kinds)
+        .map_err(|r| Box::new(r.into_response()))?;
+    Ok((identity, token, sdp))
+}
+
 async fn whip_post(
     State(ctx): State<Arc<AppContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (identity, token, sdp) = match authorized_offer(&ctx, &headers, &body) {
+    let (identity, token, sdp) = match admitted(&ctx, Entry::Whip, peer, &room, &headers, &body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if ctx.is_draining() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServerShuttingDown,
-            "the server is shutting down",
-        );
-    }
-    for kind in crate::room::sdp_sending_kinds(&sdp) {
-        if !identity.grants.may_publish(kind) {
-            return error(
-                StatusCode::FORBIDDEN,
-                ErrorCode::PublishDenied,
-                format!("this token may not publish {kind}"),
-            );
-        }
-    }
     if let Err(r) = ensure_room(&ctx, &room, &identity).await {
         return r;
     }
@@ -228,28 +236,15 @@ async fn whip_post(
 
 async fn whep_post(
     State(ctx): State<Arc<AppContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (identity, token, sdp) = match authorized_offer(&ctx, &headers, &body) {
+    let (identity, token, sdp) = match admitted(&ctx, Entry::Whep, peer, &room, &headers, &body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if !identity.grants.subscribe {
-        return error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::SubscribeDenied,
-            "this token may not subscribe",
-        );
-    }
-    if !identity.grants.may_join(&room) {
-        return error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::RoomAccessDenied,
-            format!("this token may not join room `{room}`"),
-        );
-    }
     match ctx
         .rooms
         .whep_play(&room, &identity.user.id, &token, sdp)
@@ -263,24 +258,56 @@ async fn whep_post(
     }
 }
 
+/// DELETE `/{whip|whep}/{room}/{session}`: a WHIP session is only reachable under `/whip`, a
+/// WHEP one under `/whep`; its own user or an admin of that room may end it.
 async fn session_delete(
+    ctx: &AppContext,
+    entry: Entry,
+    room: &str,
+    session: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let (identity, _) = match bearer(ctx, headers) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let under_own_path = ctx.rooms.http_sessions().iter().any(|s| {
+        s.room_id == room && s.participant_id == session && s.publishes == (entry == Entry::Whip)
+    });
+    if !under_own_path {
+        return error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ParticipantNotFound,
+            format!(
+                "no such {} session in this room",
+                entry.name().to_uppercase()
+            ),
+        );
+    }
+    let requester = Requester {
+        user_id: &identity.user.id,
+        admin_here: admission::is_room_admin(&identity.grants, room),
+    };
+    match ctx.rooms.end_http_session(room, session, requester).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => room_error(e),
+    }
+}
+
+async fn whip_delete(
     State(ctx): State<Arc<AppContext>>,
     Path((room, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (identity, _) = match bearer(&ctx, &headers) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    // Admin rights reach only the rooms the token names.
-    let requester = Requester {
-        user_id: &identity.user.id,
-        admin_here: identity.grants.room_admin && identity.grants.may_join(&room),
-    };
-    match ctx.rooms.end_http_session(&room, &session, requester).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => room_error(e),
-    }
+    session_delete(&ctx, Entry::Whip, &room, &session, &headers).await
+}
+
+async fn whep_delete(
+    State(ctx): State<Arc<AppContext>>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    session_delete(&ctx, Entry::Whep, &room, &session, &headers).await
 }
 
 /// Trickle ICE and ICE restarts over PATCH are not offered: our candidates are all in the

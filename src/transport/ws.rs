@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
 use crate::session::driver::{drive, Inbound, SignalingConnection};
 use crate::AppContext;
@@ -37,6 +39,19 @@ impl SignalingConnection for WsConnection {
 
     fn kind(&self) -> &'static str {
         "websocket"
+    }
+
+    async fn close(&mut self, reason: &'static str) {
+        // 1008: policy violation.
+        let frame = CloseFrame {
+            code: 1008,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.0.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 
