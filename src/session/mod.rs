@@ -688,16 +688,17 @@ impl Session {
                 Ok(("connected", data))
             }
             Err(e) => {
+                let code = ErrorCode::from(e.kind);
                 // Security event: always at warn, never with the token itself.
-                tracing::warn!(connection = %self.connection_id(), code = ?e.code, reason = %e.message, "authentication failed");
+                tracing::warn!(connection = %self.connection_id(), code = ?code, reason = %e.message, "authentication failed");
                 self.ctx
                     .audit
                     .record(AuditEvent::new(AuditKind::AuthFailed).detail(json!({
                         "connectionId": self.connection_id(),
-                        "code": e.code,
+                        "code": code,
                         "reason": e.message,
                     })));
-                Err((e.code, e.message).into())
+                Err((code, e.message).into())
             }
         }
     }

@@ -470,15 +470,6 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserInfo {
-    pub id: String,
-    pub email: Option<String>,
-    pub full_name: Option<String>,
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct ParticipantInfo {
     pub participant_id: String,
     pub user_id: String,
@@ -511,6 +502,21 @@ pub struct SubscriberTrack {
     pub producer_id: String,
     pub participant_id: String,
     pub kind: MediaKindName,
+}
+
+/// Token failures on the wire: one code per [`crate::auth::AuthErrorKind`].
+impl From<crate::auth::AuthErrorKind> for ErrorCode {
+    fn from(kind: crate::auth::AuthErrorKind) -> Self {
+        use crate::auth::AuthErrorKind as K;
+        match kind {
+            K::InvalidToken => ErrorCode::InvalidToken,
+            K::TokenSignatureInvalid => ErrorCode::TokenSignatureInvalid,
+            K::TokenUnsigned => ErrorCode::TokenUnsigned,
+            K::TokenAlgorithmNotAllowed => ErrorCode::TokenAlgorithmNotAllowed,
+            K::TokenExpired => ErrorCode::TokenExpired,
+            K::TokenNotYetValid => ErrorCode::TokenNotYetValid,
+        }
+    }
 }
 
 #[cfg(test)]
