@@ -88,7 +88,7 @@ impl Grants {
         if !unknown.is_empty() {
             return Err(invalid(format!(
                 "token grants contain unknown names: {} (known: rooms, createRoom, publish, subscribe, roomAdmin)",
-                unknown.join(", ")
+                list(&unknown)
             )));
         }
         let mut grants = Grants::none();
@@ -110,11 +110,21 @@ impl Grants {
         if !wrong.is_empty() {
             return Err(invalid(format!(
                 "token grants have wrongly typed values: {}",
-                wrong.join(", ")
+                list(&wrong)
             )));
         }
         Ok(grants)
     }
+}
+
+/// At most a few items, so the message stays small whatever the token holds.
+fn list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items[..items.len().min(SHOWN)].join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
 }
 
 fn expected(name: &str) -> &'static str {
