@@ -201,7 +201,7 @@ proptest! {
 
     #[test]
     fn arbitrary_token_text_never_panics(text in any::<String>()) {
-        let e = authenticator().verify(&text).err().expect("no random text is a valid token");
+        let e = authenticator().verify(&text).expect_err("no random text is a valid token");
         prop_assert!(e.message.len() <= MAX_MESSAGE);
     }
 
@@ -214,7 +214,7 @@ proptest! {
             b64(payload.to_string().as_bytes()),
             b64(&sig)
         );
-        let e = authenticator().verify(&token).err().expect("unsigned garbage is refused");
+        let e = authenticator().verify(&token).expect_err("unsigned garbage is refused");
         prop_assert!(e.message.len() <= MAX_MESSAGE);
         prop_assert!(e.kind != AuthErrorKind::TokenExpired, "expiry is only read after the signature: {:?}", e);
     }

@@ -167,6 +167,7 @@ pub struct Claims {
 }
 
 /// What a verified payload says: the user, the rights, the expiry (unix seconds).
+#[derive(Debug)]
 pub(crate) struct Verified {
     pub user: User,
     pub grants: Grants,
@@ -268,7 +269,7 @@ mod tests {
     }
 
     fn message(payload: Value) -> String {
-        let e = read(payload).err().expect("refused");
+        let e = read(payload).expect_err("refused");
         assert_eq!(e.kind, AuthErrorKind::InvalidToken);
         e.message
     }
