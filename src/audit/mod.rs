@@ -50,16 +50,35 @@
 //! rows are dropped, with the full event in the log line, so one bad event cannot block the
 //! queue). NUL characters, which PostgreSQL cannot store, are replaced beforehand.
 //!
+//! # Noise: coalesced, bounded, dropped first
+//!
+//! Limit trips and failed logins ([`AuditKind::is_noise`]) can be caused in bulk by anyone,
+//! before authenticating. They must never crowd out the events that record what users did:
+//!
+//! * **Coalescing.** Callers record them with [`AuditLog::record_coalesced`] and a key (e.g.
+//!   `"messages:<ip>"`): one row for the first event of a key per
+//!   [`AuditConfig::coalesce_window`] (10 s), and when the window ends one summary row with
+//!   `detail.count` and `detail.windowSecs`. At most [`COALESCE_MAX_KEYS`] keys have a
+//!   window; further keys share one [`COALESCE_OTHER_KEY`] window, so memory stays bounded
+//!   whatever the number of clients.
+//! * **A share, not the whole.** Noise may hold at most a quarter of the intake channel and a
+//!   quarter of the spill file (`spill_max_bytes / 4`); noise beyond its share is dropped
+//!   (counted in `dropped`) and does not hold back the real events behind it.
+//! * **Dropped first.** When the spill file has no room left for the next real event, the
+//!   noise waiting in memory is dropped before any real event is.
+//!
 //! # Shutdown
 //!
-//! Call [`AuditLog::flush`] with the drain deadline: it returns `true` once every event recorded
-//! before the call is in the database; at the deadline it moves what is still in memory to the
+//! Call [`AuditLog::flush`] with the drain deadline: it ends the open coalescing windows
+//! (writing their summaries) and returns `true` once every event recorded before the call is
+//! in the database; at the deadline it moves what is still in memory to the
 //! spill file (replayed by the next start) and returns `false`.
 //!
 //! # Metrics
 //!
 //! `sfu_audit_events_written_total`, `sfu_audit_events_spilled_total`,
 //! `sfu_audit_events_dropped_total`, `sfu_audit_write_failures_total` (failed batch attempts),
+//! `sfu_audit_events_coalesced_total` (events counted into a summary row instead of recorded),
 //! gauges `sfu_audit_queue_depth` (events held in memory) and `sfu_audit_spill_backlog`
 //! (events in the spill file not yet replayed).
 //!

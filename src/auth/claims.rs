@@ -144,7 +144,7 @@ fn string_list(value: &Value, valid: impl Fn(&str) -> bool) -> Option<Vec<String
 }
 
 /// simplejwt's claims plus the optional user details the seed returns in `connected`; what
-/// [`super::Authenticator::issue`] signs. Verification reads the payload with [`read_claims`].
+/// [`super::Authenticator::issue`] signs. Verification reads the payload with `read_claims`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Claims {
     /// simplejwt's USER_ID_CLAIM; a number or a string depending on the user model.
