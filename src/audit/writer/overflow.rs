@@ -51,34 +51,10 @@ impl Writer {
         let mut budget = self.cfg.spill_max_bytes.saturating_sub(self.spill.len);
         let mut noise_budget =
             (self.cfg.spill_max_bytes / NOISE_SHARE_DIVISOR).saturating_sub(self.spill.noise_len);
-        let mut noise_bytes = 0u64;
-        let mut bytes = Vec::new();
-        let mut new_seqs = Vec::new();
         // The batch in flight goes first, or else nothing can be written after it.
-        let mut copy: Option<(u64, usize)> = None;
-        let mut blocked = false;
-        if let Some(Job::Batch {
-            batch,
-            copied: None,
-        }) = &self.job
-        {
-            let lines: Vec<u8> = batch.iter().flat_map(|(_, e)| spill::encode(e)).collect();
-            if lines.len() as u64 <= budget {
-                // Already taken from the queue: kept whole, its noise counted but not capped.
-                noise_bytes += batch
-                    .iter()
-                    .filter(|(_, e)| e.kind.is_noise())
-                    .map(|(_, e)| spill::encode(e).len() as u64)
-                    .sum::<u64>();
-                budget -= lines.len() as u64;
-                copy = Some((lines.len() as u64, batch.len()));
-                new_seqs.extend(batch.iter().map(|(s, _)| *s));
-                bytes.extend(lines);
-            } else {
-                blocked = true;
-            }
-        }
-        let mut moved = 0u64;
+        let (mut out, blocked_by_batch) = self.copy_in_flight(budget);
+        budget -= out.bytes.len() as u64;
+        let mut blocked = blocked_by_batch;
         let mut dropped = 0u64;
         let mut noise_dropped = 0u64;
         let mut unfit = Vec::new();
@@ -91,11 +67,11 @@ impl Writer {
                     budget -= len;
                     if noise {
                         noise_budget -= len;
-                        noise_bytes += len;
+                        out.noise_bytes += len;
                     }
-                    bytes.extend(line);
-                    new_seqs.push(seq);
-                    moved += 1;
+                    out.bytes.extend(line);
+                    out.seqs.push(seq);
+                    out.moved += 1;
                     continue;
                 }
                 blocked = !noise;
@@ -111,17 +87,8 @@ impl Writer {
         for item in unfit.into_iter().rev() {
             self.pending.push_front(item);
         }
-        if !bytes.is_empty() {
-            let lost = self
-                .append(Outgoing {
-                    bytes,
-                    seqs: new_seqs,
-                    moved,
-                    noise_bytes,
-                    copy,
-                })
-                .await;
-            dropped += lost;
+        if !out.bytes.is_empty() {
+            dropped += self.append(out).await;
         }
         if dropped > 0 {
             self.shared.leave_memory(dropped);
@@ -219,6 +186,33 @@ impl Writer {
         self.waiters = waiting;
     }
 
+    /// The lines of the batch being written if it is not in the file yet (and fits in
+    /// `budget`: else `true`, nothing may be spilled after it). Already taken from the queue,
+    /// it is kept whole: its noise is counted but not capped.
+    fn copy_in_flight(&self, budget: u64) -> (Outgoing, bool) {
+        let mut out = Outgoing::default();
+        let Some(Job::Batch {
+            batch,
+            copied: None,
+        }) = &self.job
+        else {
+            return (out, false);
+        };
+        for (seq, event) in batch {
+            let line = spill::encode(event);
+            if event.kind.is_noise() {
+                out.noise_bytes += line.len() as u64;
+            }
+            out.bytes.extend(line);
+            out.seqs.push(*seq);
+        }
+        if out.bytes.len() as u64 > budget {
+            return (Outgoing::default(), true);
+        }
+        out.copy = Some((out.bytes.len() as u64, batch.len()));
+        (out, false)
+    }
+
     /// Append `out` to the spill file; the number of queued events lost if that fails.
     async fn append(&mut self, out: Outgoing) -> u64 {
         let path = self.cfg.spill_path.clone();
@@ -256,6 +250,7 @@ impl Writer {
 }
 
 /// Spill lines ready to append, and what they stand for.
+#[derive(Default)]
 struct Outgoing {
     bytes: Vec<u8>,
     seqs: Vec<u64>,
