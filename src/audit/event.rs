@@ -44,6 +44,14 @@ impl AuditKind {
         AuditKind::AdminAction,
     ];
 
+    /// Kinds anyone can cause in bulk without authenticating (limit trips, failed logins).
+    /// They are coalesced ([`super::AuditLog::record_coalesced`]), may take only a share of
+    /// the intake and of the spill file, and are dropped first, so a flood of them never
+    /// evicts the events that record what users did.
+    pub fn is_noise(self) -> bool {
+        matches!(self, AuditKind::LimitTripped | AuditKind::AuthFailed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::AuthSucceeded => "auth_succeeded",

@@ -50,16 +50,35 @@
 //! rows are dropped, with the full event in the log line, so one bad event cannot block the
 //! queue). NUL characters, which PostgreSQL cannot store, are replaced beforehand.
 //!
+//! # Noise: coalesced, bounded, dropped first
+//!
+//! Limit trips and failed logins ([`AuditKind::is_noise`]) can be caused in bulk by anyone,
+//! before authenticating. They must never crowd out the events that record what users did:
+//!
+//! * **Coalescing.** Callers record them with [`AuditLog::record_coalesced`] and a key (e.g.
+//!   `"messages:<ip>"`): one row for the first event of a key per
+//!   [`AuditConfig::coalesce_window`] (10 s), and when the window ends one summary row with
+//!   `detail.count` and `detail.windowSecs`. At most [`COALESCE_MAX_KEYS`] keys have a
+//!   window; further keys share one [`COALESCE_OTHER_KEY`] window, so memory stays bounded
+//!   whatever the number of clients.
+//! * **A share, not the whole.** Noise may hold at most a quarter of the intake channel and a
+//!   quarter of the spill file (`spill_max_bytes / 4`); noise beyond its share is dropped
+//!   (counted in `dropped`) and does not hold back the real events behind it.
+//! * **Dropped first.** When the spill file has no room left for the next real event, the
+//!   noise waiting in memory is dropped before any real event is.
+//!
 //! # Shutdown
 //!
-//! Call [`AuditLog::flush`] with the drain deadline: it returns `true` once every event recorded
-//! before the call is in the database; at the deadline it moves what is still in memory to the
+//! Call [`AuditLog::flush`] with the drain deadline: it ends the open coalescing windows
+//! (writing their summaries) and returns `true` once every event recorded before the call is
+//! in the database; at the deadline it moves what is still in memory to the
 //! spill file (replayed by the next start) and returns `false`.
 //!
 //! # Metrics
 //!
 //! `sfu_audit_events_written_total`, `sfu_audit_events_spilled_total`,
 //! `sfu_audit_events_dropped_total`, `sfu_audit_write_failures_total` (failed batch attempts),
+//! `sfu_audit_events_coalesced_total` (events counted into a summary row instead of recorded),
 //! gauges `sfu_audit_queue_depth` (events held in memory) and `sfu_audit_spill_backlog`
 //! (events in the spill file not yet replayed).
 //!
@@ -68,6 +87,7 @@
 //! [`AuditLog::query`] (newest first, optionally one room); [`http::list`] is the body of
 //! `GET /audit?room=…&limit=…` — the caller checks that the requester is an admin.
 
+mod coalesce;
 mod db;
 mod event;
 pub mod http;
@@ -78,17 +98,19 @@ mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+pub use coalesce::{MAX_KEYS as COALESCE_MAX_KEYS, OTHER_KEY as COALESCE_OTHER_KEY};
 pub use db::{AuditBackend, MAX_QUERY_LIMIT};
 pub use event::{AuditEvent, AuditKind};
 
+use coalesce::Coalescer;
 use db::Db;
-use writer::{Msg, Shared, Writer};
+use writer::{Msg, Shared, Writer, NOISE_SHARE_DIVISOR};
 
 /// Extra time [`AuditLog::flush`] allows past its timeout for the task to move what is left in
 /// memory to the spill file.
@@ -123,6 +145,8 @@ pub struct AuditConfig {
     pub retry_interval: Duration,
     /// Apply migrations (in the background, retried like writes) before the first write.
     pub migrate_on_start: bool,
+    /// Window of [`AuditLog::record_coalesced`]: one row per key per window, plus a summary.
+    pub coalesce_window: Duration,
 }
 
 impl Default for AuditConfig {
@@ -136,6 +160,7 @@ impl Default for AuditConfig {
             spill_max_bytes: 100 * 1024 * 1024,
             retry_interval: Duration::from_secs(1),
             migrate_on_start: false,
+            coalesce_window: Duration::from_secs(10),
         }
     }
 }
@@ -167,15 +192,111 @@ pub struct AuditStats {
     pub write_failures: u64,
     /// Events in the spill file waiting to be replayed.
     pub spill_backlog: u64,
+    /// Events [`AuditLog::record_coalesced`] counted into a summary row instead of recording.
+    pub coalesced: u64,
+}
+
+/// The sending side of the writer's intake; noise may take only a share of it.
+#[derive(Clone)]
+struct Intake {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    noise_max: u64,
+}
+
+impl Intake {
+    fn send(&self, event: AuditEvent) {
+        let noise = event.kind.is_noise();
+        if noise && self.shared.noise_in_intake.fetch_add(1, Ordering::Relaxed) >= self.noise_max {
+            self.shared.noise_in_intake.fetch_sub(1, Ordering::Relaxed);
+            self.shared.add_dropped(1);
+            writer::log_intake_drop(&self.shared, "noise over its share of the intake");
+            return;
+        }
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(Msg::Event(event)) {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            if noise {
+                self.shared.noise_in_intake.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.shared.add_dropped(1);
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "intake full",
+                mpsc::error::TrySendError::Closed(_) => "audit task stopped",
+            };
+            writer::log_intake_drop(&self.shared, reason);
+        }
+    }
+}
+
+/// The open coalescing windows. Dropped with the last [`AuditLog`] handle, which writes the
+/// summaries still open.
+struct Coalescing {
+    state: Mutex<Coalescer>,
+    intake: Intake,
+}
+
+impl Coalescing {
+    fn offer(&self, event: AuditEvent, key: &str) {
+        let mut out = Vec::new();
+        let counted = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let before = state.suppressed();
+            state.offer(event, key, tokio::time::Instant::now(), &mut out);
+            before < state.suppressed()
+        };
+        if counted {
+            self.intake.shared.coalesced.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("sfu_audit_events_coalesced_total").increment(1);
+        }
+        out.into_iter().for_each(|e| self.intake.send(e));
+    }
+
+    /// Write the summaries of ended windows (`all`: of every window).
+    fn close_windows(&self, all: bool) {
+        let mut out = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if all {
+                state.drain(&mut out);
+            } else {
+                state.expire(tokio::time::Instant::now(), &mut out);
+            }
+        }
+        out.into_iter().for_each(|e| self.intake.send(e));
+    }
+
+    /// Close ended windows on time, as long as a handle exists.
+    fn spawn_ticker(this: &Arc<Coalescing>, window: Duration) {
+        let weak = Arc::downgrade(this);
+        let period = (window / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(c) => c.close_windows(false),
+                    None => break,
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Coalescing {
+    fn drop(&mut self) {
+        self.close_windows(true);
+    }
 }
 
 /// Handle to the audit log; cheap to clone. The background task ends once every handle is
 /// dropped (after writing, or spilling if the database is down, what it still holds).
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Msg>,
+    intake: Intake,
+    coalescing: Arc<Coalescing>,
     db: Db,
-    shared: Arc<Shared>,
     backend: Arc<AuditBackend>,
 }
 
@@ -200,11 +321,21 @@ impl AuditLog {
             spill = %config.spill_path.display(),
             "audit log started"
         );
+        let intake = Intake {
+            tx,
+            shared: shared.clone(),
+            noise_max: (config.intake_capacity as u64 / NOISE_SHARE_DIVISOR).max(1),
+        };
+        let coalescing = Arc::new(Coalescing {
+            state: Mutex::new(Coalescer::new(config.coalesce_window)),
+            intake: intake.clone(),
+        });
+        Coalescing::spawn_ticker(&coalescing, config.coalesce_window);
         tokio::spawn(Writer::new(db.clone(), config, shared.clone(), rx).run());
         Ok(AuditLog {
-            tx,
+            intake,
+            coalescing,
             db,
-            shared,
             backend: Arc::new(backend),
         })
     }
@@ -214,17 +345,24 @@ impl AuditLog {
     }
 
     /// Queue `event` for writing. Never blocks and never awaits; callable from any thread.
+    /// Noise kinds ([`AuditKind::is_noise`]) may hold only a quarter of the intake; beyond
+    /// that they are dropped (and counted) so they cannot crowd out real events.
     pub fn record(&self, event: AuditEvent) {
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.tx.try_send(Msg::Event(event)) {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            self.shared.add_dropped(1);
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "intake full",
-                mpsc::error::TrySendError::Closed(_) => "audit task stopped",
-            };
-            writer::log_intake_drop(&self.shared, reason);
-        }
+        self.intake.send(event);
+    }
+
+    /// Like [`AuditLog::record`], for events that can repeat in bulk (limit trips, failed
+    /// logins): the first event for `key` in a window ([`AuditConfig::coalesce_window`],
+    /// 10 s) is recorded at once; later ones in the same window are only counted; when the
+    /// window ends, one summary row is recorded if the window saw more than one event — a copy
+    /// of the first event (new id, time of the last one) whose `detail` object also has
+    /// `count` (events in the window, the first included), `windowSecs` and `firstAtMs`.
+    /// Memory is bounded: at most [`COALESCE_MAX_KEYS`] keys have a window; events for other
+    /// keys share the [`COALESCE_OTHER_KEY`] window, whose summary carries only the counts
+    /// (and `otherKeys: true`). Keys are cut to 200 bytes. [`AuditLog::flush`] ends every
+    /// open window first.
+    pub fn record_coalesced(&self, event: AuditEvent, key: &str) {
+        self.coalescing.offer(event, key);
     }
 
     /// Wait until every event recorded before this call is in the database: `true`. If that
@@ -232,9 +370,13 @@ impl AuditLog {
     /// shutdown loses nothing: it is replayed at the next start) and the answer is `false`;
     /// that can add up to a few seconds to `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
+        self.coalescing.close_windows(true);
         let deadline = tokio::time::Instant::now() + timeout;
         let (reply, answer) = oneshot::channel();
-        let sent = tokio::time::timeout_at(deadline, self.tx.send(Msg::Flush { deadline, reply }));
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.intake.tx.send(Msg::Flush { deadline, reply }),
+        );
         if !matches!(sent.await, Ok(Ok(()))) {
             return false;
         }
@@ -255,6 +397,6 @@ impl AuditLog {
     }
 
     pub fn stats(&self) -> AuditStats {
-        self.shared.stats()
+        self.intake.shared.stats()
     }
 }

@@ -6,11 +6,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::event::AuditEvent;
+use super::event::{AuditEvent, AuditKind};
 
 /// What is in a spill file found at start-up.
 pub(crate) struct Scan {
     pub len: u64,
+    /// Bytes of those lines that hold noise events ([`AuditKind::is_noise`]).
+    pub noise_len: u64,
     /// Non-empty lines (events, including any that will not parse).
     pub lines: u64,
 }
@@ -21,12 +23,18 @@ pub(crate) struct Scan {
 pub(crate) fn scan(path: &Path) -> io::Result<Scan> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Scan { len: 0, lines: 0 }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Scan {
+                len: 0,
+                noise_len: 0,
+                lines: 0,
+            })
+        }
         Err(e) => return Err(e),
     };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
-    let (mut len, mut lines, mut last) = (0u64, 0u64, b'\n');
+    let (mut len, mut noise_len, mut lines, mut last) = (0u64, 0u64, 0u64, b'\n');
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line)?;
@@ -37,13 +45,31 @@ pub(crate) fn scan(path: &Path) -> io::Result<Scan> {
         last = line[n - 1];
         if line.iter().any(|b| !b.is_ascii_whitespace()) {
             lines += 1;
+            if is_noise_line(&line) {
+                noise_len += n as u64;
+            }
         }
     }
     if last != b'\n' {
         append(path, b"\n")?;
         len += 1;
     }
-    Ok(Scan { len, lines })
+    Ok(Scan {
+        len,
+        noise_len,
+        lines,
+    })
+}
+
+/// Whether a line written by [`encode`] holds a noise event (no full parse needed).
+fn is_noise_line(line: &[u8]) -> bool {
+    AuditKind::ALL
+        .into_iter()
+        .filter(|k| k.is_noise())
+        .any(|k| {
+            let needle = format!("\"kind\":\"{}\"", k.as_str());
+            line.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
 }
 
 /// Append whole lines and fsync before returning.
@@ -142,7 +168,6 @@ pub(crate) fn truncate(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::AuditKind;
 
     #[test]
     fn append_read_truncate_and_repair() {
@@ -158,6 +183,7 @@ mod tests {
         append(&path, b"{\"id\":\"cut").unwrap();
         let s = scan(&path).unwrap();
         assert_eq!(s.lines, 6);
+        assert_eq!(s.noise_len, 0);
         assert_eq!(s.len, fs::metadata(&path).unwrap().len());
         append(&path, &encode(&events[0])).unwrap();
 
@@ -170,6 +196,10 @@ mod tests {
         assert_eq!(b.next_offset, s.len + encode(&events[0]).len() as u64);
         truncate(&path).unwrap();
         assert_eq!(scan(&path).unwrap().len, 0);
+        let noise = encode(&AuditEvent::new(AuditKind::AuthFailed));
+        append(&path, &noise).unwrap();
+        append(&path, &encode(&events[1])).unwrap();
+        assert_eq!(scan(&path).unwrap().noise_len, noise.len() as u64);
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -49,6 +49,10 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
     let auth_deadline = tokio::time::sleep(auth_timeout);
     tokio::pin!(auth_deadline);
     let mut authenticated = false;
+    // Once authenticated, the session ends when its token expires unless refreshed.
+    let token_expiry = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+    tokio::pin!(token_expiry);
+    let mut token_deadline: Option<u64> = None;
     loop {
         tokio::select! {
             biased;
@@ -57,9 +61,15 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                 tracing::info!(transport, ?auth_timeout, "connection did not authenticate in time; closing");
                 metrics::counter!("sfu_auth_timeouts_total", "transport" => transport).increment(1);
                 let message = format!("no `authenticate` within {} s; closing", auth_timeout.as_secs());
-                let reply = OutboundEnvelope::error(ErrorCode::NotAuthenticated, &message, None, None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(reply.to_json().into())).await;
-                conn.close("authentication timeout").await;
+                end_with(&mut conn, ErrorCode::NotAuthenticated, &message, "authentication timeout").await;
+                break;
+            }
+            _ = &mut token_expiry, if token_deadline.is_some() => {
+                tracing::info!(transport, "token expired without a refresh; session ended");
+                metrics::counter!("sfu_token_expiries_total", "transport" => transport).increment(1);
+                session.lock().await.close().await;
+                let message = "your token expired; authenticate and join again";
+                end_with(&mut conn, ErrorCode::TokenExpired, message, "token expired").await;
                 break;
             }
             Some(out) = rx.recv() => {
@@ -82,8 +92,8 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                         authenticated = true;
                         ctx.sessions.register_resumable(resume_token, session.clone());
                     }
-                    Flow::Resume { token, last_seq, request_id } => {
-                        let resume = Resume { token, last_seq, request_id };
+                    Flow::Resume { token, access_token, last_seq, request_id } => {
+                        let resume = Resume { token, access_token, last_seq, request_id };
                         let taken = take_over(&ctx, &mut conn, &tx, &mut rx, &kick, &session, resume).await;
                         if let Some(TakenOver { session: existing, generation: new_generation, alive }) = taken {
                             authenticated = true;
@@ -95,10 +105,31 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                         }
                     }
                 }
+                // A first authentication, a refresh or a resume moves the token deadline.
+                let deadline = session.lock().await.token_deadline();
+                if deadline != token_deadline {
+                    token_deadline = deadline;
+                    if let Some(at) = deadline {
+                        let left = at.saturating_sub(crate::auth::unix_now());
+                        token_expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                    }
+                }
             }
         }
     }
     disconnected(ctx, session, generation).await;
+}
+
+/// Tell the client why (bounded wait) and close the connection on the server's initiative.
+async fn end_with(
+    conn: &mut impl SignalingConnection,
+    code: ErrorCode,
+    message: &str,
+    close_reason: &'static str,
+) {
+    let reply = OutboundEnvelope::error(code, message, None, None);
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(reply.to_json().into())).await;
+    conn.close(close_reason).await;
 }
 
 /// A dropped session now driven by this connection.
@@ -111,6 +142,7 @@ struct TakenOver {
 
 struct Resume {
     token: String,
+    access_token: String,
     last_seq: u64,
     request_id: Option<serde_json::Value>,
 }
@@ -128,6 +160,7 @@ async fn take_over(
 ) -> Option<TakenOver> {
     let Resume {
         token,
+        access_token,
         last_seq,
         request_id,
     } = resume;
@@ -138,6 +171,33 @@ async fn take_over(
             resume_failed("unknown or expired resume token", request_id),
         );
         return None;
+    };
+    // The resume token is a bearer secret; the JWT proves the user again, before the live
+    // connection (if any) is touched.
+    let proven = match ctx.auth.verify(&access_token) {
+        Ok(identity) if existing.lock().await.user_id() == Some(identity.user.id.as_str()) => {
+            identity
+        }
+        Ok(_) => {
+            tracing::warn!(
+                transport,
+                "resume refused: the access token names another user"
+            );
+            send_direct(
+                tx,
+                resume_failed(
+                    "the access token is not for this session's user",
+                    request_id,
+                ),
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(transport, reason = %e.message, "resume refused: invalid access token");
+            let why = format!("the access token is not valid: {}", e.message);
+            send_direct(tx, resume_failed(&why, request_id));
+            return None;
+        }
     };
     let resumed = existing
         .lock()
@@ -152,6 +212,7 @@ async fn take_over(
     // The fresh session of this connection was never used.
     fresh.lock().await.close().await;
     let mut guard = existing.lock().await;
+    guard.refresh_identity(proven, access_token);
     // Single use: whoever else holds the old token gets nothing.
     let fresh_token = guard.rotate_resume_token();
     ctx.sessions

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::protocol::ErrorCode;
+use crate::auth::{AuthError, AuthErrorKind};
 use crate::room::{RoomError, RoomErrorKind};
 
 /// The wire code of a room refusal.
@@ -29,6 +30,26 @@ pub fn room_error_code(kind: RoomErrorKind) -> ErrorCode {
         RoomErrorKind::UnsupportedCodec => ErrorCode::UnsupportedCodec,
         RoomErrorKind::NotOwner => ErrorCode::AdminRequired,
         RoomErrorKind::Internal => ErrorCode::InternalError,
+    }
+}
+
+/// The wire code of a token refusal.
+impl From<AuthErrorKind> for ErrorCode {
+    fn from(kind: AuthErrorKind) -> Self {
+        match kind {
+            AuthErrorKind::InvalidToken => ErrorCode::InvalidToken,
+            AuthErrorKind::TokenSignatureInvalid => ErrorCode::TokenSignatureInvalid,
+            AuthErrorKind::TokenUnsigned => ErrorCode::TokenUnsigned,
+            AuthErrorKind::TokenAlgorithmNotAllowed => ErrorCode::TokenAlgorithmNotAllowed,
+            AuthErrorKind::TokenExpired => ErrorCode::TokenExpired,
+            AuthErrorKind::TokenNotYetValid => ErrorCode::TokenNotYetValid,
+        }
+    }
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Self {
+        Failure::new(e.kind.into(), e.message)
     }
 }
 

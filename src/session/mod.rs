@@ -38,6 +38,8 @@ pub struct Session {
     /// Secret that lets a new connection take this session over after a drop.
     resume_token: Option<String>,
     membership: Option<Membership>,
+    /// Failed `authenticate`s on this connection (only the first is logged at warn).
+    auth_failures: u32,
 }
 
 /// What the connection driver must do after a frame was handled.
@@ -50,6 +52,7 @@ pub enum Flow {
     /// The client asks to continue another session on this connection.
     Resume {
         token: String,
+        access_token: String,
         last_seq: u64,
         request_id: Option<Value>,
     },
@@ -73,6 +76,7 @@ impl Session {
             token: None,
             resume_token: None,
             membership: None,
+            auth_failures: 0,
         }
     }
 
@@ -96,6 +100,17 @@ impl Session {
             self.ctx.sessions.forget_resumable(&old);
         }
         token
+    }
+
+    /// The authenticated user's id.
+    pub fn user_id(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user.id.as_str())
+    }
+
+    /// Take a verified identity of the same user (resume with a fresh token).
+    pub fn refresh_identity(&mut self, identity: crate::auth::Identity, token: String) {
+        self.identity = Some(identity);
+        self.token = Some(token);
     }
 
     pub fn room(&self) -> Option<(String, String)> {
@@ -167,6 +182,7 @@ impl Session {
             }
             return Flow::Resume {
                 token: resume.token.clone(),
+                access_token: resume.access_token.clone(),
                 last_seq: resume.last_seq,
                 request_id,
             };

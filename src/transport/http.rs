@@ -267,10 +267,11 @@ async fn audit_log(
     let identity = match ctx.auth.verify(token) {
         Ok(identity) => identity,
         Err(e) => {
-            tracing::warn!(code = ?e.code, "audit read with a bad token");
+            let code = crate::session::protocol::ErrorCode::from(e.kind);
+            tracing::warn!(code = ?code, "audit read with a bad token");
             return (
                 StatusCode::UNAUTHORIZED,
-                Json(json!({ "error": e.message, "code": e.code })),
+                Json(json!({ "error": e.message, "code": code })),
             )
                 .into_response();
         }

@@ -93,8 +93,9 @@ fn bearer(ctx: &AppContext, headers: &HeaderMap) -> Result<(Identity, String), B
     match ctx.auth.verify(token) {
         Ok(identity) => Ok((identity, token.to_string())),
         Err(e) => {
-            tracing::warn!(code = ?e.code, reason = %e.message, "WHIP/WHEP authentication failed");
-            Err(Box::new(error(StatusCode::UNAUTHORIZED, e.code, e.message)))
+            let code = ErrorCode::from(e.kind);
+            tracing::warn!(code = ?code, reason = %e.message, "WHIP/WHEP authentication failed");
+            Err(Box::new(error(StatusCode::UNAUTHORIZED, code, e.message)))
         }
     }
 }

@@ -13,15 +13,10 @@ use super::{deny, Failure, Reply, Session};
 impl Session {
     pub(super) async fn dispatch(&mut self, request: Request) -> Reply {
         let identity = match (&request, &self.identity) {
-            (Request::Authenticate(auth), None) => {
+            // First authentication, or a refresh with a fresh token of the same user.
+            (Request::Authenticate(auth), _) => {
                 let token = auth.token.clone();
                 return self.authenticate(token);
-            }
-            (Request::Authenticate(_), Some(_)) => {
-                return Err(deny(
-                    ErrorCode::AlreadyAuthenticated,
-                    "this connection is already authenticated",
-                ))
             }
             (Request::Ping, _) => return Ok(("pong", json!({}))),
             (Request::Resume(_), _) => {
@@ -34,6 +29,12 @@ impl Session {
                 return Err(deny(
                     ErrorCode::NotAuthenticated,
                     "send `authenticate` with a valid token first",
+                ))
+            }
+            (_, Some(_)) if self.token_expired() => {
+                return Err(deny(
+                    ErrorCode::TokenExpired,
+                    "your token expired: send `authenticate` with a fresh token",
                 ))
             }
             (_, Some(identity)) => identity.clone(),

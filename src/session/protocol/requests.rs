@@ -63,6 +63,8 @@ pub struct Resume {
     pub token: String,
     /// Highest `seq` the client received; everything after it is replayed.
     pub last_seq: u64,
+    /// A valid JWT of the session's user: the resume token alone does not prove who asks.
+    pub access_token: String,
 }
 
 #[derive(Debug, Deserialize)]

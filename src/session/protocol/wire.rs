@@ -10,15 +10,6 @@ use crate::room::{Notice, ParticipantView, ProducerView, RoomSummary};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserInfo {
-    pub id: String,
-    pub email: Option<String>,
-    pub full_name: Option<String>,
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct ParticipantInfo {
     pub participant_id: String,
     pub user_id: String,

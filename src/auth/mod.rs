@@ -4,97 +4,70 @@
 //! The algorithm is read from the token header and checked against what is configured *before*
 //! any key is chosen, so `alg: none` and algorithm-confusion tokens never reach verification.
 
+mod claims;
+
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::session::protocol::wire::UserInfo;
-use crate::session::protocol::ErrorCode;
+pub use claims::{Claims, Grants, MAX_USER_ID_LEN};
 
-/// What a token allows. Absent from a token, [`Grants::default_for_role`] applies, so plain
-/// simplejwt tokens keep working as they did with the Node backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The authenticated user, as the `connected` reply shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Grants {
-    /// Room ids this token may join; `"*"` means any.
-    #[serde(default = "any_room")]
-    pub rooms: Vec<String>,
-    #[serde(default)]
-    pub create_room: bool,
-    /// Media kinds this token may publish (`"audio"`, `"video"`); empty = none.
-    #[serde(default)]
-    pub publish: Vec<String>,
-    #[serde(default)]
-    pub subscribe: bool,
-    /// May kick participants and close rooms it can join.
-    #[serde(default)]
-    pub room_admin: bool,
-}
-
-fn any_room() -> Vec<String> {
-    vec!["*".to_string()]
-}
-
-impl Grants {
-    /// Full participant rights; room admin only for `role: "admin"`.
-    pub fn default_for_role(role: Option<&str>) -> Self {
-        Grants {
-            rooms: any_room(),
-            create_room: true,
-            publish: vec!["audio".into(), "video".into()],
-            subscribe: true,
-            room_admin: role == Some("admin"),
-        }
-    }
-
-    pub fn may_join(&self, room_id: &str) -> bool {
-        self.rooms.iter().any(|r| r == "*" || r == room_id)
-    }
-
-    pub fn may_publish(&self, kind: &str) -> bool {
-        self.publish.iter().any(|k| k == kind)
-    }
-}
-
-/// simplejwt's claims plus the optional user details the seed returns in `connected`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Claims {
-    /// simplejwt's USER_ID_CLAIM; a number or a string depending on the user model.
-    pub user_id: serde_json::Value,
-    pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+pub struct User {
+    pub id: String,
     pub email: Option<String>,
-    #[serde(default, alias = "fullName", skip_serializing_if = "Option::is_none")]
     pub full_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grants: Option<Grants>,
 }
 
 /// An authenticated user: what `connected` returns plus what the token allows.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub user: UserInfo,
+    pub user: User,
     pub grants: Grants,
+    /// The token's `exp` (unix seconds): the session should end (or be re-authenticated)
+    /// by then. `None` for an identity that does not come from a token.
+    pub expires_at: Option<u64>,
+}
+
+/// Why a token was refused; the session layer maps each kind to its wire code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthErrorKind {
+    /// Malformed, lacks required claims, or claims/grants of the wrong shape.
+    InvalidToken,
+    /// Forged or signed with another key.
+    TokenSignatureInvalid,
+    /// `alg: none`.
+    TokenUnsigned,
+    /// An algorithm this server does not accept.
+    TokenAlgorithmNotAllowed,
+    /// `exp` is in the past.
+    TokenExpired,
+    /// `nbf` is in the future.
+    TokenNotYetValid,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthError {
-    pub code: ErrorCode,
+    pub kind: AuthErrorKind,
+    /// For the client: says what is wrong, never echoes the token.
     pub message: String,
 }
 
-fn reject(code: ErrorCode, message: impl Into<String>) -> AuthError {
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+fn reject(kind: AuthErrorKind, message: impl Into<String>) -> AuthError {
     AuthError {
-        code,
+        kind,
         message: message.into(),
     }
 }
@@ -128,7 +101,7 @@ impl Authenticator {
         let (key, alg) = match algorithm.as_str() {
             a if a.eq_ignore_ascii_case("none") => {
                 return Err(reject(
-                    ErrorCode::TokenUnsigned,
+                    AuthErrorKind::TokenUnsigned,
                     "unsigned tokens (alg: none) are not accepted",
                 ))
             }
@@ -136,7 +109,7 @@ impl Authenticator {
             "RS256" if self.rs256.is_some() => (self.rs256.as_ref().unwrap(), Algorithm::RS256),
             other => {
                 return Err(reject(
-                    ErrorCode::TokenAlgorithmNotAllowed,
+                    AuthErrorKind::TokenAlgorithmNotAllowed,
                     format!(
                         "token algorithm `{other}` is not accepted (allowed: {})",
                         self.allowed()
@@ -148,39 +121,29 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        let data = decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => reject(ErrorCode::TokenExpired, "token has expired"),
-            ErrorKind::ImmatureSignature => {
-                reject(ErrorCode::TokenNotYetValid, "token is not valid yet (nbf)")
-            }
-            ErrorKind::InvalidSignature => reject(
-                ErrorCode::TokenSignatureInvalid,
-                "token signature is invalid",
-            ),
-            _ => reject(ErrorCode::InvalidToken, format!("token is invalid: {e}")),
-        })?;
-        let claims = data.claims;
-        let id = match &claims.user_id {
-            serde_json::Value::String(s) if !s.is_empty() => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(reject(
-                    ErrorCode::InvalidToken,
-                    "token claim `user_id` must be a non-empty string or a number",
-                ))
-            }
-        };
-        let grants = claims
-            .grants
-            .unwrap_or_else(|| Grants::default_for_role(claims.role.as_deref()));
+        let data =
+            decode::<serde_json::Value>(token, key, &validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    reject(AuthErrorKind::TokenExpired, "token has expired")
+                }
+                ErrorKind::ImmatureSignature => reject(
+                    AuthErrorKind::TokenNotYetValid,
+                    "token is not valid yet (nbf)",
+                ),
+                ErrorKind::InvalidSignature => reject(
+                    AuthErrorKind::TokenSignatureInvalid,
+                    "token signature is invalid",
+                ),
+                _ => reject(
+                    AuthErrorKind::InvalidToken,
+                    format!("token is invalid: {e}"),
+                ),
+            })?;
+        let verified = claims::read_claims(&data.claims)?;
         Ok(Identity {
-            user: UserInfo {
-                id,
-                email: claims.email,
-                full_name: claims.full_name,
-                role: claims.role,
-            },
-            grants,
+            user: verified.user,
+            grants: verified.grants,
+            expires_at: Some(verified.exp),
         })
     }
 
@@ -223,7 +186,12 @@ impl Authenticator {
 
 /// The `alg` of a compact JWS header, read without trusting anything else in the token.
 fn header_algorithm(token: &str) -> Result<String, AuthError> {
-    let malformed = || reject(ErrorCode::InvalidToken, "token is not a well-formed JWT");
+    let malformed = || {
+        reject(
+            AuthErrorKind::InvalidToken,
+            "token is not a well-formed JWT",
+        )
+    };
     let header = token.split('.').next().ok_or_else(malformed)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
@@ -274,17 +242,17 @@ mod tests {
         let body = b64(serde_json::json!({"user_id": "u", "exp": unix_now() + 60}));
         let none = format!("{}.{body}.", b64(serde_json::json!({"alg": "none"})));
         assert_eq!(
-            auth.verify(&none).unwrap_err().code,
-            ErrorCode::TokenUnsigned
+            auth.verify(&none).unwrap_err().kind,
+            AuthErrorKind::TokenUnsigned
         );
         let rs = format!("{}.{body}.sig", b64(serde_json::json!({"alg": "RS256"})));
         assert_eq!(
-            auth.verify(&rs).unwrap_err().code,
-            ErrorCode::TokenAlgorithmNotAllowed
+            auth.verify(&rs).unwrap_err().kind,
+            AuthErrorKind::TokenAlgorithmNotAllowed
         );
         assert_eq!(
-            auth.verify("garbage").unwrap_err().code,
-            ErrorCode::InvalidToken
+            auth.verify("garbage").unwrap_err().kind,
+            AuthErrorKind::InvalidToken
         );
     }
 }
