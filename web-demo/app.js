@@ -427,7 +427,8 @@ class Session {
       const timeoutMs = Math.max(1000, Math.min(RESUME_REPLY_TIMEOUT_MS, deadline - performance.now()));
       const lastSeq = this.lastSeq;
       try {
-        const res = await this.request('resume', { token: this.resumeToken, lastSeq }, { direct: true, timeoutMs });
+        // The resume token alone does not prove who we are: the JWT goes along.
+        const res = await this.request('resume', { token: this.resumeToken, lastSeq, accessToken: this.token }, { direct: true, timeoutMs });
         if (typeof res.resumeToken === 'string' && res.resumeToken) this.resumeToken = res.resumeToken;
         if (res.participantId && res.participantId !== this.participantId) {
           log(`resumed as ${res.participantId}, expected ${this.participantId}`, 'warn');
