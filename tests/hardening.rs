@@ -178,3 +178,114 @@ async fn room_requests_accept_the_room_id_and_check_it() {
     );
     server.stop().await;
 }
+
+fn token_expiring_in(user: &str, secs: u64) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "user_id": user, "exp": exp }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_ends_with_its_token_unless_refreshed() {
+    let server = start_server().await;
+    // The verifier allows 5 s of leeway past `exp`.
+    let mut short = client(&server, &token_expiring_in("short", 1)).await;
+    ok(
+        &create(&mut short, Some("expiry")).await,
+        "createRoomResponse",
+    );
+    ok(
+        &short
+            .request(
+                "joinRoom",
+                json!({ "roomId": "expiry", "displayName": "s" }),
+            )
+            .await,
+        "joinRoomResponse",
+    );
+    let mut refreshed = client(&server, &token_expiring_in("fresh", 1)).await;
+    // Refresh with a longer token of the same user; another user's token is refused.
+    let reply = refreshed
+        .request(
+            "authenticate",
+            json!({ "token": token_expiring_in("fresh", 600) }),
+        )
+        .await;
+    ok(&reply, "connected");
+    let reply = refreshed
+        .request(
+            "authenticate",
+            json!({ "token": token(&server, "mallory") }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "ALREADY_AUTHENTICATED");
+
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The expired session was told, removed from its room and closed.
+    let mut saw_expiry = false;
+    while let Some(msg) = short.recv(Duration::from_secs(2)).await {
+        if msg["type"] == "error" && msg["data"]["code"] == "TOKEN_EXPIRED" {
+            saw_expiry = true;
+        }
+    }
+    assert!(saw_expiry, "the expired session is told TOKEN_EXPIRED");
+    assert!(
+        !server.ctx.rooms.room_exists("expiry"),
+        "its participant left"
+    );
+    // The refreshed one keeps working.
+    ok(
+        &create(&mut refreshed, Some("after-refresh")).await,
+        "createRoomResponse",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_token_alone_does_not_take_over_a_session() {
+    let server = start_server().await;
+    let alice_jwt = token(&server, "alice");
+    let mut alice = WsClient::connect(server.http_addr).await;
+    let connected = alice.authenticate(&alice_jwt).await;
+    let resume_token = connected["data"]["resumeToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let resume = |access: Option<&str>| {
+        let mut data = json!({ "token": resume_token, "lastSeq": 0 });
+        if let Some(jwt) = access {
+            data["accessToken"] = json!(jwt);
+        }
+        json!({ "type": "resume", "requestId": "r", "data": data }).to_string()
+    };
+    // Without a JWT, and with another user's JWT: refused, and Alice's socket stays.
+    let mut thief = WsClient::connect(server.http_addr).await;
+    thief.send_raw(&resume(None)).await;
+    let reply = thief.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error_code(&reply), "INVALID_PAYLOAD");
+    let mallory = token(&server, "mallory");
+    thief.send_raw(&resume(Some(&mallory))).await;
+    let reply = thief.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error_code(&reply), "RESUME_FAILED");
+    ok(&alice.request("ping", json!({})).await, "pong");
+    ok(
+        &create(&mut alice, Some("still-alice")).await,
+        "createRoomResponse",
+    );
+
+    // With Alice's own JWT the resume is hers to make.
+    let mut again = WsClient::connect(server.http_addr).await;
+    again.send_raw(&resume(Some(&alice_jwt))).await;
+    let reply = again.recv(Duration::from_secs(5)).await.unwrap();
+    ok(&reply, "resumed");
+    server.stop().await;
+}
