@@ -93,11 +93,7 @@ fn a_signed_request_ties_its_address() {
     );
     assert_eq!(core.by_addr.get(&source), Some(&key));
     assert_eq!(core.transports[key].remote_addrs, vec![source]);
-    assert!(
-        wire.0.contains(&source),
-        "no binding response: {:?}",
-        wire.0
-    );
+    assert_eq!(core.stats().datagrams_dropped, 0);
 }
 
 #[test]
