@@ -107,12 +107,6 @@ async fn forged_binding_requests_neither_steal_addresses_nor_block_a_later_clien
     // 200 spoofed sources name the live publisher transport.
     let before = dropped(&server).await;
     let _flood = flood(media_addr, &publisher_ufrag, 200).await;
-    wait_until(
-        "flood reached the worker",
-        Duration::from_secs(5),
-        || async { dropped(&server).await >= before + 600 },
-    )
-    .await;
 
     let mut viewer_ws = WsClient::connect(server.http_addr).await;
     viewer_ws.authenticate(&token(&server, "viewer")).await;
@@ -134,7 +128,6 @@ async fn forged_binding_requests_neither_steal_addresses_nor_block_a_later_clien
     // The viewer's own address sends forged requests naming the publisher's ufrag first (the
     // attacker spoofing exactly the address a later client comes from): a forged ICE agent
     // borrows the viewer's socket, then the real one takes over.
-    let before = dropped(&server).await;
     let real = viewer
         .with(move |s| {
             let mut forged = RtcConfig::new().build(Instant::now());
@@ -153,12 +146,8 @@ async fn forged_binding_requests_neither_steal_addresses_nor_block_a_later_clien
             std::mem::replace(&mut s.rtc, forged)
         })
         .await;
-    wait_until(
-        "forged requests from the viewer's address",
-        Duration::from_secs(5),
-        || async { dropped(&server).await >= before + 3 },
-    )
-    .await;
+    // Its checks leave at 0, 250 and 750 ms.
+    tokio::time::sleep(Duration::from_millis(900)).await;
     viewer.with(move |s| s.rtc = real).await;
 
     viewer.answer_subscriber_offer(&mut viewer_ws, &offer).await;
@@ -178,6 +167,10 @@ async fn forged_binding_requests_neither_steal_addresses_nor_block_a_later_clien
         viewer.received().await.len() >= 20
     })
     .await;
+    // Every forged request was refused before str0m saw it: 2 × 200 sources × 3, plus the
+    // forged agent's checks from the viewer's address.
+    let refused = dropped(&server).await - before;
+    assert!(refused > 1200, "only {refused} datagrams refused");
     let stats = server.ctx.media.stats().await;
     assert!(stats.rtp_packets_forwarded > 0, "{stats:?}");
     server.stop().await;
