@@ -127,3 +127,34 @@ fn addresses_per_transport_are_bounded_and_the_nominated_one_stays() {
     // A known address keeps routing without a new signature (DTLS, RTP, consent checks).
     assert_eq!(core.by_addr.get(&from_port(6039)), Some(&key));
 }
+
+#[test]
+fn unparsable_offers_and_answers_get_a_bounded_human_message() {
+    let (mut core, _key, _ufrag, _pass) = core_with_subscriber();
+    let mut wire = Wire::default();
+    let now = Instant::now();
+    let garbage = "v=0\r\ngarbage";
+    let errors = [
+        core.publisher_offer(TransportId(7), garbage, now, &mut wire)
+            .map(|_| ())
+            .unwrap_err(),
+        core.subscriber_answer(TransportId(1), garbage, now, &mut wire)
+            .unwrap_err(),
+        core.whep_offer(TransportId(8), garbage, &[], now, &mut wire)
+            .map(|_| ())
+            .unwrap_err(),
+    ];
+    for e in errors {
+        let MediaError::InvalidSdp(text) = &e else {
+            panic!("not InvalidSdp: {e:?}");
+        };
+        assert!(text.starts_with("SDP could not be parsed"), "{text}");
+        assert!(
+            !text.contains("PointerOffset") && !text.contains("0x"),
+            "{text}"
+        );
+        assert!(e.to_string().len() <= 200, "{e}");
+    }
+    // Nothing was created for the refused offers.
+    assert_eq!(core.stats().transports, 1);
+}

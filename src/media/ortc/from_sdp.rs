@@ -50,72 +50,75 @@ pub(super) fn parse_media(sdp: &str) -> Vec<SdpMedia> {
             continue;
         };
         let (name, value) = attr.split_once(':').unwrap_or((attr, ""));
-        match name {
-            "mid" => m.mid = value.to_string(),
-            "sendonly" | "recvonly" | "sendrecv" | "inactive" => m.direction = name.to_string(),
-            "rtpmap" => {
-                let Some((pt, spec)) = value.split_once(' ') else {
-                    continue;
-                };
-                let mut spec = spec.split('/');
-                let (Ok(pt), Some(name), Some(Ok(clock))) =
-                    (pt.parse(), spec.next(), spec.next().map(str::parse))
-                else {
-                    continue;
-                };
-                let channels = spec.next().and_then(|c| c.parse().ok());
-                m.rtpmap.insert(pt, (name.to_string(), clock, channels));
-            }
-            "fmtp" => {
-                if let Some((pt, params)) = value.split_once(' ') {
-                    if let Ok(pt) = pt.parse() {
-                        m.fmtp.insert(pt, params.to_string());
-                    }
-                }
-            }
-            "rtcp-fb" => {
-                let mut parts = value.split_whitespace();
-                let (Some(Ok(pt)), Some(kind)) = (parts.next().map(str::parse), parts.next())
-                else {
-                    continue;
-                };
-                m.rtcp_fb.entry(pt).or_default().push(RtcpFeedback {
-                    kind: kind.to_string(),
-                    parameter: parts.next().unwrap_or("").to_string(),
-                });
-            }
-            "extmap" => {
-                let mut parts = value.split_whitespace();
-                if let (Some(id), Some(uri)) = (parts.next(), parts.next()) {
-                    if let Ok(id) = id.split('/').next().unwrap_or("").parse() {
-                        m.extmap.push((id, uri.to_string()));
-                    }
-                }
-            }
-            "ssrc" => {
-                let mut parts = value.splitn(2, ' ');
-                let (Some(Ok(ssrc)), Some(rest)) = (parts.next().map(str::parse), parts.next())
-                else {
-                    continue;
-                };
-                if let Some(cname) = rest.strip_prefix("cname:") {
-                    m.ssrcs.push((ssrc, cname.to_string()));
-                }
-            }
-            "ssrc-group" => {
-                let mut parts = value.split_whitespace();
-                if parts.next() == Some("FID") {
-                    if let (Some(Ok(a)), Some(Ok(b))) =
-                        (parts.next().map(str::parse), parts.next().map(str::parse))
-                    {
-                        m.fid.push((a, b));
-                    }
-                }
-            }
-            _ => {}
-        }
+        read_attribute(m, name, value);
     }
     media
+}
+
+/// One `a=` line of an m-line section, if it is one ORTC needs.
+fn read_attribute(m: &mut SdpMedia, name: &str, value: &str) {
+    match name {
+        "mid" => m.mid = value.to_string(),
+        "sendonly" | "recvonly" | "sendrecv" | "inactive" => m.direction = name.to_string(),
+        "rtpmap" => {
+            let Some((pt, spec)) = value.split_once(' ') else {
+                return;
+            };
+            let mut spec = spec.split('/');
+            let (Ok(pt), Some(name), Some(Ok(clock))) =
+                (pt.parse(), spec.next(), spec.next().map(str::parse))
+            else {
+                return;
+            };
+            let channels = spec.next().and_then(|c| c.parse().ok());
+            m.rtpmap.insert(pt, (name.to_string(), clock, channels));
+        }
+        "fmtp" => {
+            if let Some((pt, params)) = value.split_once(' ') {
+                if let Ok(pt) = pt.parse() {
+                    m.fmtp.insert(pt, params.to_string());
+                }
+            }
+        }
+        "rtcp-fb" => {
+            let mut parts = value.split_whitespace();
+            let (Some(Ok(pt)), Some(kind)) = (parts.next().map(str::parse), parts.next()) else {
+                return;
+            };
+            m.rtcp_fb.entry(pt).or_default().push(RtcpFeedback {
+                kind: kind.to_string(),
+                parameter: parts.next().unwrap_or("").to_string(),
+            });
+        }
+        "extmap" => {
+            let mut parts = value.split_whitespace();
+            if let (Some(id), Some(uri)) = (parts.next(), parts.next()) {
+                if let Ok(id) = id.split('/').next().unwrap_or("").parse() {
+                    m.extmap.push((id, uri.to_string()));
+                }
+            }
+        }
+        "ssrc" => {
+            let mut parts = value.splitn(2, ' ');
+            let (Some(Ok(ssrc)), Some(rest)) = (parts.next().map(str::parse), parts.next()) else {
+                return;
+            };
+            if let Some(cname) = rest.strip_prefix("cname:") {
+                m.ssrcs.push((ssrc, cname.to_string()));
+            }
+        }
+        "ssrc-group" => {
+            let mut parts = value.split_whitespace();
+            if parts.next() == Some("FID") {
+                if let (Some(Ok(a)), Some(Ok(b))) =
+                    (parts.next().map(str::parse), parts.next().map(str::parse))
+                {
+                    m.fid.push((a, b));
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn fmtp_to_parameters(fmtp: Option<&String>) -> Map<String, Value> {

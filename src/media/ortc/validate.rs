@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::{invalid, kind_str, split_mime, OrtcError, RtpParameters, MAX_ENCODINGS};
+use super::{
+    invalid, kind_str, split_mime, OrtcError, RtpCodecParameters, RtpParameters, MAX_ENCODINGS,
+};
 use crate::media::Kind;
 
 /// Codec names we forward, with their media kind and clock rate.
@@ -48,7 +50,6 @@ pub(super) fn param_value_text(key: &str, value: &Value) -> Result<String, OrtcE
 
 /// Check every field of a producer's `rtpParameters` for `kind` before anything touches str0m.
 pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcError> {
-    let kind_name = kind_str(kind);
     if params.codecs.is_empty() {
         return Err(invalid("rtpParameters.codecs must not be empty"));
     }
@@ -58,68 +59,87 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
     let mut pts = HashSet::new();
     let mut media_pts = HashSet::new();
     for (i, codec) in params.codecs.iter().enumerate() {
-        let Some((mime_kind, name)) = split_mime(&codec.mime_type) else {
+        validate_codec(kind, i, codec, &mut pts, &mut media_pts)?;
+    }
+    validate_rtx(params, &media_pts)?;
+    validate_header_extensions(params)?;
+    validate_encodings(kind, params)?;
+    validate_mid_and_cname(params)
+}
+
+/// One codec: a known codec of `kind`, its clock rate, a free payload type, safe parameters.
+fn validate_codec(
+    kind: Kind,
+    i: usize,
+    codec: &RtpCodecParameters,
+    pts: &mut HashSet<u8>,
+    media_pts: &mut HashSet<u8>,
+) -> Result<(), OrtcError> {
+    let kind_name = kind_str(kind);
+    let Some((mime_kind, name)) = split_mime(&codec.mime_type) else {
+        return Err(invalid(format!(
+            "codecs[{i}].mimeType `{}` is not `kind/name`",
+            codec.mime_type
+        )));
+    };
+    if mime_kind.to_ascii_lowercase() != kind_name {
+        return Err(invalid(format!(
+            "codecs[{i}].mimeType `{}` is not a {kind_name} codec",
+            codec.mime_type
+        )));
+    }
+    let lower = name.to_ascii_lowercase();
+    let Some((_, codec_kind, clock)) = KNOWN_CODECS.iter().find(|(n, _, _)| *n == lower) else {
+        return Err(OrtcError::UnsupportedCodec(format!(
+            "codecs[{i}]: unsupported codec `{}` (supported: audio/opus, video/VP8, VP9, H264, AV1, rtx)",
+            codec.mime_type
+        )));
+    };
+    if *codec_kind != kind {
+        return Err(invalid(format!(
+            "codecs[{i}]: `{}` is not a {kind_name} codec",
+            codec.mime_type
+        )));
+    }
+    if codec.clock_rate != *clock {
+        return Err(invalid(format!(
+            "codecs[{i}].clockRate must be {clock} for {}",
+            codec.mime_type
+        )));
+    }
+    if codec.payload_type > 127 || (64..=95).contains(&codec.payload_type) {
+        return Err(invalid(format!(
+            "codecs[{i}].payloadType {} is outside 0-63/96-127",
+            codec.payload_type
+        )));
+    }
+    if !pts.insert(codec.payload_type) {
+        return Err(invalid(format!(
+            "codecs[{i}].payloadType {} is used twice",
+            codec.payload_type
+        )));
+    }
+    if i == 0 && lower == "rtx" {
+        return Err(invalid("codecs[0] must be a media codec, not rtx"));
+    }
+    if lower != "rtx" {
+        media_pts.insert(codec.payload_type);
+    }
+    for (key, value) in &codec.parameters {
+        param_value_text(key, value)?;
+    }
+    for fb in &codec.rtcp_feedback {
+        if !is_token(&fb.kind, &[]) || !(fb.parameter.is_empty() || is_token(&fb.parameter, &[])) {
             return Err(invalid(format!(
-                "codecs[{i}].mimeType `{}` is not `kind/name`",
-                codec.mime_type
+                "codecs[{i}].rtcpFeedback has an invalid entry"
             )));
-        };
-        if mime_kind.to_ascii_lowercase() != kind_name {
-            return Err(invalid(format!(
-                "codecs[{i}].mimeType `{}` is not a {kind_name} codec",
-                codec.mime_type
-            )));
-        }
-        let lower = name.to_ascii_lowercase();
-        let Some((_, codec_kind, clock)) = KNOWN_CODECS.iter().find(|(n, _, _)| *n == lower) else {
-            return Err(OrtcError::UnsupportedCodec(format!(
-                "codecs[{i}]: unsupported codec `{}` (supported: audio/opus, video/VP8, VP9, H264, AV1, rtx)",
-                codec.mime_type
-            )));
-        };
-        if *codec_kind != kind {
-            return Err(invalid(format!(
-                "codecs[{i}]: `{}` is not a {kind_name} codec",
-                codec.mime_type
-            )));
-        }
-        if codec.clock_rate != *clock {
-            return Err(invalid(format!(
-                "codecs[{i}].clockRate must be {clock} for {}",
-                codec.mime_type
-            )));
-        }
-        if codec.payload_type > 127 || (64..=95).contains(&codec.payload_type) {
-            return Err(invalid(format!(
-                "codecs[{i}].payloadType {} is outside 0-63/96-127",
-                codec.payload_type
-            )));
-        }
-        if !pts.insert(codec.payload_type) {
-            return Err(invalid(format!(
-                "codecs[{i}].payloadType {} is used twice",
-                codec.payload_type
-            )));
-        }
-        if i == 0 && lower == "rtx" {
-            return Err(invalid("codecs[0] must be a media codec, not rtx"));
-        }
-        if lower != "rtx" {
-            media_pts.insert(codec.payload_type);
-        }
-        for (key, value) in &codec.parameters {
-            param_value_text(key, value)?;
-        }
-        for fb in &codec.rtcp_feedback {
-            if !is_token(&fb.kind, &[])
-                || !(fb.parameter.is_empty() || is_token(&fb.parameter, &[]))
-            {
-                return Err(invalid(format!(
-                    "codecs[{i}].rtcpFeedback has an invalid entry"
-                )));
-            }
         }
     }
+    Ok(())
+}
+
+/// Every rtx codec names a media codec's payload type in `apt`.
+fn validate_rtx(params: &RtpParameters, media_pts: &HashSet<u8>) -> Result<(), OrtcError> {
     for (i, codec) in params.codecs.iter().enumerate() {
         if codec.mime_type.to_ascii_lowercase().ends_with("/rtx") {
             let apt = codec.parameters.get("apt").and_then(|v| match v {
@@ -137,6 +157,10 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
             }
         }
     }
+    Ok(())
+}
+
+fn validate_header_extensions(params: &RtpParameters) -> Result<(), OrtcError> {
     let mut ids = HashSet::new();
     for (i, ext) in params.header_extensions.iter().enumerate() {
         if ext.id == 0 || ext.id > 14 {
@@ -157,6 +181,11 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
             )));
         }
     }
+    Ok(())
+}
+
+/// One to three encodings, all with a `rid` or none, with unique non-zero SSRCs.
+fn validate_encodings(kind: Kind, params: &RtpParameters) -> Result<(), OrtcError> {
     if params.encodings.is_empty() {
         return Err(invalid("rtpParameters.encodings must not be empty"));
     }
@@ -203,6 +232,10 @@ pub fn validate_producer(kind: Kind, params: &RtpParameters) -> Result<(), OrtcE
     if params.encodings.len() > 1 && with_rid == 0 && kind == Kind::Audio {
         return Err(invalid("audio producers have one encoding"));
     }
+    Ok(())
+}
+
+fn validate_mid_and_cname(params: &RtpParameters) -> Result<(), OrtcError> {
     if let Some(mid) = &params.mid {
         if mid.len() > 32 || !is_token(mid, &[]) {
             return Err(invalid(
