@@ -122,7 +122,7 @@ pub enum MediaEvent {
 /// Errors a media command can return. `InvalidSdp` is the client's fault, the rest ours.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MediaError {
-    #[error("invalid SDP: {0}")]
+    #[error("{0}")]
     InvalidSdp(String),
     #[error("no offer is pending on this transport")]
     NoPendingOffer,

@@ -1,0 +1,104 @@
+//! Draining str0m after every input: transmits go to the egress, events become forwarding,
+//! producers, keyframe requests and stats; transports that died are removed afterwards.
+
+use std::time::Instant;
+
+use str0m::media::Direction;
+use str0m::{Event, IceConnectionState, Output};
+
+use super::{Deferred, Egress, Role, TransportKey, WorkerCore};
+use crate::media::MediaEvent;
+
+impl WorkerCore {
+    pub(super) fn drain(&mut self, key: TransportKey, now: Instant, egress: &mut dyn Egress) {
+        loop {
+            let Some(transport) = self.transports.get_mut(key) else {
+                return;
+            };
+            let output = match transport.rtc.poll_output() {
+                Ok(output) => output,
+                Err(e) => {
+                    self.dead.push((key, format!("rtc error: {e}")));
+                    return;
+                }
+            };
+            match output {
+                Output::Transmit(t) => egress.send(t.destination, &t.contents),
+                Output::Timeout(at) => {
+                    self.schedule(key, at);
+                    return;
+                }
+                Output::Event(event) => self.on_event(key, event, now, egress),
+            }
+        }
+    }
+
+    pub(super) fn on_event(
+        &mut self,
+        key: TransportKey,
+        event: Event,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) {
+        match event {
+            Event::RtpPacket(packet) => self.forward(key, packet, now, egress),
+            Event::MediaAdded(added) => {
+                let receiving =
+                    matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
+                if self.transports[key].role == Role::Publisher && receiving {
+                    self.add_producer(key, added.mid, added.kind);
+                }
+            }
+            Event::KeyframeRequest(req) => {
+                if let Some(ck) = self.consumer_by_mid(key, req.mid) {
+                    self.deferred
+                        .push(Deferred::KeyframeRequest { consumer: ck });
+                }
+            }
+            Event::MediaEgressStats(stats) => {
+                if let Some(ck) = self.consumer_by_mid(key, stats.mid) {
+                    let consumer = &mut self.consumers[ck];
+                    self.stats.nacks_received += stats.nacks.saturating_sub(consumer.nacks_seen);
+                    consumer.nacks_seen = consumer.nacks_seen.max(stats.nacks);
+                }
+            }
+            Event::PeerStats(stats) => {
+                let transport = &mut self.transports[key];
+                transport.nominated = stats.selected_candidate_pair.map(|p| p.remote.addr);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.dead.push((key, "ice disconnected".into()));
+            }
+            Event::Closed => self.dead.push((key, "dtls closed".into())),
+            Event::Connected => {
+                tracing::debug!(transport = self.transports[key].id.0, "transport connected");
+            }
+            _ => {}
+        }
+    }
+
+    /// Work that must not run while a transport is mid-drain: keyframe requests coming from
+    /// subscribers, and removal of transports that died.
+    pub(super) fn after_drain(&mut self, now: Instant, egress: &mut dyn Egress) {
+        while let Some(deferred) = self.deferred.pop() {
+            match deferred {
+                Deferred::KeyframeRequest { consumer } => {
+                    if self.consumers.contains(consumer) {
+                        self.request_keyframe_for(consumer, now);
+                    }
+                }
+            }
+        }
+        while let Some((key, reason)) = self.dead.pop() {
+            if let Some(transport) = self.transports.get(key) {
+                let id = transport.id;
+                tracing::info!(transport = id.0, %reason, "transport closed");
+                self.remove_transport(key, now, egress);
+                let _ = self.events.send(MediaEvent::TransportClosed {
+                    transport: id,
+                    reason,
+                });
+            }
+        }
+    }
+}

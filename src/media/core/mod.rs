@@ -1,0 +1,322 @@
+//! One worker's state, sans I/O: fed datagrams, commands and timeouts; writes datagrams to an
+//! [`Egress`]. The worker loop (`worker.rs`) owns the socket; benches drive this directly.
+//!
+//! One type, [`WorkerCore`], spread over files in the order a packet meets them:
+//! `demux` (datagram → transport) → `drain` (str0m output and events) → `forward` (RTP to
+//! consumers) → `keyframes` (layer targets and PLIs); `timers` drive str0m's clocks. The
+//! signaling side changes the state through `sdp` (offer/answer flow), `ortc`
+//! (mediasoup-style), `whep`, `control` (pause, preference) and `teardown`.
+
+mod arena;
+mod control;
+mod demux;
+mod drain;
+mod forward;
+mod keyframes;
+mod ortc;
+mod sdp;
+mod sdp_error;
+mod teardown;
+mod timers;
+mod whep;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpPendingOffer;
+use str0m::format::Codec;
+use str0m::media::{Mid, Pt, Rid};
+use str0m::rtp::Ssrc;
+use str0m::{Rtc, RtcConfig};
+use tokio::sync::mpsc::UnboundedSender;
+
+use self::arena::Arena;
+use self::arena::{ConsumerKey, ProducerKey, TransportKey};
+use self::keyframes::KeyframeRequests;
+pub use self::ortc::{router_capabilities, ConsumerCreated};
+use super::codec::{apply_codecs, CodecName};
+use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
+use super::simulcast::{LayerSelector, Munger, Preference};
+use super::{Kind, MediaError, MediaEvent, NewProducer, ProducerId, TransportId, WorkerStats};
+
+/// Where the core writes outgoing datagrams.
+pub trait Egress {
+    fn send(&mut self, destination: SocketAddr, payload: &[u8]);
+}
+
+/// A layer with no packet for this long counts as stopped (publisher dropped it).
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+const FAR_FUTURE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publisher,
+    Subscriber,
+}
+
+struct Transport {
+    id: TransportId,
+    role: Role,
+    rtc: Rtc,
+    ufrag: String,
+    /// Remote addresses that proved the ICE password, oldest first (bounded, see `demux`).
+    remote_addrs: Vec<SocketAddr>,
+    /// The remote address of str0m's nominated pair, from its periodic stats; never evicted.
+    nominated: Option<SocketAddr>,
+    /// Deadline we last scheduled in the timer heap for this transport.
+    next_timeout: Instant,
+    /// Publisher: producer by mid, and a cache from incoming SSRC to (producer, layer).
+    producers_by_mid: HashMap<Mid, ProducerKey>,
+    ssrc_routes: HashMap<Ssrc, (ProducerKey, u8)>,
+    /// Subscriber: consumers on this transport, and SDP changes waiting for the next offer.
+    consumers: Vec<ConsumerKey>,
+    queued_changes: Vec<SubscriberChange>,
+    pending_offer: Option<SdpPendingOffer>,
+    negotiation: Negotiation,
+}
+
+/// Who drives SDP on a transport.
+enum Negotiation {
+    /// The web demo's flow: the client offers to publish; we push offers to subscribers.
+    Sdp,
+    /// The client offered once and cannot take a re-offer (WHEP): never renegotiate.
+    ClientOffer,
+    /// mediasoup-style ORTC: we synthesize the client's side of every SDP exchange.
+    Ortc(Box<OrtcState>),
+}
+
+struct OrtcState {
+    /// The browser's ICE ufrag is never sent in ORTC; learned from its first STUN request.
+    remote_ufrag: String,
+    /// Never learned either; ICE-lite only needs it for requests it never sends.
+    remote_pwd: String,
+    /// `sha-256 AB:..` from `connectWebRtcTransport` (a placeholder until then).
+    remote_fingerprint: String,
+    published: Vec<PublishedLine>,
+    /// Codecs promised to the client per consumer mid: what its own answer keeps.
+    consumer_codecs: HashMap<String, Vec<RtpCodecParameters>>,
+    sdp_version: u64,
+}
+
+impl OrtcState {
+    fn remote(&self) -> RemoteIdentity<'_> {
+        RemoteIdentity {
+            ice_ufrag: &self.remote_ufrag,
+            ice_pwd: &self.remote_pwd,
+            fingerprint: &self.remote_fingerprint,
+        }
+    }
+}
+
+enum SubscriberChange {
+    Add(ConsumerKey),
+    Stop(Mid),
+}
+
+struct Layer {
+    rid: Option<Rid>,
+    active: bool,
+    last_packet: Option<Instant>,
+}
+
+impl Layer {
+    fn new(rid: Option<Rid>) -> Self {
+        Layer {
+            rid,
+            active: false,
+            last_packet: None,
+        }
+    }
+}
+
+struct Producer {
+    id: ProducerId,
+    transport: TransportKey,
+    mid: Mid,
+    kind: Kind,
+    layers: Vec<Layer>,
+    /// PLIs sent to the publisher for this track, debounced per layer.
+    keyframes: KeyframeRequests,
+    /// Codec of the last packet seen (resolved from its payload type).
+    codec: Option<Codec>,
+    codec_pt: Option<Pt>,
+    /// Mime type declared by an ORTC `publish` (SDP producers learn theirs from packets).
+    mime_type: Option<String>,
+    paused: bool,
+    consumers: Vec<ConsumerKey>,
+}
+
+struct Consumer {
+    producer: ProducerKey,
+    transport: TransportKey,
+    stream_id: String,
+    /// Assigned when the add is applied to an SDP offer.
+    mid: Option<Mid>,
+    /// Known once the subscriber's answer is applied; forwarding starts then.
+    tx_ssrc: Option<Ssrc>,
+    /// Payload type mapping (publisher's PT → subscriber's PT), resolved lazily per codec.
+    pt_map: Option<(Pt, Pt)>,
+    selector: LayerSelector,
+    munger: Munger,
+    last_keyframe_ask: Option<Instant>,
+    /// Cumulative NACK count str0m last reported for this consumer's stream.
+    nacks_seen: u64,
+    paused: bool,
+}
+
+/// Effects of subscriber events that touch publishers; applied after the current drain.
+enum Deferred {
+    KeyframeRequest { consumer: ConsumerKey },
+}
+
+pub struct WorkerCore {
+    rtc_template: RtcConfig,
+    candidate_addr: SocketAddr,
+    transports: Arena<TransportKey, Transport>,
+    producers: Arena<ProducerKey, Producer>,
+    consumers: Arena<ConsumerKey, Consumer>,
+    by_id: HashMap<TransportId, TransportKey>,
+    by_addr: HashMap<SocketAddr, TransportKey>,
+    by_ufrag: HashMap<String, TransportKey>,
+    producer_by_id: HashMap<ProducerId, ProducerKey>,
+    timers: BinaryHeap<Reverse<(Instant, TransportKey)>>,
+    events: UnboundedSender<MediaEvent>,
+    deferred: Vec<Deferred>,
+    /// Producers created while draining a publisher after its offer; returned to the caller.
+    new_producers: Vec<NewProducer>,
+    dead: Vec<(TransportKey, String)>,
+    stats: WorkerStats,
+}
+
+impl WorkerCore {
+    /// `candidate_addr` is the address clients send to (announced IP + this worker's port).
+    pub fn new(
+        candidate_addr: SocketAddr,
+        codecs: &[CodecName],
+        events: UnboundedSender<MediaEvent>,
+    ) -> Self {
+        // One DTLS certificate per worker: generating one per transport costs a keygen each.
+        // Stats once a second give us NACK counts per consumer for metrics.
+        let mut template = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        if let Some(cert) = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+        {
+            template = template.set_dtls_cert(cert);
+        }
+        WorkerCore {
+            rtc_template: apply_codecs(template, codecs),
+            candidate_addr,
+            transports: Arena::new(),
+            producers: Arena::new(),
+            consumers: Arena::new(),
+            by_id: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            producer_by_id: HashMap::new(),
+            timers: BinaryHeap::new(),
+            events,
+            deferred: Vec::new(),
+            new_producers: Vec::new(),
+            dead: Vec::new(),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            transports: self.transports.len(),
+            producers: self.producers.len(),
+            consumers: self.consumers.len(),
+            ..self.stats
+        }
+    }
+
+    /// A new consumer of producer `pk` on subscriber transport `key`, in both fan-out lists.
+    fn attach_consumer(
+        &mut self,
+        pk: ProducerKey,
+        key: TransportKey,
+        stream_id: String,
+        mid: Option<Mid>,
+        tx_ssrc: Option<Ssrc>,
+        paused: bool,
+    ) -> ConsumerKey {
+        let kind = self.producers[pk].kind;
+        let ck = self.consumers.insert(Consumer {
+            producer: pk,
+            transport: key,
+            stream_id,
+            mid,
+            tx_ssrc,
+            pt_map: None,
+            selector: LayerSelector::new(Preference::Auto, kind == Kind::Video),
+            munger: Munger::new(kind.clock_rate()),
+            last_keyframe_ask: None,
+            nacks_seen: 0,
+            paused,
+        });
+        self.producers[pk].consumers.push(ck);
+        self.transports[key].consumers.push(ck);
+        ck
+    }
+
+    fn producer_key(&self, producer: ProducerId) -> Result<ProducerKey, MediaError> {
+        self.producer_by_id
+            .get(&producer)
+            .copied()
+            .ok_or(MediaError::ProducerNotFound)
+    }
+
+    fn subscriber_key(&self, id: TransportId) -> Result<TransportKey, MediaError> {
+        match self.by_id.get(&id) {
+            Some(key) if self.transports[*key].role == Role::Subscriber => Ok(*key),
+            _ => Err(MediaError::TransportNotFound),
+        }
+    }
+
+    /// The consumer of `pk` on subscriber transport `key`, if any.
+    fn find_consumer(&self, key: TransportKey, pk: ProducerKey) -> Option<ConsumerKey> {
+        self.transports[key]
+            .consumers
+            .iter()
+            .copied()
+            .find(|ck| self.consumers[*ck].producer == pk)
+    }
+
+    fn consumer_of(
+        &self,
+        id: TransportId,
+        producer: ProducerId,
+    ) -> Result<ConsumerKey, MediaError> {
+        let key = self.subscriber_key(id)?;
+        let pk = self.producer_key(producer)?;
+        self.find_consumer(key, pk)
+            .ok_or(MediaError::ProducerNotFound)
+    }
+
+    fn consumer_by_mid(&self, key: TransportKey, mid: Mid) -> Option<ConsumerKey> {
+        self.transports[key]
+            .consumers
+            .iter()
+            .copied()
+            .find(|ck| self.consumers[*ck].mid == Some(mid))
+    }
+
+    /// The consumer's SSRC on its subscriber's `Rtc`, once the m-line is negotiated.
+    fn tx_ssrc(&mut self, key: TransportKey, mid: Mid) -> Option<Ssrc> {
+        self.transports[key]
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .map(|s| s.ssrc())
+    }
+}
+
+#[cfg(test)]
+mod tests;
