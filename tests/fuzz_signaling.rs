@@ -177,7 +177,14 @@ fn mutated_offer() -> impl Strategy<Value = String> {
 
 #[tokio::test]
 async fn mutated_sdp_offers_are_answered_or_refused_cleanly() {
-    let server = start_server().await;
+    // Many sessions in a second: this test is not about rate limits.
+    let server = start_server_with(&[
+        "--rate-limit-connections-per-minute",
+        "100000",
+        "--rate-limit-messages-per-second",
+        "100000",
+    ])
+    .await;
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 60,
         ..ProptestConfig::default()
