@@ -69,7 +69,7 @@ impl CodecName {
 /// 4d001f and 64001f, each with packetization-mode 1 and 0 (Chromium 156 encodes the first
 /// three; mode 1 is what it prefers); AV1 profile 0. The payload types differ from Chromium's,
 /// which is fine: the publisher's offer fixes its payload types, the SFU maps them per subscriber
-/// by codec and format parameters (`map_payload_type` in core.rs).
+/// by codec and format parameters (`map_payload_type` in core/forward.rs).
 pub fn apply_codecs(mut config: RtcConfig, codecs: &[CodecName]) -> RtcConfig {
     config = config.clear_codecs();
     for codec in codecs {

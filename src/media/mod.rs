@@ -3,10 +3,10 @@
 //! This module knows nothing of rooms, users or signaling transports. The layer above talks to
 //! it through [`MediaRouter`] (commands with replies) and receives [`MediaEvent`]s.
 //!
-//! Data path inside a worker (see `core.rs`): UDP datagram → transport found by remote address
-//! (or STUN username on first contact) → `Rtc::handle_input` → `Event::RtpPacket` → for each
-//! consumer of that producer on the same worker: layer decision → id rewrite → `write_rtp` →
-//! `poll_output` → `send_to`. No thread hop and no per-packet allocation of our own.
+//! Data path inside a worker (see `core/`): UDP datagram → transport found by remote address
+//! (or, on first contact, a STUN request naming its ufrag and signed with its password) →
+//! `Rtc::handle_input` → `Event::RtpPacket` → for each consumer of that producer on the same
+//! worker: layer decision → id rewrite → `write_rtp` → `poll_output` → `send_to`. No thread hop and no per-packet allocation of our own.
 
 pub mod codec;
 pub mod core;
@@ -122,6 +122,7 @@ pub enum MediaEvent {
 /// Errors a media command can return. `InvalidSdp` is the client's fault, the rest ours.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MediaError {
+    /// A short, bounded reason ("SDP could not be parsed: line 2: …"); never parser internals.
     #[error("{0}")]
     InvalidSdp(String),
     #[error("no offer is pending on this transport")]

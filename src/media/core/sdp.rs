@@ -167,15 +167,8 @@ impl WorkerCore {
         egress: &mut dyn Egress,
     ) -> Result<(), MediaError> {
         let key = self.subscriber_key(id)?;
-        let pk = *self
-            .producer_by_id
-            .get(&producer)
-            .ok_or(MediaError::ProducerNotFound)?;
-        let already = self.transports[key]
-            .consumers
-            .iter()
-            .any(|ck| self.consumers[*ck].producer == pk);
-        if already {
+        let pk = self.producer_key(producer)?;
+        if self.find_consumer(key, pk).is_some() {
             return Ok(());
         }
         let ck = self.attach_consumer(pk, key, stream_id, None, None, false);
@@ -293,11 +286,7 @@ impl WorkerCore {
             if self.consumers[ck].tx_ssrc.is_some() {
                 continue;
             }
-            let ssrc = self.transports[key]
-                .rtc
-                .direct_api()
-                .stream_tx_by_mid(mid, None)
-                .map(|s| s.ssrc());
+            let ssrc = self.tx_ssrc(key, mid);
             self.consumers[ck].tx_ssrc = ssrc;
             if ssrc.is_some() {
                 self.start_at_keyframe(ck, now);

@@ -59,11 +59,7 @@ impl WorkerCore {
             };
             used.push(producer);
             let pk = self.producer_by_id[&producer];
-            let tx_ssrc = self.transports[key]
-                .rtc
-                .direct_api()
-                .stream_tx_by_mid(mid, None)
-                .map(|s| s.ssrc());
+            let tx_ssrc = self.tx_ssrc(key, mid);
             let ck = self.attach_consumer(pk, key, stream_id, Some(mid), tx_ssrc, false);
             self.start_at_keyframe(ck, now);
             attached.push(producer);
