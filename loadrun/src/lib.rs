@@ -1,4 +1,4 @@
-//! Load runner (`sfu bench`): str0m peers over real UDP publish synthetic Opus and 3-layer VP8
+//! Load runner (`sfu-bench`, also reachable as `sfu bench`): str0m peers over real UDP publish synthetic Opus and 3-layer VP8
 //! simulcast through a running SFU; subscribers measure packets, loss, one-way latency and
 //! join time; the server's CPU and RSS are read from `/proc` when its pid is given.
 //!
@@ -11,9 +11,7 @@ pub mod capacity;
 pub mod chart;
 pub mod cli;
 pub mod janus;
-pub mod peer;
 pub mod readme;
-pub mod signaling;
 pub mod stats;
 
 use std::collections::HashSet;
@@ -26,9 +24,11 @@ use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use peer::{Peer, RxStats, Shared, PHASE_DONE, PHASE_MEASURE};
-use signaling::{Signal, WtTarget};
 use stats::{Histogram, Percentiles};
+use testkit::measure::{RxStats, Shared, PHASE_DONE, PHASE_MEASURE};
+use testkit::peer::{Peer, PeerOptions, Publish};
+use testkit::signal::{SignalClient, WtEndpoint, WtTarget};
+use testkit::token::{Claims, Grants};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -211,30 +211,21 @@ pub(crate) struct Outcome {
 
 /// How participants get tokens.
 enum Tokens {
-    Secret(crate::auth::Authenticator),
+    Secret(String),
     Dev(reqwest::Client, String),
 }
 
 impl Tokens {
     async fn token(&self, user: &str, role: &Role, scenario: Scenario) -> anyhow::Result<String> {
         match self {
-            Tokens::Secret(auth) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_secs();
+            Tokens::Secret(secret) => {
                 let publish = match role.publish {
                     Some(true) => vec!["audio".to_string(), "video".to_string()],
                     Some(false) => vec!["audio".to_string()],
                     None => Vec::new(),
                 };
-                let claims = crate::auth::Claims {
-                    user_id: Value::String(user.to_string()),
-                    exp: now + 24 * 3600,
-                    iat: Some(now),
-                    jti: Some(uuid::Uuid::new_v4().simple().to_string()),
-                    full_name: Some(user.to_string()),
-                    role: Some("participant".into()),
-                    grants: Some(crate::auth::Grants {
+                let claims = Claims {
+                    grants: Some(Grants {
                         rooms: vec!["*".into()],
                         create_room: role.index == 0,
                         publish,
@@ -242,10 +233,9 @@ impl Tokens {
                         subscribe: role.subscribe || scenario == Scenario::Meeting,
                         room_admin: false,
                     }),
-                    ..Default::default()
+                    ..Claims::participant(user, 24 * 3600)
                 };
-                auth.issue(&claims)
-                    .ok_or_else(|| anyhow!("no HS256 secret to sign with"))
+                Ok(testkit::token::mint(secret, &claims))
             }
             Tokens::Dev(http, base) => {
                 let reply: Value = http
@@ -270,7 +260,7 @@ pub(crate) struct RunContext {
     config: BenchConfig,
     /// Our SFU: where its WebTransport signaling is, and tokens for it.
     target: Option<WtTarget>,
-    endpoint: Option<Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>>,
+    endpoint: Option<Arc<WtEndpoint>>,
     tokens: Option<Tokens>,
     /// Janus: its API and the run's room.
     janus: Option<janus::JanusTarget>,
@@ -280,6 +270,18 @@ pub(crate) struct RunContext {
     local_ip: std::net::IpAddr,
     joined: AtomicUsize,
     failed: AtomicUsize,
+}
+
+impl RunContext {
+    /// A measuring peer of this run; `subscriber` ones count towards "ready".
+    async fn peer(&self, subscriber: bool) -> anyhow::Result<Peer> {
+        Peer::spawn_opts(PeerOptions::load(
+            self.local_ip,
+            self.shared.clone(),
+            subscriber,
+        ))
+        .await
+    }
 }
 
 fn roles(config: &BenchConfig) -> Vec<Role> {
@@ -324,12 +326,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?;
-            let target = signaling::discover(&http, &base).await?;
-            let endpoint = signaling::client_endpoint(&target)?;
+            let target = testkit::signal::discover(&http, &base).await?;
+            let endpoint = testkit::signal::client_endpoint(&target)?;
             let tokens = match &config.jwt_secret {
-                Some(secret) => Tokens::Secret(
-                    crate::auth::Authenticator::new(Some(secret), None).map_err(|e| anyhow!(e))?,
-                ),
+                Some(secret) => Tokens::Secret(secret.clone()),
                 None => Tokens::Dev(http.clone(), base.clone()),
             };
             (base, Some(target), Some(endpoint), Some(tokens), None)
@@ -575,13 +575,13 @@ async fn participant_inner(
     let name = format!("bench-{}-{}", ctx.room, role.index);
     let token = tokens.token(&name, &role, ctx.config.scenario).await?;
     outcome.connect_at = Some(Instant::now());
-    let mut signal = Signal::connect(endpoint.clone(), target).await?;
+    let mut signal = SignalClient::connect_wt(endpoint.clone(), target).await?;
     signal
-        .request("authenticate", json!({ "token": token }))
+        .call("authenticate", json!({ "token": token }))
         .await?;
     if role.index == 0 {
         signal
-            .request(
+            .call(
                 "createRoom",
                 json!({
                     "name": ctx.room,
@@ -592,7 +592,7 @@ async fn participant_inner(
             .await?;
     }
     signal
-        .request(
+        .call(
             "joinRoom",
             json!({ "roomId": ctx.room, "displayName": name }),
         )
@@ -602,11 +602,12 @@ async fn participant_inner(
         let _ = tx.send(true);
     }
     // Whoever may receive gets a receiving peer; only subscribers' count as "ready".
-    let receiver = Peer::spawn(ctx.local_ip, role.subscribe, ctx.shared.clone()).await?;
+    let receiver = ctx.peer(role.subscribe).await?;
     let sender = match role.publish {
         Some(video) => {
-            let peer = Peer::spawn(ctx.local_ip, false, ctx.shared.clone()).await?;
-            peer.publish(&mut signal, video).await?;
+            let peer = ctx.peer(false).await?;
+            peer.publish_spec(&mut signal, Publish::load(video, false))
+                .await?;
             Some(peer)
         }
         None => None,
@@ -632,7 +633,7 @@ async fn participant_inner(
                         };
                         if track["kind"] == "video" && layered.insert(producer.to_string()) {
                             signal
-                                .request(
+                                .call(
                                     "setPreferredLayer",
                                     json!({ "producerId": producer, "layer": ctx.config.layer.as_str() }),
                                 )
@@ -660,11 +661,7 @@ async fn participant_inner(
     }
     result?;
     // Leaving is best effort and bounded: the run is over.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        signal.request("leaveRoom", json!({})),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), signal.call("leaveRoom", json!({}))).await;
     Ok(())
 }
 
