@@ -12,6 +12,7 @@ pub mod payload;
 pub mod peer;
 pub mod process;
 pub mod signal;
+pub mod source;
 pub mod token;
 
 pub use payload::{
