@@ -546,7 +546,11 @@ pub fn default_binary() -> PathBuf {
     }
 }
 
-/// The repository's Janus configuration folder (`benches/janus`).
+/// The repository's Janus configuration folder (`benches/janus` at the workspace root, beside
+/// this crate's `loadrun/`).
 pub fn default_config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/janus")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("benches/janus")
 }
