@@ -29,14 +29,21 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 
 WORKDIR /src
 
-# 1. Dependencies only, cached as long as Cargo.toml and Cargo.lock are unchanged: build the
+# 1. Dependencies only, cached as long as the manifests and Cargo.lock are unchanged: build the
 #    real dependency graph against placeholder sources. benches/forwarding.rs must exist because
 #    Cargo.toml declares that bench target (cargo checks target paths when loading a manifest).
+#    The workspace's other crates (testkit/, loadrun/: test helpers and the load runner, not part
+#    of the image) only need manifests and placeholder targets for cargo to load the workspace.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY testkit/Cargo.toml ./testkit/
+COPY loadrun/Cargo.toml ./loadrun/
+RUN mkdir -p src benches testkit/src loadrun/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
     && echo 'fn main() {}' > benches/forwarding.rs \
+    && echo '' > testkit/src/lib.rs \
+    && echo '' > loadrun/src/lib.rs \
+    && echo 'fn main() {}' > loadrun/src/main.rs \
     && cargo build --release --locked --bin sfu \
     && rm -rf src benches
 

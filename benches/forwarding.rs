@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sfu::media::core::{Egress, WorkerCore};
 use sfu::media::{CodecName, MediaEvent, TransportId};
-use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
-use str0m::net::{Protocol, Receive};
+use str0m::media::{Mid, Rid};
 use str0m::rtp::{RtpWrite, SeqNo};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use testkit::payload::vp8_frame;
+use testkit::peer::{PeerOptions, PeerState, Poll, Publish};
 
 const SFU_ADDR: &str = "127.0.0.1:40000";
 
@@ -43,37 +42,32 @@ impl Egress for Sink {
     }
 }
 
+/// A testkit peer on the in-memory network (no socket: the bench moves its datagrams).
 struct Client {
     addr: SocketAddr,
-    rtc: Rtc,
-    connected: bool,
+    peer: PeerState,
 }
 
 impl Client {
     fn new(port: u16) -> Self {
         let addr: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-        let mut rtc = RtcConfig::new()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let options = PeerOptions {
+            record: false,
+            ..Default::default()
+        };
         Client {
             addr,
-            rtc,
-            connected: false,
+            peer: PeerState::new(options, addr).unwrap(),
         }
     }
 
-    /// Drain output; datagrams go to the SFU, events are inspected.
+    /// Drain output; datagrams go to the SFU.
     fn poll(&mut self, to_sfu: &mut Vec<(SocketAddr, Vec<u8>)>) {
         loop {
-            match self.rtc.poll_output().expect("client poll") {
-                Output::Timeout(_) => return,
-                Output::Transmit(t) => to_sfu.push((self.addr, t.contents.to_vec())),
-                Output::Event(Event::Connected) => self.connected = true,
-                Output::Event(_) => {}
+            match self.peer.poll() {
+                Poll::Timeout(_) => return,
+                Poll::Transmit(t) => to_sfu.push((self.addr, t.contents.to_vec())),
+                Poll::Closed => panic!("client Rtc failed"),
             }
         }
     }
@@ -93,7 +87,7 @@ fn pump(core: &mut WorkerCore, clients: &mut HashMap<SocketAddr, Client>, rounds
         let now = Instant::now();
         let mut to_sfu = Vec::new();
         for c in clients.values_mut() {
-            c.rtc.handle_input(Input::Timeout(now)).unwrap();
+            c.peer.timeout(now);
             c.poll(&mut to_sfu);
         }
         let mut wire = Wire::default();
@@ -103,11 +97,10 @@ fn pump(core: &mut WorkerCore, clients: &mut HashMap<SocketAddr, Client>, rounds
         core.handle_timeouts(now, &mut wire);
         for (to, data) in wire.0 {
             if let Some(c) = clients.get_mut(&to) {
-                let rx = Receive::new(Protocol::Udp, sfu, to, &data).unwrap();
-                c.rtc.handle_input(Input::Receive(now, rx)).unwrap();
+                c.peer.receive(sfu, &data);
             }
         }
-        if clients.values().all(|c| c.connected) {
+        if clients.values().all(|c| c.peer.connected) {
             return;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -126,21 +119,16 @@ fn setup(subscribers: usize) -> Setup {
     let now = Instant::now();
 
     let mut publisher = Client::new(1);
-    let mut api = publisher.rtc.sdp_api();
-    let mut sim = Simulcast::new();
-    for rid in ["q", "h", "f"] {
-        sim.add_send_layer(SimulcastLayer::new(rid));
-    }
-    let video_mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
-    let (offer, pending) = api.apply().unwrap();
+    // Video only: 3-layer VP8 simulcast.
+    let offer = publisher.peer.offer_publish(Publish {
+        audio: None,
+        ..Publish::AUDIO_VIDEO
+    });
     let (answer, producers) = core
-        .publisher_offer(TransportId(1), &offer.to_sdp_string(), now, &mut wire)
+        .publisher_offer(TransportId(1), &offer, now, &mut wire)
         .unwrap();
-    publisher
-        .rtc
-        .sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-        .unwrap();
+    publisher.peer.accept_answer(&answer).unwrap();
+    let video_mid = publisher.peer.mids()[0];
     let producer = producers[0].producer_id;
 
     let mut clients = HashMap::new();
@@ -153,13 +141,8 @@ fn setup(subscribers: usize) -> Setup {
             panic!("expected a subscriber offer");
         };
         let mut client = Client::new(1000 + i as u16);
-        let answer = client
-            .rtc
-            .sdp_api()
-            .accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap())
-            .unwrap();
-        core.subscriber_answer(id, &answer.to_sdp_string(), now, &mut wire)
-            .unwrap();
+        let answer = client.peer.accept_offer(&sdp).unwrap();
+        core.subscriber_answer(id, &answer, now, &mut wire).unwrap();
         clients.insert(client.addr, client);
     }
     let publisher_addr = publisher.addr;
@@ -181,6 +164,7 @@ impl Setup {
     fn packets(&mut self, count: u64) -> Vec<Vec<u8>> {
         let pt = self
             .publisher
+            .peer
             .rtc
             .codec_config()
             .find(|p| p.spec().codec == Codec::Vp8)
@@ -192,11 +176,9 @@ impl Setup {
             self.frame += 1;
             let pid = (frame % 0x8000) as u16;
             let key = frame == 0;
-            let mut payload = vec![0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8];
-            payload.push(if key { 0x00 } else { 0x01 });
-            payload.resize(1100, 0x42);
+            let payload = vp8_frame(pid, key, 1100, 0x42);
             let now = Instant::now();
-            let mut api = self.publisher.rtc.direct_api();
+            let mut api = self.publisher.peer.rtc.direct_api();
             let tx = api
                 .stream_tx_by_mid(self.video_mid, Some(Rid::from("f")))
                 .unwrap();
@@ -212,10 +194,7 @@ impl Setup {
                 .nackable(true),
             );
             // str0m releases queued RTP when time is fed in.
-            self.publisher
-                .rtc
-                .handle_input(Input::Timeout(now))
-                .unwrap();
+            self.publisher.peer.timeout(now);
             let mut sent = Vec::new();
             self.publisher.poll(&mut sent);
             // RTP only (RFC 5761: RTCP has its packet type, 192..=223, in byte 1).

@@ -8,7 +8,6 @@ pub mod auth;
 pub mod config;
 pub mod integrations;
 pub mod limits;
-pub mod loadgen;
 pub mod media;
 pub mod room;
 pub mod session;

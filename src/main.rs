@@ -34,8 +34,13 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
-    /// Load-test a running server with str0m peers (see `sfu::loadgen`).
-    Bench(Box<sfu::loadgen::cli::BenchArgs>),
+    /// Load-test a running server: runs the `sfu-bench` binary next to this one with these
+    /// arguments (`sfu bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,11 +110,28 @@ fn fail(message: &str) -> ! {
     std::process::exit(2);
 }
 
+/// Replace this process with `sfu-bench` from this executable's directory (the load runner is
+/// its own crate, `loadrun`, so the server binary carries none of it).
+fn exec_bench(args: &[std::ffi::OsString]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("own path: {e}")));
+    let bench = exe.with_file_name("sfu-bench");
+    if !bench.is_file() {
+        fail(&format!(
+            "{} not found: `sfu bench` runs the separate load runner; build it with \
+             `cargo build --release --workspace` (or `-p sfu-loadrun`)",
+            bench.display()
+        ));
+    }
+    let error = std::process::Command::new(&bench).args(args).exec();
+    fail(&format!("{}: {error}", bench.display()))
+}
+
 fn main() {
     let cli = Cli::parse();
     // The runner is a client: it needs none of the server's configuration.
     let command = match cli.command {
-        Some(Command::Bench(args)) => sfu::loadgen::cli::main(*args),
+        Some(Command::Bench { args }) => exec_bench(&args),
         other => other,
     };
     let production = cli.config.environment == Environment::Production;
@@ -141,7 +163,7 @@ fn main() {
                 auth.issue_for(&user_id, None, ttl).expect("secret is set")
             );
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench { .. } => unreachable!("handled above"),
         Command::Serve => {
             sfu::telemetry::init_logging(&settings.config.log_level, production)
                 .unwrap_or_else(|e| fail(&e));

@@ -36,22 +36,21 @@ fn claims(user: &str, grants: Option<Grants>) -> Claims {
     }
 }
 
+fn sign(algorithm: Algorithm, key: &EncodingKey, claims: &Claims) -> String {
+    encode(&Header::new(algorithm), claims, key).unwrap()
+}
+
 fn hs256(claims: &Claims) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
+    sign(
+        Algorithm::HS256,
         &EncodingKey::from_secret(SECRET.as_bytes()),
+        claims,
     )
-    .unwrap()
 }
 
 fn rs256(private_pem: &str, claims: &Claims) -> String {
-    encode(
-        &Header::new(Algorithm::RS256),
-        claims,
-        &EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    let key = EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap();
+    sign(Algorithm::RS256, &key, claims)
 }
 
 async fn server_with_rsa(public_pem: &str) -> sfu::ServerHandle {
@@ -62,6 +61,20 @@ async fn server_with_rsa(public_pem: &str) -> sfu::ServerHandle {
 async fn auth_reply(server: &sfu::ServerHandle, token: &str) -> Value {
     let mut ws = WsClient::connect(server.http_addr).await;
     ws.request("authenticate", json!({ "token": token })).await
+}
+
+/// The error code `authenticate` with `token` gets.
+async fn auth_error(server: &sfu::ServerHandle, token: &str) -> String {
+    error_code(&auth_reply(server, token).await).to_string()
+}
+
+/// `joinRoom` of the test's room as `name`: the reply.
+async fn join_granted(ws: &mut WsClient, name: &str) -> Value {
+    ws.request(
+        "joinRoom",
+        json!({ "roomId": "granted", "displayName": name }),
+    )
+    .await
 }
 
 async fn connected(server: &sfu::ServerHandle, token: &str) -> WsClient {
@@ -87,19 +100,18 @@ async fn token_matrix() {
     assert_eq!(ok(&reply, "connected")["user"]["id"], "bob");
 
     // Forged: HS256 with another secret, RS256 with another key.
-    let forged = encode(
-        &Header::new(Algorithm::HS256),
-        &claims("eve", None),
+    let forged = sign(
+        Algorithm::HS256,
         &EncodingKey::from_secret(b"not-the-secret-at-all-000"),
-    )
-    .unwrap();
+        &claims("eve", None),
+    );
     assert_eq!(
-        error_code(&auth_reply(&server, &forged).await),
+        auth_error(&server, &forged).await,
         "TOKEN_SIGNATURE_INVALID"
     );
     let forged_rs = rs256(&other_private, &claims("eve", None));
     assert_eq!(
-        error_code(&auth_reply(&server, &forged_rs).await),
+        auth_error(&server, &forged_rs).await,
         "TOKEN_SIGNATURE_INVALID"
     );
 
@@ -110,32 +122,25 @@ async fn token_matrix() {
     };
     let body = b64(&serde_json::to_value(claims("eve", None)).unwrap());
     let none = format!("{}.{body}.", b64(&json!({ "alg": "none", "typ": "JWT" })));
-    assert_eq!(
-        error_code(&auth_reply(&server, &none).await),
-        "TOKEN_UNSIGNED"
-    );
-    let hs512 = encode(
-        &Header::new(Algorithm::HS512),
-        &claims("eve", None),
+    assert_eq!(auth_error(&server, &none).await, "TOKEN_UNSIGNED");
+    let hs512 = sign(
+        Algorithm::HS512,
         &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+        &claims("eve", None),
+    );
     assert_eq!(
-        error_code(&auth_reply(&server, &hs512).await),
+        auth_error(&server, &hs512).await,
         "TOKEN_ALGORITHM_NOT_ALLOWED"
     );
 
     // Expired and not yet valid.
     let mut expired = claims("old", None);
     expired.exp = unix_now() - 3600;
-    assert_eq!(
-        error_code(&auth_reply(&server, &hs256(&expired)).await),
-        "TOKEN_EXPIRED"
-    );
+    assert_eq!(auth_error(&server, &hs256(&expired)).await, "TOKEN_EXPIRED");
     let mut early = claims("early", None);
     early.nbf = Some(unix_now() + 3600);
     assert_eq!(
-        error_code(&auth_reply(&server, &hs256(&early)).await),
+        auth_error(&server, &hs256(&early)).await,
         "TOKEN_NOT_YET_VALID"
     );
     server.stop().await;
@@ -155,26 +160,13 @@ async fn every_room_operation_checks_its_grant() {
             .await,
         "createRoomResponse",
     );
-    ok(
-        &owner
-            .request(
-                "joinRoom",
-                json!({ "roomId": "granted", "displayName": "O" }),
-            )
-            .await,
-        "joinRoomResponse",
-    );
+    ok(&join_granted(&mut owner, "O").await, "joinRoomResponse");
     let elsewhere = Grants {
         rooms: vec!["other-room".into()],
         ..full.clone()
     };
     let mut outsider = connected(&server, &issue("outsider", elsewhere)).await;
-    let reply = outsider
-        .request(
-            "joinRoom",
-            json!({ "roomId": "granted", "displayName": "X" }),
-        )
-        .await;
+    let reply = join_granted(&mut outsider, "X").await;
     assert_eq!(error_code(&reply), "ROOM_ACCESS_DENIED");
 
     // No createRoom grant.
@@ -192,15 +184,7 @@ async fn every_room_operation_checks_its_grant() {
         ..full.clone()
     };
     let mut speaker = connected(&server, &issue("speaker", audio_only)).await;
-    ok(
-        &speaker
-            .request(
-                "joinRoom",
-                json!({ "roomId": "granted", "displayName": "S" }),
-            )
-            .await,
-        "joinRoomResponse",
-    );
+    ok(&join_granted(&mut speaker, "S").await, "joinRoomResponse");
     let video_offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\n";
     let reply = speaker
         .request("publisherOffer", json!({ "sdp": video_offer }))
@@ -214,15 +198,7 @@ async fn every_room_operation_checks_its_grant() {
         ..full.clone()
     };
     let mut deaf = connected(&server, &issue("deaf", viewer_grants)).await;
-    ok(
-        &deaf
-            .request(
-                "joinRoom",
-                json!({ "roomId": "granted", "displayName": "D" }),
-            )
-            .await,
-        "joinRoomResponse",
-    );
+    ok(&join_granted(&mut deaf, "D").await, "joinRoomResponse");
     let reply = deaf
         .request("publisherOffer", json!({ "sdp": video_offer }))
         .await;
@@ -249,12 +225,7 @@ async fn every_room_operation_checks_its_grant() {
         ..full.clone()
     };
     let mut admin = connected(&server, &issue("admin", admin_grants)).await;
-    let joined = admin
-        .request(
-            "joinRoom",
-            json!({ "roomId": "granted", "displayName": "A" }),
-        )
-        .await;
+    let joined = join_granted(&mut admin, "A").await;
     let deaf_id = ok(&joined, "joinRoomResponse")["participants"]
         .as_array()
         .unwrap()
@@ -278,15 +249,7 @@ async fn every_room_operation_checks_its_grant() {
         .await;
     assert_eq!(left["data"]["participantId"], deaf_id);
     // The kicked session can join again (its membership ended with the kick).
-    ok(
-        &deaf
-            .request(
-                "joinRoom",
-                json!({ "roomId": "granted", "displayName": "D" }),
-            )
-            .await,
-        "joinRoomResponse",
-    );
+    ok(&join_granted(&mut deaf, "D").await, "joinRoomResponse");
     ok(
         &admin.request("closeRoom", json!({})).await,
         "closeRoomResponse",

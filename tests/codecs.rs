@@ -22,21 +22,6 @@ use str0m::format::{Codec, FormatParams};
 use str0m::media::Pt;
 use str0m::RtcConfig;
 
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The publisher's payload type for `codec`: deliberately none of str0m's (and so the SFU's)
 /// defaults, so forwarding must map it.
 fn publisher_pt(codec: Codec) -> (u8, Option<u8>) {
@@ -107,35 +92,6 @@ async fn all_codec_subscriber() -> Peer {
     .await
 }
 
-async fn signal(server: &sfu::ServerHandle, room: &str, name: &str, create: bool) -> WsClient {
-    let mut ws = WsClient::connect(server.http_addr).await;
-    ws.authenticate(&token(server, name)).await;
-    if create {
-        let created = ws
-            .request("createRoom", json!({ "name": room, "roomId": room }))
-            .await;
-        ok(&created, "createRoomResponse");
-    }
-    let reply = ws
-        .request("joinRoom", json!({ "roomId": room, "displayName": name }))
-        .await;
-    ok(&reply, "joinRoomResponse");
-    ws
-}
-
-/// Answer subscriber offers until one lists `tracks` m-lines; returns that offer.
-async fn negotiate_subscriber(ws: &mut WsClient, peer: &Peer, tracks: usize) -> serde_json::Value {
-    loop {
-        let offer = ws
-            .notification("subscriberOffer", Duration::from_secs(10))
-            .await;
-        peer.answer_subscriber_offer(ws, &offer).await;
-        if offer["data"]["tracks"].as_array().unwrap().len() >= tracks {
-            return offer;
-        }
-    }
-}
-
 /// The payload type the subscriber's own negotiation gave the publisher's codec and format.
 async fn negotiated_pt(subscriber: &Peer, codec: Codec) -> u8 {
     let wanted = publisher_format(codec);
@@ -190,8 +146,8 @@ async fn setup(
     String,
 ) {
     let server = start_server().await;
-    let mut pub_ws = signal(&server, room, "pub", true).await;
-    let mut sub_ws = signal(&server, room, "sub", false).await;
+    let mut pub_ws = joined(&server, room, "pub", true).await;
+    let mut sub_ws = joined(&server, room, "sub", false).await;
     let publisher = single_codec_publisher(codec).await;
     let simulcast = !codec.is_audio();
     let published = publisher.publish_codec(&mut pub_ws, codec, simulcast).await;
@@ -435,7 +391,7 @@ async fn av1_is_forwarded_and_switches_simulcast_layers_at_keyframes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfu_codecs_limits_what_is_negotiated() {
     let server = start_server_with(&["--codecs", "opus,vp8"]).await;
-    let mut ws = signal(&server, "subset", "pub", true).await;
+    let mut ws = joined(&server, "subset", "pub", true).await;
     let publisher = single_codec_publisher(Codec::Vp9).await;
     let reply = publisher.publish_codec(&mut ws, Codec::Vp9, false).await;
     let sdp = reply["sdp"].as_str().unwrap();

@@ -8,43 +8,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Joins `room` and returns the signaling client with its subscriber peer.
 async fn join(server: &sfu::ServerHandle, room: &str, name: &str) -> (WsClient, Peer) {
-    let mut ws = WsClient::connect(server.http_addr).await;
-    ws.authenticate(&token(server, name)).await;
-    let reply = ws
-        .request("joinRoom", json!({ "roomId": room, "displayName": name }))
-        .await;
-    ok(&reply, "joinRoomResponse");
-    (ws, Peer::spawn().await)
-}
-
-/// Answer subscriber offers until one lists `tracks` m-lines.
-async fn negotiate_subscriber(ws: &mut WsClient, peer: &Peer, tracks: usize) -> serde_json::Value {
-    loop {
-        let offer = ws
-            .notification("subscriberOffer", Duration::from_secs(10))
-            .await;
-        peer.answer_subscriber_offer(ws, &offer).await;
-        if offer["data"]["tracks"].as_array().unwrap().len() >= tracks {
-            return offer;
-        }
-    }
+    (joined(server, room, name, false).await, Peer::spawn().await)
 }
 
 /// Received video packets of one mid, in arrival order.
@@ -61,18 +27,9 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     let server = start_server().await;
 
     let mut publisher_ws = WsClient::connect(server.http_addr).await;
-    publisher_ws.authenticate(&token(&server, "pub")).await;
-    let created = publisher_ws
-        .request(
-            "createRoom",
-            json!({ "name": "Forwarding", "roomId": "fwd" }),
-        )
-        .await;
-    assert_eq!(ok(&created, "createRoomResponse")["roomId"], "fwd");
     let reply = publisher_ws
-        .request("joinRoom", json!({ "roomId": "fwd", "displayName": "Pub" }))
+        .join(&token(&server, "pub"), "fwd", "Pub", true)
         .await;
-    ok(&reply, "joinRoomResponse");
 
     let (mut sub1_ws, sub1) = join(&server, "fwd", "sub1").await;
     let (mut sub2_ws, sub2) = join(&server, "fwd", "sub2").await;
@@ -230,17 +187,7 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
 async fn publisher_disconnect_closes_its_producers_for_others() {
     let server = start_server().await;
     let mut a = WsClient::connect(server.http_addr).await;
-    a.authenticate(&token(&server, "a")).await;
-    ok(
-        &a.request("createRoom", json!({ "name": "r", "roomId": "gone" }))
-            .await,
-        "createRoomResponse",
-    );
-    ok(
-        &a.request("joinRoom", json!({ "roomId": "gone", "displayName": "A" }))
-            .await,
-        "joinRoomResponse",
-    );
+    a.join(&token(&server, "a"), "gone", "A", true).await;
     let (mut b, b_peer) = join(&server, "gone", "b").await;
     let publisher = Peer::spawn().await;
     publisher.publish(&mut a).await;

@@ -1,12 +1,21 @@
-//! The load runner (`sfu::loadgen`) against an in-process server: each scenario runs for a
+//! The load runner (`loadrun`, the `sfu-loadrun` crate) against an in-process server: each scenario runs for a
 //! couple of seconds with a handful of peers and must report media at every subscriber,
 //! measured loss and latency, and a parseable JSON report.
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use sfu::loadgen::{BenchConfig, Layer, Report, Scenario};
+use loadrun::{BenchConfig, Layer, Report, Scenario};
+
+/// A config against `server` with tokens signed by the test secret, ramping 50/s.
+fn bench_config(server: &sfu::ServerHandle, scenario: Scenario) -> BenchConfig {
+    let mut config = BenchConfig::new(format!("http://{}", server.http_addr), scenario);
+    config.ramp_per_sec = 50.0;
+    config.jwt_secret = Some(common::SECRET.to_string());
+    config
+}
 
 async fn run_scenario(
     scenario: Scenario,
@@ -17,20 +26,19 @@ async fn run_scenario(
 ) -> Report {
     let server = common::start_server_with(&[]).await;
     let json_path = common::scratch_dir().join("report.json");
-    let mut config = BenchConfig::new(format!("http://{}", server.http_addr), scenario);
+    let mut config = bench_config(&server, scenario);
     config.publishers = publishers;
     config.subscribers = subscribers;
     config.duration = Duration::from_secs(2);
     config.settle = Duration::from_millis(300);
     config.ready_timeout = Duration::from_secs(10);
-    config.ramp_per_sec = 50.0;
     config.layer = layer;
     // In-process server: its CPU is this process's (an upper bound, runner included).
     config.server_pid = Some(std::process::id());
     // One scenario exercises `/dev/token` (the test server is not in production mode).
     config.jwt_secret = (!dev_tokens).then(|| common::SECRET.to_string());
     config.json = Some(json_path.clone());
-    let report = tokio::time::timeout(Duration::from_secs(25), sfu::loadgen::run(config))
+    let report = tokio::time::timeout(Duration::from_secs(25), loadrun::run(config))
         .await
         .expect("run finishes")
         .expect("run succeeds");
@@ -99,24 +107,41 @@ async fn meeting_of_three_on_the_low_layer() {
     assert!(per_sub_mbit < 0.8, "{per_sub_mbit} Mbit/s per subscriber");
 }
 
-/// `sfu bench` as the CLI parses it (`sfu::loadgen::cli::BenchArgs`), run in-process.
+/// `sfu-bench` as the CLI parses it (`loadrun::cli::BenchArgs`), run in-process.
 async fn bench_cli(args: &[String]) -> i32 {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        bench: sfu::loadgen::cli::BenchArgs,
+        bench: loadrun::cli::BenchArgs,
     }
     let mut argv = vec!["sfu-bench".to_string()];
     argv.extend(args.iter().cloned());
     let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("flags parse");
-    tokio::time::timeout(Duration::from_secs(60), sfu::loadgen::cli::bench(cli.bench))
+    tokio::time::timeout(Duration::from_secs(60), loadrun::cli::bench(cli.bench))
         .await
         .expect("bench finishes")
         .expect("bench succeeds")
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
+/// `flags` plus what every CLI run here shares: 50 joins/s, tokens signed with the test
+/// secret, this process as the server's pid (the server is in-process), `server`'s URL, and
+/// the output files (`--json` etc.).
+fn cli_args(server: &sfu::ServerHandle, flags: &[&str], outputs: &[(&str, &Path)]) -> Vec<String> {
+    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    let pid = std::process::id().to_string();
+    let url = format!("http://{}", server.http_addr);
+    for (flag, value) in [
+        ("--ramp-per-sec", "50"),
+        ("--jwt-secret", common::SECRET),
+        ("--server-pid", &pid),
+        ("--url", &url),
+    ] {
+        args.extend([flag.to_string(), value.to_string()]);
+    }
+    for (flag, path) in outputs {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    args
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,31 +154,24 @@ async fn sweep_writes_json_chart_and_readme_block() {
         dir.join("README.md"),
     );
     std::fs::write(&readme, "# x\n\n## Load runner\n\ntext\n\n## Status\n\ns\n").unwrap();
-    let pid = std::process::id().to_string();
-    let mut args = strings(&[
-        "--scenario",
-        "audio",
-        "--publishers",
-        "1",
-        "--sweep",
-        "1,2",
-        "--duration-secs",
-        "1",
-        "--ramp-per-sec",
-        "50",
-        "--jwt-secret",
-        common::SECRET,
-        "--server-pid",
-        &pid,
-    ]);
-    args.extend(strings(&["--url", &format!("http://{}", server.http_addr)]));
-    for (flag, path) in [
-        ("--json", &json),
-        ("--chart", &chart),
-        ("--readme", &readme),
-    ] {
-        args.extend([flag.to_string(), path.display().to_string()]);
-    }
+    let args = cli_args(
+        &server,
+        &[
+            "--scenario",
+            "audio",
+            "--publishers",
+            "1",
+            "--sweep",
+            "1,2",
+            "--duration-secs",
+            "1",
+        ],
+        &[
+            ("--json", &json),
+            ("--chart", &chart),
+            ("--readme", &readme),
+        ],
+    );
     assert_eq!(bench_cli(&args).await, 0);
 
     let reports: Vec<Report> =
@@ -187,31 +205,26 @@ async fn sweep_writes_json_chart_and_readme_block() {
 async fn find_capacity_steps_up_and_reports_per_core() {
     let server = common::start_server_with(&[]).await;
     let json = common::scratch_dir().join("capacity.json");
-    let pid = std::process::id().to_string();
-    let mut args = strings(&[
-        "--scenario",
-        "audio",
-        "--find-capacity",
-        "--subscribers",
-        "1",
-        "--step-factor",
-        "2",
-        "--max-subscribers",
-        "2",
-        // The in-process "server" includes the runner: only loss may stop this search.
-        "--cpu-limit",
-        "10000",
-        "--duration-secs",
-        "1",
-        "--ramp-per-sec",
-        "50",
-        "--jwt-secret",
-        common::SECRET,
-        "--server-pid",
-        &pid,
-    ]);
-    args.extend(strings(&["--url", &format!("http://{}", server.http_addr)]));
-    args.extend(["--json".to_string(), json.display().to_string()]);
+    let args = cli_args(
+        &server,
+        &[
+            "--scenario",
+            "audio",
+            "--find-capacity",
+            "--subscribers",
+            "1",
+            "--step-factor",
+            "2",
+            "--max-subscribers",
+            "2",
+            // The in-process "server" includes the runner: only loss may stop this search.
+            "--cpu-limit",
+            "10000",
+            "--duration-secs",
+            "1",
+        ],
+        &[("--json", &json)],
+    );
     assert_eq!(bench_cli(&args).await, 0);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -225,7 +238,7 @@ async fn find_capacity_steps_up_and_reports_per_core() {
     assert!(report["subscribers_per_core"].as_f64().unwrap() > 0.0);
 
     // A limit no run can meet: the first step fails and nothing passes.
-    let cap = sfu::loadgen::capacity::CapacityConfig {
+    let cap = loadrun::capacity::CapacityConfig {
         start: 1,
         factor: 2.0,
         max: 4,
@@ -233,12 +246,10 @@ async fn find_capacity_steps_up_and_reports_per_core() {
         cpu_limit: 10000.0,
         refine: 1,
     };
-    let mut base = BenchConfig::new(format!("http://{}", server.http_addr), Scenario::Audio);
+    let mut base = bench_config(&server, Scenario::Audio);
     base.duration = Duration::from_secs(1);
     base.settle = Duration::from_millis(200);
-    base.ramp_per_sec = 50.0;
-    base.jwt_secret = Some(common::SECRET.to_string());
-    let failing = sfu::loadgen::capacity::find_capacity(base, &cap, |_| {})
+    let failing = loadrun::capacity::find_capacity(base, &cap, |_| {})
         .await
         .unwrap();
     assert_eq!(failing.steps.len(), 1);
@@ -254,7 +265,7 @@ async fn find_capacity_steps_up_and_reports_per_core() {
 /// Our SFU and Janus VideoRoom back to back. Needs Debian's `janus` (tests/run.sh installs it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_with_janus_reports_both_costs_and_the_ratio() {
-    let janus = sfu::loadgen::janus::default_binary();
+    let janus = loadrun::janus::default_binary();
     if !janus.exists() {
         eprintln!(
             "SKIPPED: {} is absent (apt-get install -y janus)",
@@ -264,30 +275,25 @@ async fn compare_with_janus_reports_both_costs_and_the_ratio() {
     }
     let server = common::start_server_with(&[]).await;
     let json = common::scratch_dir().join("compare.json");
-    let pid = std::process::id().to_string();
-    let mut args = strings(&[
-        "--scenario",
-        "livestream",
-        "--subscribers",
-        "2",
-        "--layer",
-        "high",
-        "--compare",
-        "janus",
-        // Unpinned here; benchmarks pin it with the default `--janus-cpus 0`.
-        "--janus-cpus",
-        "",
-        "--duration-secs",
-        "2",
-        "--ramp-per-sec",
-        "50",
-        "--jwt-secret",
-        common::SECRET,
-        "--server-pid",
-        &pid,
-    ]);
-    args.extend(strings(&["--url", &format!("http://{}", server.http_addr)]));
-    args.extend(["--json".to_string(), json.display().to_string()]);
+    let args = cli_args(
+        &server,
+        &[
+            "--scenario",
+            "livestream",
+            "--subscribers",
+            "2",
+            "--layer",
+            "high",
+            "--compare",
+            "janus",
+            // Unpinned here; benchmarks pin it with the default `--janus-cpus 0`.
+            "--janus-cpus",
+            "",
+            "--duration-secs",
+            "2",
+        ],
+        &[("--json", &json)],
+    );
     assert_eq!(bench_cli(&args).await, 0);
     let runs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

@@ -34,4 +34,10 @@ if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -q && break; sleep 1; done
 fi
 
-cargo test "$@"
+# No arguments: every crate of the workspace (the server's tests plus testkit's and loadrun's unit
+# tests). With arguments (e.g. `--test forwarding`) they go to `cargo test` as given.
+if [ "$#" -eq 0 ]; then
+  cargo test --workspace
+else
+  cargo test "$@"
+fi

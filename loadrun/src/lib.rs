@@ -1,4 +1,4 @@
-//! Load runner (`sfu bench`): str0m peers over real UDP publish synthetic Opus and 3-layer VP8
+//! Load runner (`sfu-bench`, also reachable as `sfu bench`): str0m peers over real UDP publish synthetic Opus and 3-layer VP8
 //! simulcast through a running SFU; subscribers measure packets, loss, one-way latency and
 //! join time; the server's CPU and RSS are read from `/proc` when its pid is given.
 //!
@@ -11,10 +11,11 @@ pub mod capacity;
 pub mod chart;
 pub mod cli;
 pub mod janus;
-pub mod peer;
 pub mod readme;
-pub mod signaling;
+mod report;
 pub mod stats;
+
+pub use report::{LayerPackets, Report, ServerUsage};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -26,9 +27,11 @@ use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use peer::{Peer, RxStats, Shared, PHASE_DONE, PHASE_MEASURE};
-use signaling::{Signal, WtTarget};
-use stats::{Histogram, Percentiles};
+use stats::Histogram;
+use testkit::measure::{RxStats, Shared, PHASE_DONE, PHASE_MEASURE};
+use testkit::peer::{Peer, PeerOptions, Publish};
+use testkit::signal::{SignalClient, WtEndpoint, WtTarget};
+use testkit::token::{Claims, Grants};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -115,81 +118,6 @@ impl BenchConfig {
     }
 }
 
-/// Server-side cost over the measured window.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServerUsage {
-    pub pid: u32,
-    pub cpu_seconds: f64,
-    /// CPU seconds per wall second × 100 (can exceed 100 on several cores).
-    pub cpu_percent: f64,
-    pub cpu_us_per_forwarded_packet: Option<f64>,
-    pub rss_bytes: Option<u64>,
-    pub rss_bytes_per_subscriber: Option<f64>,
-}
-
-/// Packets received while measuring, by the publisher layer their stamp names.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct LayerPackets {
-    pub audio: u64,
-    pub low: u64,
-    pub medium: u64,
-    pub high: u64,
-}
-
-/// The result of one run (also the JSON written to `--json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    /// The server measured.
-    #[serde(default = "default_target")]
-    pub target: Target,
-    pub scenario: Scenario,
-    pub layer: Layer,
-    pub ramp_per_sec: f64,
-    pub publishers: usize,
-    /// Participants that subscribe (every participant in `meeting`).
-    pub subscribers: usize,
-    pub participants: usize,
-    pub joined: usize,
-    pub failed: usize,
-    pub errors: Vec<String>,
-    pub ramp_secs: f64,
-    /// Subscribers that received media before measurement began.
-    pub subscribers_ready: usize,
-    pub measured_secs: f64,
-    /// Packets received by all subscribers while measuring (= packets the SFU forwarded to them).
-    pub packets: u64,
-    pub bytes: u64,
-    pub packets_per_sec: f64,
-    pub mbit_per_sec: f64,
-    /// Packets received by each subscriber while measuring.
-    pub subscriber_packets: Vec<u64>,
-    pub expected_packets: u64,
-    pub lost_packets: u64,
-    pub loss_percent: f64,
-    pub unstamped_packets: u64,
-    pub latency_us: Option<Percentiles>,
-    /// Signaling connect → first media packet, per subscriber.
-    pub join_ms: Option<Percentiles>,
-    pub keyframe_requests_at_publishers: u64,
-    /// Which layers reached the subscribers (shows what the server forwarded).
-    #[serde(default)]
-    pub packets_by_layer: LayerPackets,
-    pub server: Option<ServerUsage>,
-}
-
-fn default_target() -> Target {
-    Target::Sfu
-}
-
-impl Report {
-    /// Server CPU µs per forwarded packet, when the server's pid was given.
-    pub fn cpu_us_per_packet(&self) -> Option<f64> {
-        self.server
-            .as_ref()
-            .and_then(|s| s.cpu_us_per_forwarded_packet)
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Role {
     index: usize,
@@ -211,30 +139,21 @@ pub(crate) struct Outcome {
 
 /// How participants get tokens.
 enum Tokens {
-    Secret(crate::auth::Authenticator),
+    Secret(String),
     Dev(reqwest::Client, String),
 }
 
 impl Tokens {
     async fn token(&self, user: &str, role: &Role, scenario: Scenario) -> anyhow::Result<String> {
         match self {
-            Tokens::Secret(auth) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_secs();
+            Tokens::Secret(secret) => {
                 let publish = match role.publish {
                     Some(true) => vec!["audio".to_string(), "video".to_string()],
                     Some(false) => vec!["audio".to_string()],
                     None => Vec::new(),
                 };
-                let claims = crate::auth::Claims {
-                    user_id: Value::String(user.to_string()),
-                    exp: now + 24 * 3600,
-                    iat: Some(now),
-                    jti: Some(uuid::Uuid::new_v4().simple().to_string()),
-                    full_name: Some(user.to_string()),
-                    role: Some("participant".into()),
-                    grants: Some(crate::auth::Grants {
+                let claims = Claims {
+                    grants: Some(Grants {
                         rooms: vec!["*".into()],
                         create_room: role.index == 0,
                         publish,
@@ -242,10 +161,9 @@ impl Tokens {
                         subscribe: role.subscribe || scenario == Scenario::Meeting,
                         room_admin: false,
                     }),
-                    ..Default::default()
+                    ..Claims::participant(user, 24 * 3600)
                 };
-                auth.issue(&claims)
-                    .ok_or_else(|| anyhow!("no HS256 secret to sign with"))
+                Ok(testkit::token::mint(secret, &claims))
             }
             Tokens::Dev(http, base) => {
                 let reply: Value = http
@@ -270,7 +188,7 @@ pub(crate) struct RunContext {
     config: BenchConfig,
     /// Our SFU: where its WebTransport signaling is, and tokens for it.
     target: Option<WtTarget>,
-    endpoint: Option<Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>>,
+    endpoint: Option<Arc<WtEndpoint>>,
     tokens: Option<Tokens>,
     /// Janus: its API and the run's room.
     janus: Option<janus::JanusTarget>,
@@ -280,6 +198,18 @@ pub(crate) struct RunContext {
     local_ip: std::net::IpAddr,
     joined: AtomicUsize,
     failed: AtomicUsize,
+}
+
+impl RunContext {
+    /// A measuring peer of this run; `subscriber` ones count towards "ready".
+    async fn peer(&self, subscriber: bool) -> anyhow::Result<Peer> {
+        Peer::spawn_opts(PeerOptions::load(
+            self.local_ip,
+            self.shared.clone(),
+            subscriber,
+        ))
+        .await
+    }
 }
 
 fn roles(config: &BenchConfig) -> Vec<Role> {
@@ -324,12 +254,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?;
-            let target = signaling::discover(&http, &base).await?;
-            let endpoint = signaling::client_endpoint(&target)?;
+            let target = testkit::signal::discover(&http, &base).await?;
+            let endpoint = testkit::signal::client_endpoint(&target)?;
             let tokens = match &config.jwt_secret {
-                Some(secret) => Tokens::Secret(
-                    crate::auth::Authenticator::new(Some(secret), None).map_err(|e| anyhow!(e))?,
-                ),
+                Some(secret) => Tokens::Secret(secret.clone()),
                 None => Tokens::Dev(http.clone(), base.clone()),
             };
             (base, Some(target), Some(endpoint), Some(tokens), None)
@@ -575,13 +503,13 @@ async fn participant_inner(
     let name = format!("bench-{}-{}", ctx.room, role.index);
     let token = tokens.token(&name, &role, ctx.config.scenario).await?;
     outcome.connect_at = Some(Instant::now());
-    let mut signal = Signal::connect(endpoint.clone(), target).await?;
+    let mut signal = SignalClient::connect_wt(endpoint.clone(), target).await?;
     signal
-        .request("authenticate", json!({ "token": token }))
+        .call("authenticate", json!({ "token": token }))
         .await?;
     if role.index == 0 {
         signal
-            .request(
+            .call(
                 "createRoom",
                 json!({
                     "name": ctx.room,
@@ -592,7 +520,7 @@ async fn participant_inner(
             .await?;
     }
     signal
-        .request(
+        .call(
             "joinRoom",
             json!({ "roomId": ctx.room, "displayName": name }),
         )
@@ -602,11 +530,12 @@ async fn participant_inner(
         let _ = tx.send(true);
     }
     // Whoever may receive gets a receiving peer; only subscribers' count as "ready".
-    let receiver = Peer::spawn(ctx.local_ip, role.subscribe, ctx.shared.clone()).await?;
+    let receiver = ctx.peer(role.subscribe).await?;
     let sender = match role.publish {
         Some(video) => {
-            let peer = Peer::spawn(ctx.local_ip, false, ctx.shared.clone()).await?;
-            peer.publish(&mut signal, video).await?;
+            let peer = ctx.peer(false).await?;
+            peer.publish_spec(&mut signal, Publish::load(video, false))
+                .await?;
             Some(peer)
         }
         None => None,
@@ -632,7 +561,7 @@ async fn participant_inner(
                         };
                         if track["kind"] == "video" && layered.insert(producer.to_string()) {
                             signal
-                                .request(
+                                .call(
                                     "setPreferredLayer",
                                     json!({ "producerId": producer, "layer": ctx.config.layer.as_str() }),
                                 )
@@ -660,130 +589,6 @@ async fn participant_inner(
     }
     result?;
     // Leaving is best effort and bounded: the run is over.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        signal.request("leaveRoom", json!({})),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), signal.call("leaveRoom", json!({}))).await;
     Ok(())
-}
-
-fn fmt_percentiles(p: &Option<Percentiles>, scale: f64, unit: &str) -> String {
-    match p {
-        Some(p) => format!(
-            "p50 {:.2}{unit}  p99 {:.2}{unit}  max {:.2}{unit}  (n={})",
-            p.p50 as f64 / scale,
-            p.p99 as f64 / scale,
-            p.max as f64 / scale,
-            p.samples
-        ),
-        None => "-".into(),
-    }
-}
-
-impl Report {
-    /// A plain two-column table.
-    pub fn table(&self) -> String {
-        let l = self.packets_by_layer;
-        let mut rows: Vec<(&str, String)> = vec![
-            (
-                "target",
-                match &self.target {
-                    Target::Sfu => "our SFU".to_string(),
-                    Target::Janus(url) => format!("Janus VideoRoom ({url})"),
-                },
-            ),
-            (
-                "scenario",
-                format!("{:?} (layer {})", self.scenario, self.layer.as_str()).to_lowercase(),
-            ),
-            (
-                "participants",
-                format!(
-                    "{} ({} publishing, {} subscribing)",
-                    self.participants, self.publishers, self.subscribers
-                ),
-            ),
-            (
-                "joined / failed",
-                format!("{} / {}", self.joined, self.failed),
-            ),
-            ("ramp", format!("{:.1} s", self.ramp_secs)),
-            (
-                "subscribers ready",
-                format!("{} / {}", self.subscribers_ready, self.subscribers),
-            ),
-            ("measured", format!("{:.1} s", self.measured_secs)),
-            (
-                "packets received",
-                format!(
-                    "{} ({:.0}/s, {:.2} Mbit/s)",
-                    self.packets, self.packets_per_sec, self.mbit_per_sec
-                ),
-            ),
-            (
-                "per subscriber",
-                match (
-                    self.subscriber_packets.iter().min(),
-                    self.subscriber_packets.iter().max(),
-                ) {
-                    (Some(min), Some(max)) => format!("min {min}  max {max} packets"),
-                    _ => "-".into(),
-                },
-            ),
-            (
-                "loss",
-                format!(
-                    "{:.3} % ({} of {})",
-                    self.loss_percent, self.lost_packets, self.expected_packets
-                ),
-            ),
-            (
-                "by layer",
-                format!(
-                    "audio {}  low {}  medium {}  high {}",
-                    l.audio, l.low, l.medium, l.high
-                ),
-            ),
-            ("latency", fmt_percentiles(&self.latency_us, 1000.0, " ms")),
-            ("join time", fmt_percentiles(&self.join_ms, 1.0, " ms")),
-            (
-                "keyframe requests",
-                self.keyframe_requests_at_publishers.to_string(),
-            ),
-        ];
-        if let Some(server) = &self.server {
-            rows.push((
-                "server cpu",
-                format!(
-                    "{:.2} s ({:.1} %), {} µs/forwarded packet",
-                    server.cpu_seconds,
-                    server.cpu_percent,
-                    server
-                        .cpu_us_per_forwarded_packet
-                        .map(|v| format!("{v:.2}"))
-                        .unwrap_or_else(|| "-".into())
-                ),
-            ));
-            rows.push((
-                "server rss",
-                match (server.rss_bytes, server.rss_bytes_per_subscriber) {
-                    (Some(r), Some(per)) => format!(
-                        "{:.1} MiB ({:.1} KiB/subscriber)",
-                        r as f64 / 1048576.0,
-                        per / 1024.0
-                    ),
-                    (Some(r), None) => format!("{:.1} MiB", r as f64 / 1048576.0),
-                    _ => "-".into(),
-                },
-            ));
-        }
-        for e in &self.errors {
-            rows.push(("error", e.clone()));
-        }
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        rows.iter()
-            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
-            .collect()
-    }
 }

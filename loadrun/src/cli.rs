@@ -1,4 +1,4 @@
-//! `sfu bench`: flags, modes (one run, a sweep, `--find-capacity`, `--compare janus`) and
+//! `sfu-bench` (and `sfu bench`): flags, modes (one run, a sweep, `--find-capacity`, `--compare janus`) and
 //! their outputs (table, JSON, SVG chart, README section).
 
 use std::path::PathBuf;
@@ -365,16 +365,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
-/// Entry point for `main.rs`: `Some(Command::Bench(args)) => sfu::loadgen::cli::main(args)`.
+/// Entry point of the `sfu-bench` binary.
 pub fn main(args: BenchArgs) -> ! {
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| {
-        eprintln!("sfu: {e}");
+        eprintln!("sfu-bench: {e}");
         std::process::exit(2)
     });
     match runtime.block_on(bench(args)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("sfu: bench failed: {e:#}");
+            eprintln!("sfu-bench: bench failed: {e:#}");
             std::process::exit(1)
         }
     }

@@ -19,8 +19,8 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::peer::Peer;
 use super::{Layer, Outcome, Role, RunContext, Scenario};
+use testkit::peer::Publish;
 
 const PLUGIN: &str = "janus.plugin.videoroom";
 
@@ -301,9 +301,9 @@ pub(super) async fn participant_inner(
             let feed = joined["plugindata"]["data"]["id"]
                 .as_u64()
                 .ok_or_else(|| anyhow!("no publisher id in {joined}"))?;
-            let peer = Peer::spawn(ctx.local_ip, false, ctx.shared.clone()).await?;
+            let peer = ctx.peer(false).await?;
             // Janus reads the rids of `a=simulcast` highest first (substream 2 = the first rid).
-            let offer = peer.publish_offer(video, true).await?;
+            let offer = peer.publish_offer(Publish::load(video, true)).await?;
             session
                 .message(
                     publisher_handle,
@@ -374,7 +374,7 @@ pub(super) async fn participant_inner(
             })
             .await
             .context("subscriber offer")?;
-        let peer = Peer::spawn(ctx.local_ip, true, ctx.shared.clone()).await?;
+        let peer = ctx.peer(true).await?;
         let answer = peer
             .answer_sdp(offer["jsep"]["sdp"].as_str().unwrap_or_default())
             .await?;
@@ -546,7 +546,11 @@ pub fn default_binary() -> PathBuf {
     }
 }
 
-/// The repository's Janus configuration folder (`benches/janus`).
+/// The repository's Janus configuration folder (`benches/janus` at the workspace root, beside
+/// this crate's `loadrun/`).
 pub fn default_config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/janus")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("benches/janus")
 }

@@ -1,0 +1,201 @@
+//! What one run measured ([`Report`], also its JSON form) and the table printed after it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Percentiles;
+use crate::{Layer, Scenario, Target};
+
+/// Server-side cost over the measured window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerUsage {
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall second × 100 (can exceed 100 on several cores).
+    pub cpu_percent: f64,
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub rss_bytes_per_subscriber: Option<f64>,
+}
+
+/// Packets received while measuring, by the publisher layer their stamp names.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct LayerPackets {
+    pub audio: u64,
+    pub low: u64,
+    pub medium: u64,
+    pub high: u64,
+}
+
+/// The result of one run (also the JSON written to `--json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The server measured.
+    #[serde(default = "default_target")]
+    pub target: Target,
+    pub scenario: Scenario,
+    pub layer: Layer,
+    pub ramp_per_sec: f64,
+    pub publishers: usize,
+    /// Participants that subscribe (every participant in `meeting`).
+    pub subscribers: usize,
+    pub participants: usize,
+    pub joined: usize,
+    pub failed: usize,
+    pub errors: Vec<String>,
+    pub ramp_secs: f64,
+    /// Subscribers that received media before measurement began.
+    pub subscribers_ready: usize,
+    pub measured_secs: f64,
+    /// Packets received by all subscribers while measuring (= packets the SFU forwarded to them).
+    pub packets: u64,
+    pub bytes: u64,
+    pub packets_per_sec: f64,
+    pub mbit_per_sec: f64,
+    /// Packets received by each subscriber while measuring.
+    pub subscriber_packets: Vec<u64>,
+    pub expected_packets: u64,
+    pub lost_packets: u64,
+    pub loss_percent: f64,
+    pub unstamped_packets: u64,
+    pub latency_us: Option<Percentiles>,
+    /// Signaling connect → first media packet, per subscriber.
+    pub join_ms: Option<Percentiles>,
+    pub keyframe_requests_at_publishers: u64,
+    /// Which layers reached the subscribers (shows what the server forwarded).
+    #[serde(default)]
+    pub packets_by_layer: LayerPackets,
+    pub server: Option<ServerUsage>,
+}
+
+fn default_target() -> Target {
+    Target::Sfu
+}
+
+impl Report {
+    /// Server CPU µs per forwarded packet, when the server's pid was given.
+    pub fn cpu_us_per_packet(&self) -> Option<f64> {
+        self.server
+            .as_ref()
+            .and_then(|s| s.cpu_us_per_forwarded_packet)
+    }
+}
+
+fn fmt_percentiles(p: &Option<Percentiles>, scale: f64, unit: &str) -> String {
+    match p {
+        Some(p) => format!(
+            "p50 {:.2}{unit}  p99 {:.2}{unit}  max {:.2}{unit}  (n={})",
+            p.p50 as f64 / scale,
+            p.p99 as f64 / scale,
+            p.max as f64 / scale,
+            p.samples
+        ),
+        None => "-".into(),
+    }
+}
+
+impl Report {
+    /// A plain two-column table.
+    pub fn table(&self) -> String {
+        let l = self.packets_by_layer;
+        let mut rows: Vec<(&str, String)> = vec![
+            (
+                "target",
+                match &self.target {
+                    Target::Sfu => "our SFU".to_string(),
+                    Target::Janus(url) => format!("Janus VideoRoom ({url})"),
+                },
+            ),
+            (
+                "scenario",
+                format!("{:?} (layer {})", self.scenario, self.layer.as_str()).to_lowercase(),
+            ),
+            (
+                "participants",
+                format!(
+                    "{} ({} publishing, {} subscribing)",
+                    self.participants, self.publishers, self.subscribers
+                ),
+            ),
+            (
+                "joined / failed",
+                format!("{} / {}", self.joined, self.failed),
+            ),
+            ("ramp", format!("{:.1} s", self.ramp_secs)),
+            (
+                "subscribers ready",
+                format!("{} / {}", self.subscribers_ready, self.subscribers),
+            ),
+            ("measured", format!("{:.1} s", self.measured_secs)),
+            (
+                "packets received",
+                format!(
+                    "{} ({:.0}/s, {:.2} Mbit/s)",
+                    self.packets, self.packets_per_sec, self.mbit_per_sec
+                ),
+            ),
+            (
+                "per subscriber",
+                match (
+                    self.subscriber_packets.iter().min(),
+                    self.subscriber_packets.iter().max(),
+                ) {
+                    (Some(min), Some(max)) => format!("min {min}  max {max} packets"),
+                    _ => "-".into(),
+                },
+            ),
+            (
+                "loss",
+                format!(
+                    "{:.3} % ({} of {})",
+                    self.loss_percent, self.lost_packets, self.expected_packets
+                ),
+            ),
+            (
+                "by layer",
+                format!(
+                    "audio {}  low {}  medium {}  high {}",
+                    l.audio, l.low, l.medium, l.high
+                ),
+            ),
+            ("latency", fmt_percentiles(&self.latency_us, 1000.0, " ms")),
+            ("join time", fmt_percentiles(&self.join_ms, 1.0, " ms")),
+            (
+                "keyframe requests",
+                self.keyframe_requests_at_publishers.to_string(),
+            ),
+        ];
+        if let Some(server) = &self.server {
+            rows.push((
+                "server cpu",
+                format!(
+                    "{:.2} s ({:.1} %), {} µs/forwarded packet",
+                    server.cpu_seconds,
+                    server.cpu_percent,
+                    server
+                        .cpu_us_per_forwarded_packet
+                        .map(|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            ));
+            rows.push((
+                "server rss",
+                match (server.rss_bytes, server.rss_bytes_per_subscriber) {
+                    (Some(r), Some(per)) => format!(
+                        "{:.1} MiB ({:.1} KiB/subscriber)",
+                        r as f64 / 1048576.0,
+                        per / 1024.0
+                    ),
+                    (Some(r), None) => format!("{:.1} MiB", r as f64 / 1048576.0),
+                    _ => "-".into(),
+                },
+            ));
+        }
+        for e in &self.errors {
+            rows.push(("error", e.clone()));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+            .collect()
+    }
+}
