@@ -145,7 +145,9 @@ async fn dropped_session_resumes_over_the_other_transport_with_media_flowing() {
 
     // A comes back over WebTransport with its token.
     let mut a2 = SignalClient::connect_with(&server, Transport::WebTransport).await;
-    let resumed = a2.resume(&resume_token, last_seq).await;
+    let resumed = a2
+        .resume(&resume_token, last_seq, &token(&server, "a"))
+        .await;
     let data = ok(&resumed, "resumed");
     assert_eq!(data["participantId"], a_id);
     assert_eq!(data["roomId"], "resume");
@@ -174,7 +176,7 @@ async fn dropped_session_resumes_over_the_other_transport_with_media_flowing() {
     // Tokens are single use: the old one is dead, the reply carries the next one.
     assert_ne!(data["resumeToken"], resume_token.as_str());
     let mut thief = SignalClient::connect_with(&server, Transport::WebSocket).await;
-    let stale = thief.resume(&resume_token, 0).await;
+    let stale = thief.resume(&resume_token, 0, &token(&server, "a")).await;
     assert_eq!(error_code(&stale), "RESUME_FAILED");
     ok(&a2.request("ping", json!({})).await, "pong");
 
@@ -195,7 +197,7 @@ async fn dropped_session_resumes_over_the_other_transport_with_media_flowing() {
     .await;
 
     let mut unknown = SignalClient::connect_with(&server, Transport::WebTransport).await;
-    let reply = unknown.resume("not-a-token", 0).await;
+    let reply = unknown.resume("not-a-token", 0, &token(&server, "a")).await;
     assert_eq!(error_code(&reply), "RESUME_FAILED");
     server.stop().await;
 }

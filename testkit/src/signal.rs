@@ -344,11 +344,12 @@ impl SignalClient {
         reply
     }
 
-    /// Continue a dropped session on this (new) connection.
-    pub async fn resume(&mut self, token: &str, last_seq: u64) -> Value {
+    /// Continue a dropped session on this (new) connection; `access_token` is a JWT of the
+    /// session's user (the resume token alone proves nothing).
+    pub async fn resume(&mut self, token: &str, last_seq: u64, access_token: &str) -> Value {
         self.last_seq = last_seq;
-        self.request("resume", json!({ "token": token, "lastSeq": last_seq }))
-            .await
+        let data = json!({ "token": token, "lastSeq": last_seq, "accessToken": access_token });
+        self.request("resume", data).await
     }
 
     /// Authenticate and join `room` (creating it first when `create`); returns the
