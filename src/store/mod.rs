@@ -6,4 +6,4 @@ mod memory;
 mod redis_directory;
 
 pub use self::memory::LocalDirectory;
-pub use self::redis_directory::{NodeInfo, RedisDirectory, HEARTBEAT, NODE_TTL};
+pub use self::redis_directory::{RedisDirectory, HEARTBEAT};

@@ -1,0 +1,309 @@
+//! Start-up wiring: one typed config in, every port bound, each layer given the
+//! implementations it needs (chosen here, once), and a handle to drain and stop it all.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::limits::Limits;
+use crate::media::MediaRouter;
+use crate::room::Rooms;
+use crate::session::SessionRegistry;
+use crate::{audit, integrations, room, store, telemetry, transport};
+
+/// Everything a session needs, shared by all connections.
+pub struct AppContext {
+    pub settings: Settings,
+    pub audit: audit::AuditLog,
+    pub auth: Authenticator,
+    pub rooms: Arc<Rooms>,
+    pub media: MediaRouter,
+    pub limits: Limits,
+    pub sessions: SessionRegistry,
+    /// Kept to deliver what is queued before exit; the rooms only see it as an event sink.
+    pub webhooks: Option<integrations::django::Webhooks>,
+    pub started: Instant,
+    /// Set once the WebTransport endpoint is bound (absent when disabled).
+    pub webtransport: std::sync::OnceLock<Arc<transport::webtransport::WebTransportState>>,
+    draining: AtomicBool,
+}
+
+impl AppContext {
+    /// True once shutdown began: not ready, no new sessions or rooms.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A running server: its bound addresses and a way to stop it.
+pub struct ServerHandle {
+    pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub ctx: Arc<AppContext>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stop accepting connections and wait for the HTTP server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.task.await;
+    }
+
+    /// Graceful shutdown: report not-ready, tell every client (`serverShuttingDown`), refuse
+    /// new sessions, and wait up to `timeout` for clients — signaling and WHIP/WHEP — to leave
+    /// before stopping. Returns how many sessions were still there at the deadline.
+    pub async fn drain(self, timeout: Duration) -> usize {
+        self.ctx.draining.store(true, Ordering::Relaxed);
+        let remaining = transport::drain::drain(&self.ctx, timeout).await;
+        self.stop().await;
+        remaining
+    }
+}
+
+/// Keep this node registered in Redis with its load; re-registers by itself after an outage.
+async fn heartbeat(ctx: std::sync::Weak<AppContext>, directory: Arc<store::RedisDirectory>) {
+    let mut healthy = true;
+    loop {
+        let Some(ctx) = ctx.upgrade() else { return };
+        if ctx.is_draining() {
+            let _ = directory.deregister().await;
+            return;
+        }
+        let load = ctx.rooms.counts().participants as u64;
+        drop(ctx);
+        match directory.heartbeat(load).await {
+            Ok(()) if !healthy => {
+                tracing::info!(node = %directory.node_id, "Redis reachable again; node re-registered");
+                healthy = true;
+            }
+            Ok(()) => {}
+            Err(e) if healthy => {
+                tracing::warn!(error = %e, "Redis unreachable; local rooms keep running");
+                healthy = false;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(store::HEARTBEAT).await;
+    }
+}
+
+/// Close rooms nobody joined within the empty timeout (they would otherwise count against
+/// MAX_ROOMS forever).
+async fn close_idle_rooms(rooms: std::sync::Weak<Rooms>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Some(rooms) = rooms.upgrade() else { return };
+        rooms.close_idle_rooms(Instant::now());
+    }
+}
+
+/// Bind every socket and start serving. Used by `main` and by the integration tests.
+pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
+    // rustls is built with more than one crypto backend in this tree; pick one explicitly
+    // (the same aws-lc-rs str0m uses). An error only means it was installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let auth = Authenticator::new(
+        settings.jwt_secret.as_deref(),
+        settings.jwt_public_key.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let audit_backend = audit::AuditBackend::from_database_url(
+        settings.config.database_url.as_deref(),
+        &settings.config.audit_sqlite_path,
+    )
+    .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+    tracing::info!(backend = %audit_backend.describe(), "audit log");
+    let audit = audit::AuditLog::start(
+        audit_backend,
+        audit::AuditConfig {
+            spill_path: settings.config.audit_spill_path.clone(),
+            // Schema changes apply by themselves; `sfu migrate` exists for controlled rollouts.
+            migrate_on_start: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let media = MediaRouter::start(settings.media.clone(), events_tx)?;
+    let webhooks = settings.config.django_webhook_url.as_ref().map(|url| {
+        let secret = settings
+            .config
+            .django_webhook_secret
+            .clone()
+            .or_else(|| settings.jwt_secret.clone())
+            .unwrap_or_default();
+        integrations::django::Webhooks::start(integrations::django::WebhookConfig::new(
+            url.clone(),
+            secret,
+        ))
+    });
+    let catalog = settings.config.django_room_lookup.then(|| {
+        Arc::new(integrations::django::RoomLookup::new(
+            &settings.config.django_base_url,
+            &settings.config.django_room_lookup_path,
+            Duration::from_secs(3),
+        )) as Arc<dyn room::RoomCatalog>
+    });
+    // Bound early: a node's public URL (for redirects) needs the real port.
+    let bind = SocketAddr::new(settings.config.host, settings.config.port);
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let http_addr = listener.local_addr()?;
+    let directory = match &settings.config.redis_url {
+        Some(url) => {
+            let node_id = settings
+                .config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+            let public_url = settings.config.public_url.clone().unwrap_or_else(|| {
+                format!(
+                    "http://{}:{}",
+                    settings.media.announced_ip,
+                    http_addr.port()
+                )
+            });
+            Some(Arc::new(
+                store::RedisDirectory::new(url, node_id, public_url)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            ))
+        }
+        None => None,
+    };
+    let mut observers: Vec<Arc<dyn room::EventSink>> = vec![Arc::new(audit.clone())];
+    if let Some(webhooks) = &webhooks {
+        observers.push(Arc::new(webhooks.clone()));
+    }
+    let room_directory: Arc<dyn room::Directory> = match &directory {
+        Some(redis) => Arc::new(redis.clone()),
+        None => Arc::new(store::LocalDirectory),
+    };
+    let rooms = Rooms::new(
+        media.clone(),
+        room::RoomLimits {
+            max_rooms: settings.config.max_rooms,
+            max_rooms_per_user: settings.config.max_rooms_per_user,
+            empty_timeout: Duration::from_secs(settings.config.empty_room_timeout_secs),
+        },
+        room::RoomPorts {
+            directory: room_directory,
+            catalog,
+            observers,
+        },
+    );
+    let ctx = Arc::new(AppContext {
+        auth,
+        limits: Limits::new(&settings.config, audit.clone()),
+        audit,
+        settings,
+        rooms: rooms.clone(),
+        media,
+        sessions: SessionRegistry::default(),
+        webhooks,
+        started: Instant::now(),
+        webtransport: std::sync::OnceLock::new(),
+        draining: AtomicBool::new(false),
+    });
+    telemetry::metrics::handle();
+
+    let prune_ctx = Arc::downgrade(&ctx);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(ctx) = prune_ctx.upgrade() else {
+                return;
+            };
+            ctx.limits.prune();
+        }
+    });
+    tokio::spawn(close_idle_rooms(Arc::downgrade(&rooms)));
+
+    // Media events (offers, layer changes) are routed to sessions off the worker threads.
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            for (room_id, participant_id) in rooms.on_media_event(event) {
+                rooms.leave(&room_id, &participant_id).await;
+            }
+        }
+    });
+
+    if let Some(directory) = directory {
+        tokio::spawn(heartbeat(Arc::downgrade(&ctx), directory));
+    }
+    if ctx.settings.config.webtransport_enabled {
+        let config = &ctx.settings.config;
+        let source = match (
+            &config.webtransport_cert_file,
+            &config.webtransport_key_file,
+        ) {
+            (Some(cert), Some(key)) => transport::webtransport::CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => {
+                let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+                sans.push(ctx.settings.media.announced_ip.to_string());
+                sans.dedup();
+                transport::webtransport::CertSource::SelfSigned {
+                    validity: Duration::from_secs(config.webtransport_cert_validity_secs),
+                    sans,
+                }
+            }
+        };
+        let bind = SocketAddr::new(config.host, config.webtransport_port);
+        let state = transport::webtransport::start(
+            ctx.clone(),
+            bind,
+            source,
+            config.webtransport_public_url.clone(),
+        )
+        .await?;
+        let _ = ctx.webtransport.set(state);
+    }
+    let metrics_bind = SocketAddr::new(ctx.settings.config.host, ctx.settings.config.metrics_port);
+    let metrics_listener = TcpListener::bind(metrics_bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {metrics_bind} (METRICS_PORT): {e}"))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let app = transport::http::router(ctx.clone());
+    let metrics_app = transport::http::metrics_router(ctx.clone());
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let (serve_ctx, metrics_ctx) = (ctx.clone(), ctx.clone());
+    let task = tokio::spawn(async move {
+        let metrics_task = tokio::spawn(async move {
+            transport::serve::serve(
+                metrics_listener,
+                metrics_app,
+                metrics_ctx,
+                std::future::pending(),
+            )
+            .await;
+        });
+        transport::serve::serve(listener, app, serve_ctx, async {
+            let _ = shutdown_rx.await;
+        })
+        .await;
+        metrics_task.abort();
+    });
+    tracing::info!(%http_addr, %metrics_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
+    Ok(ServerHandle {
+        http_addr,
+        metrics_addr,
+        ctx,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
