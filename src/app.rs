@@ -113,102 +113,29 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     // rustls is built with more than one crypto backend in this tree; pick one explicitly
     // (the same aws-lc-rs str0m uses). An error only means it was installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let auth = Authenticator::new(
         settings.jwt_secret.as_deref(),
         settings.jwt_public_key.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let audit_backend = audit::AuditBackend::from_database_url(
-        settings.config.database_url.as_deref(),
-        &settings.config.audit_sqlite_path,
-    )
-    .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
-    tracing::info!(backend = %audit_backend.describe(), "audit log");
-    let audit = audit::AuditLog::start(
-        audit_backend,
-        audit::AuditConfig {
-            spill_path: settings.config.audit_spill_path.clone(),
-            // Schema changes apply by themselves; `sfu migrate` exists for controlled rollouts.
-            migrate_on_start: true,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let audit = open_audit(&settings).await?;
     let media = MediaRouter::start(settings.media.clone(), events_tx)?;
-    let webhooks = settings.config.django_webhook_url.as_ref().map(|url| {
-        let secret = settings
-            .config
-            .django_webhook_secret
-            .clone()
-            .or_else(|| settings.jwt_secret.clone())
-            .unwrap_or_default();
-        integrations::django::Webhooks::start(integrations::django::WebhookConfig::new(
-            url.clone(),
-            secret,
-        ))
-    });
-    let catalog = settings.config.django_room_lookup.then(|| {
-        Arc::new(integrations::django::RoomLookup::new(
-            &settings.config.django_base_url,
-            &settings.config.django_room_lookup_path,
-            Duration::from_secs(3),
-        )) as Arc<dyn room::RoomCatalog>
-    });
     // Bound early: a node's public URL (for redirects) needs the real port.
     let bind = SocketAddr::new(settings.config.host, settings.config.port);
     let listener = TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
     let http_addr = listener.local_addr()?;
-    let directory = match &settings.config.redis_url {
-        Some(url) => {
-            let node_id = settings
-                .config
-                .node_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
-            let public_url = settings.config.public_url.clone().unwrap_or_else(|| {
-                format!(
-                    "http://{}:{}",
-                    settings.media.announced_ip,
-                    http_addr.port()
-                )
-            });
-            Some(Arc::new(
-                store::RedisDirectory::new(url, node_id, public_url)
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            ))
-        }
-        None => None,
-    };
-    let mut observers: Vec<Arc<dyn room::EventSink>> = vec![Arc::new(audit.clone())];
-    if let Some(webhooks) = &webhooks {
-        observers.push(Arc::new(webhooks.clone()));
-    }
-    let room_directory: Arc<dyn room::Directory> = match &directory {
-        Some(redis) => Arc::new(redis.clone()),
-        None => Arc::new(store::LocalDirectory),
-    };
-    let rooms = Rooms::new(
-        media.clone(),
-        room::RoomLimits {
-            max_rooms: settings.config.max_rooms,
-            max_rooms_per_user: settings.config.max_rooms_per_user,
-            empty_timeout: Duration::from_secs(settings.config.empty_room_timeout_secs),
-        },
-        room::RoomPorts {
-            directory: room_directory,
-            catalog,
-            observers,
-        },
-    );
+    let redis = redis_directory(&settings, http_addr)?;
+    let webhooks = django_webhooks(&settings);
+    let rooms = build_rooms(&settings, &media, &audit, webhooks.as_ref(), redis.as_ref());
     let ctx = Arc::new(AppContext {
         auth,
         limits: Limits::new(&settings.config, audit.clone()),
         audit,
         settings,
-        rooms: rooms.clone(),
+        rooms,
         media,
         sessions: SessionRegistry::default(),
         webhooks,
@@ -217,8 +144,122 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         draining: AtomicBool::new(false),
     });
     telemetry::metrics::handle();
+    spawn_housekeeping(&ctx, events_rx, redis);
+    if ctx.settings.config.webtransport_enabled {
+        let state = start_webtransport(&ctx).await?;
+        let _ = ctx.webtransport.set(state);
+    }
+    let (metrics_addr, shutdown, task) = serve_http(&ctx, listener).await?;
+    tracing::info!(%http_addr, %metrics_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
+    Ok(ServerHandle {
+        http_addr,
+        metrics_addr,
+        ctx,
+        shutdown: Some(shutdown),
+        task,
+    })
+}
 
-    let prune_ctx = Arc::downgrade(&ctx);
+/// The audit log on DATABASE_URL (PostgreSQL) or the embedded SQLite file.
+async fn open_audit(settings: &Settings) -> anyhow::Result<audit::AuditLog> {
+    let backend = audit::AuditBackend::from_database_url(
+        settings.config.database_url.as_deref(),
+        &settings.config.audit_sqlite_path,
+    )
+    .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+    tracing::info!(backend = %backend.describe(), "audit log");
+    let config = audit::AuditConfig {
+        spill_path: settings.config.audit_spill_path.clone(),
+        // Schema changes apply by themselves; `sfu migrate` exists for controlled rollouts.
+        migrate_on_start: true,
+        ..Default::default()
+    };
+    audit::AuditLog::start(backend, config).await
+}
+
+/// Django webhooks, when DJANGO_WEBHOOK_URL is set.
+fn django_webhooks(settings: &Settings) -> Option<integrations::django::Webhooks> {
+    let url = settings.config.django_webhook_url.as_ref()?;
+    let secret = settings
+        .config
+        .django_webhook_secret
+        .clone()
+        .or_else(|| settings.jwt_secret.clone())
+        .unwrap_or_default();
+    Some(integrations::django::Webhooks::start(
+        integrations::django::WebhookConfig::new(url.clone(), secret),
+    ))
+}
+
+/// The cross-node directory, when REDIS_URL is set; this node is reachable at `http_addr`.
+fn redis_directory(
+    settings: &Settings,
+    http_addr: SocketAddr,
+) -> anyhow::Result<Option<Arc<store::RedisDirectory>>> {
+    let Some(url) = &settings.config.redis_url else {
+        return Ok(None);
+    };
+    let node_id = settings
+        .config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+    let public_url = settings.config.public_url.clone().unwrap_or_else(|| {
+        format!(
+            "http://{}:{}",
+            settings.media.announced_ip,
+            http_addr.port()
+        )
+    });
+    let directory =
+        store::RedisDirectory::new(url, node_id, public_url).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(Arc::new(directory)))
+}
+
+/// The room layer with the implementations of its ports chosen for this configuration.
+fn build_rooms(
+    settings: &Settings,
+    media: &MediaRouter,
+    audit: &audit::AuditLog,
+    webhooks: Option<&integrations::django::Webhooks>,
+    redis: Option<&Arc<store::RedisDirectory>>,
+) -> Arc<Rooms> {
+    let config = &settings.config;
+    let mut observers: Vec<Arc<dyn room::EventSink>> = vec![Arc::new(audit.clone())];
+    if let Some(webhooks) = webhooks {
+        observers.push(Arc::new(webhooks.clone()));
+    }
+    let directory: Arc<dyn room::Directory> = match redis {
+        Some(redis) => Arc::new(redis.clone()),
+        None => Arc::new(store::LocalDirectory),
+    };
+    let catalog = config.django_room_lookup.then(|| {
+        Arc::new(integrations::django::RoomLookup::new(
+            &config.django_base_url,
+            &config.django_room_lookup_path,
+            Duration::from_secs(3),
+        )) as Arc<dyn room::RoomCatalog>
+    });
+    let limits = room::RoomLimits {
+        max_rooms: config.max_rooms,
+        max_rooms_per_user: config.max_rooms_per_user,
+        empty_timeout: Duration::from_secs(config.empty_room_timeout_secs),
+    };
+    let ports = room::RoomPorts {
+        directory,
+        catalog,
+        observers,
+    };
+    Rooms::new(media.clone(), limits, ports)
+}
+
+/// Background tasks: limiter pruning, idle-room closing, media events, the node heartbeat.
+fn spawn_housekeeping(
+    ctx: &Arc<AppContext>,
+    mut events_rx: mpsc::UnboundedReceiver<crate::media::MediaEvent>,
+    redis: Option<Arc<store::RedisDirectory>>,
+) {
+    let prune_ctx = Arc::downgrade(ctx);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -229,9 +270,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
             ctx.limits.prune();
         }
     });
-    tokio::spawn(close_idle_rooms(Arc::downgrade(&rooms)));
-
+    tokio::spawn(close_idle_rooms(Arc::downgrade(&ctx.rooms)));
     // Media events (offers, layer changes) are routed to sessions off the worker threads.
+    let rooms = ctx.rooms.clone();
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
             for (room_id, participant_id) in rooms.on_media_event(event) {
@@ -239,40 +280,53 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
             }
         }
     });
+    if let Some(directory) = redis {
+        tokio::spawn(heartbeat(Arc::downgrade(ctx), directory));
+    }
+}
 
-    if let Some(directory) = directory {
-        tokio::spawn(heartbeat(Arc::downgrade(&ctx), directory));
-    }
-    if ctx.settings.config.webtransport_enabled {
-        let config = &ctx.settings.config;
-        let source = match (
-            &config.webtransport_cert_file,
-            &config.webtransport_key_file,
-        ) {
-            (Some(cert), Some(key)) => transport::webtransport::CertSource::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            _ => {
-                let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-                sans.push(ctx.settings.media.announced_ip.to_string());
-                sans.dedup();
-                transport::webtransport::CertSource::SelfSigned {
-                    validity: Duration::from_secs(config.webtransport_cert_validity_secs),
-                    sans,
-                }
+/// Bind the WebTransport endpoint with configured or self-signed certificates.
+async fn start_webtransport(
+    ctx: &Arc<AppContext>,
+) -> anyhow::Result<Arc<transport::webtransport::WebTransportState>> {
+    let config = &ctx.settings.config;
+    let source = match (
+        &config.webtransport_cert_file,
+        &config.webtransport_key_file,
+    ) {
+        (Some(cert), Some(key)) => transport::webtransport::CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+            sans.push(ctx.settings.media.announced_ip.to_string());
+            sans.dedup();
+            transport::webtransport::CertSource::SelfSigned {
+                validity: Duration::from_secs(config.webtransport_cert_validity_secs),
+                sans,
             }
-        };
-        let bind = SocketAddr::new(config.host, config.webtransport_port);
-        let state = transport::webtransport::start(
-            ctx.clone(),
-            bind,
-            source,
-            config.webtransport_public_url.clone(),
-        )
-        .await?;
-        let _ = ctx.webtransport.set(state);
-    }
+        }
+    };
+    let bind = SocketAddr::new(config.host, config.webtransport_port);
+    transport::webtransport::start(
+        ctx.clone(),
+        bind,
+        source,
+        config.webtransport_public_url.clone(),
+    )
+    .await
+}
+
+/// Serve PORT (until the returned sender fires) and METRICS_PORT.
+async fn serve_http(
+    ctx: &Arc<AppContext>,
+    listener: TcpListener,
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
     let metrics_bind = SocketAddr::new(ctx.settings.config.host, ctx.settings.config.metrics_port);
     let metrics_listener = TcpListener::bind(metrics_bind)
         .await
@@ -298,12 +352,5 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         .await;
         metrics_task.abort();
     });
-    tracing::info!(%http_addr, %metrics_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
-    Ok(ServerHandle {
-        http_addr,
-        metrics_addr,
-        ctx,
-        shutdown: Some(shutdown_tx),
-        task,
-    })
+    Ok((metrics_addr, shutdown_tx, task))
 }
