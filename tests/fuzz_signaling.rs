@@ -90,8 +90,16 @@ fn envelope() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Cases per property: a short CI pass unless PROPTEST_CASES asks for a long run.
+fn cases(ci_default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ci_default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2000), ..ProptestConfig::default() })]
 
     #[test]
     fn every_frame_gets_a_stable_bounded_answer(frame in envelope()) {
@@ -185,12 +193,10 @@ async fn mutated_sdp_offers_are_answered_or_refused_cleanly() {
         "100000",
     ])
     .await;
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 60,
-        ..ProptestConfig::default()
-    });
+    let mut runner = proptest::test_runner::TestRunner::default();
     let mut offers = Vec::new();
-    for _ in 0..60 {
+    // Each offer costs a session on the live server: a tenth of the property cases.
+    for _ in 0..(cases(600) / 10) {
         offers.push(mutated_offer().new_tree(&mut runner).unwrap().current());
     }
     for (n, offer) in offers.into_iter().enumerate() {
