@@ -289,3 +289,57 @@ async fn a_resume_token_alone_does_not_take_over_a_session() {
     ok(&reply, "resumed");
     server.stop().await;
 }
+
+/// Read a raw WebSocket until it closes: the error envelopes and the close code.
+async fn until_closed(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> (Vec<Value>, Option<u16>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut replies = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => replies.push(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return (replies, frame.map(|f| u16::from(f.code)))
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return (replies, None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_frames_it_cannot_read_are_answered_before_the_close() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = start_server().await;
+    let url = format!("ws://{}/ws", server.http_addr);
+
+    // Invalid UTF-8 in a text frame: RFC 6455 requires failing the connection (1007).
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    let (replies, close) = until_closed(&mut ws).await;
+    assert_eq!(error_code(&replies[0]), "INVALID_MESSAGE");
+    assert_eq!(close, Some(1007));
+
+    // A frame over the hard cap (1 MiB here): MESSAGE_TOO_LARGE, then close 1009.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let huge = json!({ "type": "ping", "data": { "pad": "z".repeat(1_100_000) } }).to_string();
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let (replies, close) = until_closed(&mut ws).await;
+    assert_eq!(error_code(&replies[0]), "MESSAGE_TOO_LARGE");
+    // The close frame (1009) follows, but the client is still writing the rest of its frame:
+    // the server's close of the socket can reset the connection before the frame is read.
+    assert!(matches!(close, Some(1009) | None), "close code {close:?}");
+
+    // Others are unaffected.
+    let mut ws = client(&server, &token(&server, "bystander")).await;
+    ok(&ws.request("ping", json!({})).await, "pong");
+    server.stop().await;
+}

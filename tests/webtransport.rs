@@ -276,8 +276,10 @@ async fn hostile_webtransport_clients_are_bounded_and_isolated() {
     let reply = c.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(error_code(&reply), "MESSAGE_TOO_LARGE");
     ok(&c.request("ping", json!({})).await, "pong");
-    // Garbage that claims a 4 GB frame: the session is closed.
+    // Garbage that claims a 4 GB frame: told why (as on WebSocket), then the session is closed.
     c.send_bytes_wt(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
+    let reply = c.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error_code(&reply), "MESSAGE_TOO_LARGE");
     assert!(c.recv(Duration::from_secs(5)).await.is_none(), "closed");
 
     // A flood of extra streams: refused, then the session is closed.

@@ -24,6 +24,7 @@ use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerC
 
 use super::admission::{self, Caller, Entry};
 use crate::session::driver::{drive, Inbound, SignalingConnection};
+use crate::session::protocol::{ErrorCode, OutboundEnvelope};
 use crate::AppContext;
 
 /// Path clients connect to: `https://host:port/wt`.
@@ -349,6 +350,18 @@ impl SignalingConnection for WtConnection {
                 }
                 Framed::TooLarge(len) => {
                     tracing::warn!(len, "WebTransport frame over the hard cap; closing");
+                    // The same coded error WebSocket sends before its close frame.
+                    let reply = OutboundEnvelope::error(
+                        ErrorCode::MessageTooLarge,
+                        "frame exceeds the hard size cap; the connection is closed",
+                        None,
+                        None,
+                    );
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        self.send(reply.to_json().into()),
+                    )
+                    .await;
                     self.connection
                         .close(VarInt::from_u32(3), b"frame too large");
                     return None;
