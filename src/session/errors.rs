@@ -86,3 +86,20 @@ impl From<(ErrorCode, String)> for Failure {
         Failure::new(code, message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::MediaError;
+
+    #[test]
+    fn a_missing_transport_is_the_clients_error_not_an_internal_one() {
+        // `setPreferredLayer` after the subscriber transport timed out used to answer
+        // INTERNAL_ERROR.
+        let failure = Failure::from(RoomError::from(MediaError::TransportNotFound));
+        assert_eq!(failure.code, ErrorCode::TransportNotFound);
+        assert!(failure.message.contains("rejoin"), "{}", failure.message);
+        let failure = Failure::from(RoomError::from(MediaError::WorkerGone));
+        assert_eq!(failure.code, ErrorCode::InternalError);
+    }
+}

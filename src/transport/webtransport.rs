@@ -358,12 +358,11 @@ impl SignalingConnection for WtConnection {
                         None,
                     );
                     let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(1),
+                        Duration::from_secs(1),
                         self.send(reply.to_json().into()),
                     )
                     .await;
-                    self.connection
-                        .close(VarInt::from_u32(3), b"frame too large");
+                    self.close("frame too large").await;
                     return None;
                 }
                 Framed::Incomplete => {}
