@@ -14,21 +14,6 @@ use str0m::ice::{StunMessage, TransId};
 use str0m::{Candidate, IceCreds, Input, RtcConfig};
 use tokio::net::UdpSocket;
 
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `a=ice-ufrag` and the host candidate's address of an SDP.
 fn ufrag_and_candidate(sdp: &str) -> (String, SocketAddr) {
     let ufrag = sdp

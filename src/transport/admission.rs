@@ -98,6 +98,18 @@ pub struct Caller<'a> {
     pub host: Option<&'a str>,
 }
 
+impl<'a> Caller<'a> {
+    /// The caller of an HTTP request (WebSocket upgrade, WHIP, WHEP).
+    pub fn from_http(peer: std::net::SocketAddr, headers: &'a axum::http::HeaderMap) -> Self {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        Caller {
+            ip: peer.ip(),
+            origin: header(axum::http::header::ORIGIN),
+            host: header(axum::http::header::HOST),
+        }
+    }
+}
+
 /// May a new session start? Checked in this order by every entry: draining, origin, the
 /// per-client rate of new sessions.
 pub fn admit(ctx: &AppContext, entry: Entry, caller: &Caller) -> Result<(), Refusal> {

@@ -125,16 +125,7 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let caller = Caller {
-        ip: peer.ip(),
-        origin: header(header::ORIGIN),
-        host: header(header::HOST),
-    };
+    let caller = Caller::from_http(peer, &headers);
     if let Err(refusal) = admission::admit(&ctx, Entry::WebSocket, &caller) {
         return refusal.into_response();
     }

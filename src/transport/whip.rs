@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use axum::{Json, Router};
@@ -190,16 +190,7 @@ fn admitted(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Identity, String, String), Box<Response>> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let caller = Caller {
-        ip: peer.ip(),
-        origin: header(header::ORIGIN),
-        host: header(header::HOST),
-    };
+    let caller = Caller::from_http(peer, headers);
     admission::admit(ctx, entry, &caller).map_err(|r| Box::new(r.into_response()))?;
     let (identity, token, sdp) = authorized_offer(ctx, headers, body)?;
     let kinds = crate::room::sdp_sending_kinds(&sdp);
