@@ -250,71 +250,114 @@ impl Config {
     /// Validate and resolve defaults. The error is one line meant for an operator.
     pub fn resolve(self) -> Result<Settings, String> {
         let dev_mode = self.environment != Environment::Production;
-        let jwt_public_key = match (&self.jwt_public_key, &self.jwt_public_key_file) {
-            (Some(_), Some(_)) => {
-                return Err("set JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE, not both".into())
-            }
-            // Env files often carry PEMs on one line with literal \n.
-            (Some(pem), None) => Some(pem.replace("\\n", "\n")),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?,
-            ),
-            (None, None) => None,
-        };
-        let jwt_secret = match (&self.jwt_secret, dev_mode) {
-            (Some(s), _) if s.len() < 16 => {
-                return Err("DJANGO_JWT_SECRET must be at least 16 characters".into())
-            }
-            (Some(s), _) => Some(s.clone()),
-            (None, true) => Some(random_secret()),
-            (None, false) if jwt_public_key.is_some() => None,
-            (None, false) => {
-                return Err(
-                    "DJANGO_JWT_SECRET is required when NODE_ENV=production (or JWT_PUBLIC_KEY for RS256)"
-                        .into(),
-                )
-            }
-        };
-        if let Some(url) = &self.django_webhook_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
-                    "DJANGO_WEBHOOK_URL must be an http(s) URL, got `{url}`"
-                ));
-            }
-            if self.django_webhook_secret.is_none() && jwt_secret.is_none() {
-                return Err(
-                    "DJANGO_WEBHOOK_URL needs DJANGO_WEBHOOK_SECRET (or DJANGO_JWT_SECRET)".into(),
-                );
-            }
+        let jwt_public_key = self.resolve_public_key()?;
+        let jwt_secret = self.resolve_secret(dev_mode, jwt_public_key.is_some())?;
+        self.check_webhook(jwt_secret.is_some())?;
+        self.check_limits()?;
+        self.check_webtransport()?;
+        let allowed_origins = self.resolve_origins(dev_mode);
+        let workers = self.resolve_workers()?;
+        let codecs = self.resolve_codecs()?;
+        if self.max_message_size < 1024 {
+            return Err("MAX_MESSAGE_SIZE must be at least 1024 bytes".into());
         }
-        for (name, value) in [
+        let media = MediaConfig {
+            workers,
+            listen_ip: self.rtc_listen_ip,
+            port_min: self.rtc_min_port,
+            port_max: self.rtc_max_port,
+            announced_ip: self.resolve_announced_ip()?,
+            codecs,
+        };
+        Ok(Settings {
+            config: self,
+            jwt_secret,
+            jwt_public_key,
+            allowed_origins,
+            dev_mode,
+            media,
+        })
+    }
+
+    /// The RS256 public key PEM, from JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE (not both).
+    fn resolve_public_key(&self) -> Result<Option<String>, String> {
+        match (&self.jwt_public_key, &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => Err("set JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE, not both".into()),
+            // Env files often carry PEMs on one line with literal \n.
+            (Some(pem), None) => Ok(Some(pem.replace("\\n", "\n"))),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(Some)
+                .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display())),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The HS256 secret: generated in development, required in production unless an RS256
+    /// key is configured.
+    fn resolve_secret(
+        &self,
+        dev_mode: bool,
+        has_public_key: bool,
+    ) -> Result<Option<String>, String> {
+        match (&self.jwt_secret, dev_mode) {
+            (Some(s), _) if s.len() < 16 => {
+                Err("DJANGO_JWT_SECRET must be at least 16 characters".into())
+            }
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, true) => Ok(Some(random_secret())),
+            (None, false) if has_public_key => Ok(None),
+            (None, false) => Err(
+                "DJANGO_JWT_SECRET is required when NODE_ENV=production (or JWT_PUBLIC_KEY for RS256)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Webhooks need an http(s) URL and a key to sign with.
+    fn check_webhook(&self, has_jwt_secret: bool) -> Result<(), String> {
+        let Some(url) = &self.django_webhook_url else {
+            return Ok(());
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "DJANGO_WEBHOOK_URL must be an http(s) URL, got `{url}`"
+            ));
+        }
+        if self.django_webhook_secret.is_none() && !has_jwt_secret {
+            return Err(
+                "DJANGO_WEBHOOK_URL needs DJANGO_WEBHOOK_SECRET (or DJANGO_JWT_SECRET)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Rate limits, timeouts and connection caps: 0 would refuse everything (or nothing).
+    fn check_limits(&self) -> Result<(), String> {
+        let at_least_one: [(&str, u64); 6] = [
             (
                 "RATE_LIMIT_CONNECTIONS_PER_MINUTE",
-                self.rate_limit_connections_per_minute,
+                self.rate_limit_connections_per_minute.into(),
             ),
             (
                 "RATE_LIMIT_HTTP_PER_MINUTE",
-                self.rate_limit_http_per_minute,
+                self.rate_limit_http_per_minute.into(),
             ),
             (
                 "RATE_LIMIT_MESSAGES_PER_SECOND",
-                self.rate_limit_messages_per_second,
+                self.rate_limit_messages_per_second.into(),
             ),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
-        }
-        for (name, value) in [
             ("AUTH_TIMEOUT_SECS", self.auth_timeout_secs),
             ("READ_TIMEOUT_SECS", self.read_timeout_secs),
             ("MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip as u64),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
+        ];
+        match at_least_one.iter().find(|(_, value)| *value == 0) {
+            Some((name, _)) => Err(format!("{name} must be at least 1")),
+            None => Ok(()),
         }
+    }
+
+    /// An operator certificate comes with its key; a self-signed one lives 10 s to 14 days.
+    fn check_webtransport(&self) -> Result<(), String> {
         match (&self.webtransport_cert_file, &self.webtransport_key_file) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(
@@ -330,14 +373,23 @@ impl Config {
                 self.webtransport_cert_validity_secs
             ));
         }
-        let allowed_origins = match &self.allowed_origins {
+        Ok(())
+    }
+
+    /// Listed origins without a trailing slash; any origin in development by default.
+    fn resolve_origins(&self, dev_mode: bool) -> Vec<String> {
+        match &self.allowed_origins {
             Some(list) => list
                 .iter()
                 .map(|o| o.trim().trim_end_matches('/').to_string())
                 .collect(),
             None if dev_mode => vec!["*".to_string()],
             None => Vec::new(),
-        };
+        }
+    }
+
+    /// The media worker count (default: cores, at most 8), checked against the port range.
+    fn resolve_workers(&self) -> Result<usize, String> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -362,6 +414,11 @@ impl Config {
                 ));
             }
         }
+        Ok(workers)
+    }
+
+    /// SFU_CODECS in preference order, duplicates dropped.
+    fn resolve_codecs(&self) -> Result<Vec<CodecName>, String> {
         let mut codecs = Vec::new();
         for name in &self.codecs {
             let codec = CodecName::parse(name).ok_or_else(|| {
@@ -377,33 +434,20 @@ impl Config {
         if codecs.is_empty() {
             return Err("SFU_CODECS must name at least one codec".into());
         }
-        if self.max_message_size < 1024 {
-            return Err("MAX_MESSAGE_SIZE must be at least 1024 bytes".into());
-        }
-        let announced_ip = match self.announced_ip {
+        Ok(codecs)
+    }
+
+    /// The address put in ICE candidates: ANNOUNCED_IP, else a concrete listen address, else
+    /// loopback.
+    fn resolve_announced_ip(&self) -> Result<IpAddr, String> {
+        match self.announced_ip {
             Some(ip) if ip.is_unspecified() => {
-                return Err("ANNOUNCED_IP must be a concrete address, not 0.0.0.0 or ::".into())
+                Err("ANNOUNCED_IP must be a concrete address, not 0.0.0.0 or ::".into())
             }
-            Some(ip) => ip,
-            None if !self.rtc_listen_ip.is_unspecified() => self.rtc_listen_ip,
-            None => IpAddr::from([127, 0, 0, 1]),
-        };
-        let media = MediaConfig {
-            workers,
-            listen_ip: self.rtc_listen_ip,
-            port_min: self.rtc_min_port,
-            port_max: self.rtc_max_port,
-            announced_ip,
-            codecs,
-        };
-        Ok(Settings {
-            config: self,
-            jwt_secret,
-            jwt_public_key,
-            allowed_origins,
-            dev_mode,
-            media,
-        })
+            Some(ip) => Ok(ip),
+            None if !self.rtc_listen_ip.is_unspecified() => Ok(self.rtc_listen_ip),
+            None => Ok(IpAddr::from([127, 0, 0, 1])),
+        }
     }
 }
 

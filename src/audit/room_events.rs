@@ -1,9 +1,10 @@
 //! The audit log as an observer of rooms: one row per room event.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{AuditEvent, AuditKind, AuditLog};
 use crate::media::ortc::kind_str;
+use crate::media::ProducerId;
 use crate::room::{ConsumerOrigin, EventSink, RoomEvent};
 
 impl EventSink for AuditLog {
@@ -29,9 +30,7 @@ fn audit_row(event: &RoomEvent) -> AuditEvent {
             participant_id,
             user_id,
             display_name,
-        } => AuditEvent::new(AuditKind::ParticipantJoined)
-            .room(room_id)
-            .participant(participant_id)
+        } => member_row(AuditKind::ParticipantJoined, room_id, participant_id)
             .user(user_id)
             .detail(json!({ "displayName": display_name })),
         RoomEvent::ParticipantLeft {
@@ -39,9 +38,7 @@ fn audit_row(event: &RoomEvent) -> AuditEvent {
             participant_id,
             user_id,
             stayed,
-        } => AuditEvent::new(AuditKind::ParticipantLeft)
-            .room(room_id)
-            .participant(participant_id)
+        } => member_row(AuditKind::ParticipantLeft, room_id, participant_id)
             .user(user_id)
             .detail(json!({ "duration_ms": stayed.as_millis() as u64 })),
         RoomEvent::ProducerCreated {
@@ -50,55 +47,59 @@ fn audit_row(event: &RoomEvent) -> AuditEvent {
             producer_id,
             kind,
             layers,
-        } => AuditEvent::new(AuditKind::ProducerCreated)
-            .room(room_id)
-            .participant(participant_id)
-            .detail(json!({
-                "producerId": producer_id.to_string(),
-                "kind": kind_str(*kind),
-                "layers": layers,
-            })),
+        } => member_row(AuditKind::ProducerCreated, room_id, participant_id).detail(json!({
+            "producerId": producer_id.to_string(),
+            "kind": kind_str(*kind),
+            "layers": layers,
+        })),
         RoomEvent::ProducerClosed {
             room_id,
             participant_id,
             producer_id,
             reason,
-        } => {
-            let mut detail = json!({ "producerId": producer_id.to_string() });
-            if let Some(reason) = reason {
-                detail["reason"] = json!(reason);
-            }
-            AuditEvent::new(AuditKind::ProducerClosed)
-                .room(room_id)
-                .participant(participant_id)
-                .detail(detail)
-        }
+        } => member_row(AuditKind::ProducerClosed, room_id, participant_id)
+            .detail(producer_closed_detail(producer_id, reason.as_deref())),
         RoomEvent::ConsumerCreated {
             room_id,
             participant_id,
             producer_id,
             origin,
-        } => {
-            let mut detail = json!({ "producerId": producer_id.to_string() });
-            match origin {
-                ConsumerOrigin::Automatic => {}
-                ConsumerOrigin::Consume { consumer_id } => {
-                    detail["consumerId"] = json!(consumer_id)
-                }
-                ConsumerOrigin::Whep => detail["via"] = json!("whep"),
-            }
-            AuditEvent::new(AuditKind::ConsumerCreated)
-                .room(room_id)
-                .participant(participant_id)
-                .detail(detail)
-        }
+        } => member_row(AuditKind::ConsumerCreated, room_id, participant_id)
+            .detail(consumer_created_detail(producer_id, origin)),
         RoomEvent::ConsumerClosed {
             room_id,
             participant_id,
             producer_id,
-        } => AuditEvent::new(AuditKind::ConsumerClosed)
-            .room(room_id)
-            .participant(participant_id)
-            .detail(json!({ "producerId": producer_id.to_string() })),
+        } => member_row(AuditKind::ConsumerClosed, room_id, participant_id)
+            .detail(producer_detail(producer_id)),
     }
+}
+
+/// A row about one participant of one room.
+fn member_row(kind: AuditKind, room_id: &str, participant_id: &str) -> AuditEvent {
+    AuditEvent::new(kind)
+        .room(room_id)
+        .participant(participant_id)
+}
+
+fn producer_detail(producer_id: &ProducerId) -> Value {
+    json!({ "producerId": producer_id.to_string() })
+}
+
+fn producer_closed_detail(producer_id: &ProducerId, reason: Option<&str>) -> Value {
+    let mut detail = producer_detail(producer_id);
+    if let Some(reason) = reason {
+        detail["reason"] = json!(reason);
+    }
+    detail
+}
+
+fn consumer_created_detail(producer_id: &ProducerId, origin: &ConsumerOrigin) -> Value {
+    let mut detail = producer_detail(producer_id);
+    match origin {
+        ConsumerOrigin::Automatic => {}
+        ConsumerOrigin::Consume { consumer_id } => detail["consumerId"] = json!(consumer_id),
+        ConsumerOrigin::Whep => detail["via"] = json!("whep"),
+    }
+    detail
 }

@@ -3,14 +3,17 @@
 //! the grace period after a drop. WebSocket and WebTransport both call [`drive`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Sleep;
 
 use super::protocol::{ErrorCode, OutboundEnvelope};
 use super::{Flow, Session, SharedSession};
+use crate::auth::Identity;
 use crate::AppContext;
 
 /// Outbound frames a connection may have queued before the client counts as stuck; also
@@ -79,14 +82,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
             }
             inbound = conn.recv() => {
                 let Some(inbound) = inbound else { break };
-                let flow = match inbound {
-                    Inbound::Text(text) => session.lock().await.on_text(&text).await,
-                    Inbound::Invalid(why) => {
-                        session.lock().await.on_invalid_frame(why);
-                        Flow::Continue
-                    }
-                };
-                match flow {
+                match handle_inbound(&session, inbound).await {
                     Flow::Continue => {}
                     Flow::Authenticated { resume_token } => {
                         authenticated = true;
@@ -105,19 +101,38 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                         }
                     }
                 }
-                // A first authentication, a refresh or a resume moves the token deadline.
-                let deadline = session.lock().await.token_deadline();
-                if deadline != token_deadline {
-                    token_deadline = deadline;
-                    if let Some(at) = deadline {
-                        let left = at.saturating_sub(crate::auth::unix_now());
-                        token_expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
-                    }
-                }
+                follow_token_deadline(&session, &mut token_deadline, token_expiry.as_mut()).await;
             }
         }
     }
     disconnected(ctx, session, generation).await;
+}
+
+/// Hand one frame to the session; the lock is held only for it.
+async fn handle_inbound(session: &SharedSession, inbound: Inbound) -> Flow {
+    match inbound {
+        Inbound::Text(text) => session.lock().await.on_text(&text).await,
+        Inbound::Invalid(why) => {
+            session.lock().await.on_invalid_frame(why);
+            Flow::Continue
+        }
+    }
+}
+
+/// A first authentication, a refresh or a resume moves the token deadline.
+async fn follow_token_deadline(
+    session: &SharedSession,
+    current: &mut Option<u64>,
+    expiry: Pin<&mut Sleep>,
+) {
+    let deadline = session.lock().await.token_deadline();
+    if deadline != *current {
+        *current = deadline;
+        if let Some(at) = deadline {
+            let left = at.saturating_sub(crate::auth::unix_now());
+            expiry.reset(tokio::time::Instant::now() + Duration::from_secs(left));
+        }
+    }
 }
 
 /// Tell the client why (bounded wait) and close the connection on the server's initiative.
@@ -165,17 +180,62 @@ async fn take_over(
         request_id,
     } = resume;
     let transport = conn.kind();
-    let Some(existing) = ctx.sessions.resumable(&token) else {
-        send_direct(
-            tx,
-            resume_failed("unknown or expired resume token", request_id),
-        );
-        return None;
+    let attached = prove_and_attach(ctx, transport, tx, kick, &token, &access_token, last_seq);
+    let Attached {
+        session,
+        proven,
+        generation,
+        replayed,
+    } = match attached.await {
+        Ok(attached) => attached,
+        Err(why) => {
+            send_direct(tx, resume_failed(&why, request_id));
+            return None;
+        }
+    };
+    // The fresh session of this connection was never used.
+    fresh.lock().await.close().await;
+    let resumed = Resumed {
+        proven,
+        access_token,
+        replayed,
+        request_id,
+    };
+    let reply = adopt(ctx, transport, &session, resumed).await;
+    let alive = send_reply_then_replay(conn, rx, reply).await;
+    Some(TakenOver {
+        session,
+        generation,
+        alive,
+    })
+}
+
+/// The dropped session, proven to be the caller's and now sending to this connection.
+struct Attached {
+    session: SharedSession,
+    proven: Identity,
+    generation: u64,
+    replayed: usize,
+}
+
+/// Find the session the resume token names, check the JWT is its user's, and point its sink
+/// at this connection (queueing the replay). `Err` is the reason told to the client.
+async fn prove_and_attach(
+    ctx: &AppContext,
+    transport: &'static str,
+    tx: &mpsc::Sender<Arc<str>>,
+    kick: &Arc<Notify>,
+    token: &str,
+    access_token: &str,
+    last_seq: u64,
+) -> Result<Attached, String> {
+    let Some(session) = ctx.sessions.resumable(token) else {
+        return Err("unknown or expired resume token".into());
     };
     // The resume token is a bearer secret; the JWT proves the user again, before the live
     // connection (if any) is touched.
-    let proven = match ctx.auth.verify(&access_token) {
-        Ok(identity) if existing.lock().await.user_id() == Some(identity.user.id.as_str()) => {
+    let proven = match ctx.auth.verify(access_token) {
+        Ok(identity) if session.lock().await.user_id() == Some(identity.user.id.as_str()) => {
             identity
         }
         Ok(_) => {
@@ -183,46 +243,62 @@ async fn take_over(
                 transport,
                 "resume refused: the access token names another user"
             );
-            send_direct(
-                tx,
-                resume_failed(
-                    "the access token is not for this session's user",
-                    request_id,
-                ),
-            );
-            return None;
+            return Err("the access token is not for this session's user".into());
         }
         Err(e) => {
             tracing::warn!(transport, reason = %e.message, "resume refused: invalid access token");
-            let why = format!("the access token is not valid: {}", e.message);
-            send_direct(tx, resume_failed(&why, request_id));
-            return None;
+            return Err(format!("the access token is not valid: {}", e.message));
         }
     };
-    let resumed = existing
+    let resumed = session
         .lock()
         .await
         .sink()
         .resume(last_seq, tx.clone(), kick.clone());
     let Ok((generation, replayed)) = resumed else {
-        let why = "missed messages are no longer buffered; join again";
-        send_direct(tx, resume_failed(why, request_id));
-        return None;
+        return Err("missed messages are no longer buffered; join again".into());
     };
-    // The fresh session of this connection was never used.
-    fresh.lock().await.close().await;
-    let mut guard = existing.lock().await;
+    Ok(Attached {
+        session,
+        proven,
+        generation,
+        replayed,
+    })
+}
+
+/// What the session takes from the resuming connection.
+struct Resumed {
+    proven: Identity,
+    access_token: String,
+    replayed: usize,
+    request_id: Option<serde_json::Value>,
+}
+
+/// Give the session its fresh identity and a new resume token, and build the `resumed` reply.
+async fn adopt(
+    ctx: &AppContext,
+    transport: &'static str,
+    session: &SharedSession,
+    resumed: Resumed,
+) -> OutboundEnvelope {
+    let Resumed {
+        proven,
+        access_token,
+        replayed,
+        request_id,
+    } = resumed;
+    let mut guard = session.lock().await;
     guard.refresh_identity(proven, access_token);
     // Single use: whoever else holds the old token gets nothing.
     let fresh_token = guard.rotate_resume_token();
     ctx.sessions
-        .register_resumable(fresh_token.clone(), existing.clone());
+        .register_resumable(fresh_token.clone(), session.clone());
     let (room_id, participant_id) = guard.room().unzip();
     tracing::info!(session = %guard.connection_id(), transport, replayed, "session resumed");
     metrics::counter!("sfu_session_resumes_total", "transport" => transport).increment(1);
     // Unsequenced: it belongs to this connection, not the session's stream, and must not hide
     // the replayed messages that follow.
-    let reply = OutboundEnvelope::message(
+    OutboundEnvelope::message(
         "resumed",
         json!({
             "connectionId": guard.connection_id(),
@@ -232,8 +308,16 @@ async fn take_over(
             "replayed": replayed,
         }),
         request_id,
-    );
-    drop(guard);
+    )
+}
+
+/// Write `reply`, then what was queued before it (the replay). False when the connection is
+/// gone.
+async fn send_reply_then_replay(
+    conn: &mut impl SignalingConnection,
+    rx: &mut mpsc::Receiver<Arc<str>>,
+    reply: OutboundEnvelope,
+) -> bool {
     // The reply goes first: put it ahead of the replay in the queue.
     let mut replay = Vec::new();
     while let Ok(m) = rx.try_recv() {
@@ -246,11 +330,7 @@ async fn take_over(
         }
         alive = conn.send(m).await;
     }
-    Some(TakenOver {
-        session: existing,
-        generation,
-        alive,
-    })
+    alive
 }
 
 fn send_direct(tx: &mpsc::Sender<Arc<str>>, message: OutboundEnvelope) {

@@ -14,7 +14,7 @@ pub use registry::{SessionRegistry, SharedSession};
 pub use sink::{ReplayGap, SessionSink, REPLAY_BUFFER};
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::auth::Identity;
 use crate::AppContext;
-use protocol::{parse_request, ErrorCode, OutboundEnvelope, ParsedRequest, Request};
+use protocol::{parse_request, ErrorCode, OutboundEnvelope, ParseFailure, ParsedRequest, Request};
 
 struct Membership {
     room_id: String,
@@ -124,41 +124,14 @@ impl Session {
         // Parsing is bounded by MAX_MESSAGE_SIZE; doing it first lets every reply, including
         // a rate-limit refusal, carry the request's id and type.
         let parsed = parse_request(text, self.ctx.settings.config.max_message_size);
-        let rate_key = match &self.identity {
-            Some(identity) => format!("user:{}", identity.user.id),
-            None => format!("conn:{}", self.connection_id()),
-        };
-        if let Err(retry_after) = self.ctx.limits.check_message(&rate_key) {
-            let (request_type, request_id) = match &parsed {
-                Ok(p) => (Some(p.request_type.clone()), p.request_id.clone()),
-                Err(f) => (f.request_type.clone(), f.request_id.clone()),
-            };
-            self.reply_error(
-                OutboundEnvelope::error(
-                    ErrorCode::RateLimited,
-                    format!("too many messages; retry in {} ms", retry_after.as_millis()),
-                    request_type.as_deref(),
-                    request_id,
-                )
-                .with_error_detail("retryAfterMs", json!(retry_after.as_millis() as u64)),
-                ErrorCode::RateLimited,
-            );
+        if let Err(retry_after) = self.ctx.limits.check_message(&self.rate_key()) {
+            self.refuse_rate_limited(&parsed, retry_after);
             return Flow::Continue;
         }
         let parsed = match parsed {
             Ok(parsed) => parsed,
-            Err(f) => {
-                tracing::debug!(connection = %self.connection_id(), code = ?f.code, message = %f.message, "bad request");
-                let code = f.code;
-                self.reply_error(
-                    OutboundEnvelope::error(
-                        code,
-                        f.message,
-                        f.request_type.as_deref(),
-                        f.request_id,
-                    ),
-                    code,
-                );
+            Err(failure) => {
+                self.reply_parse_failure(failure);
                 return Flow::Continue;
             }
         };
@@ -168,25 +141,84 @@ impl Session {
             request_id,
         } = parsed;
         if let Request::Resume(resume) = &request {
-            if self.identity.is_some() {
-                self.reply_error(
-                    OutboundEnvelope::error(
-                        ErrorCode::AlreadyAuthenticated,
-                        "resume must be the first message of a new connection",
-                        Some(&request_type),
-                        request_id,
-                    ),
-                    ErrorCode::AlreadyAuthenticated,
-                );
-                return Flow::Continue;
-            }
-            return Flow::Resume {
-                token: resume.token.clone(),
-                access_token: resume.access_token.clone(),
-                last_seq: resume.last_seq,
-                request_id,
-            };
+            return self.intercept_resume(resume, &request_type, request_id);
         }
+        self.dispatch_and_reply(request, request_type, request_id)
+            .await
+    }
+
+    /// Messages are counted per user once authenticated, per connection before.
+    fn rate_key(&self) -> String {
+        match &self.identity {
+            Some(identity) => format!("user:{}", identity.user.id),
+            None => format!("conn:{}", self.connection_id()),
+        }
+    }
+
+    fn refuse_rate_limited(
+        &self,
+        parsed: &Result<ParsedRequest, ParseFailure>,
+        retry_after: Duration,
+    ) {
+        let (request_type, request_id) = match parsed {
+            Ok(p) => (Some(p.request_type.clone()), p.request_id.clone()),
+            Err(f) => (f.request_type.clone(), f.request_id.clone()),
+        };
+        self.reply_error(
+            OutboundEnvelope::error(
+                ErrorCode::RateLimited,
+                format!("too many messages; retry in {} ms", retry_after.as_millis()),
+                request_type.as_deref(),
+                request_id,
+            )
+            .with_error_detail("retryAfterMs", json!(retry_after.as_millis() as u64)),
+            ErrorCode::RateLimited,
+        );
+    }
+
+    fn reply_parse_failure(&self, f: ParseFailure) {
+        tracing::debug!(connection = %self.connection_id(), code = ?f.code, message = %f.message, "bad request");
+        let code = f.code;
+        self.reply_error(
+            OutboundEnvelope::error(code, f.message, f.request_type.as_deref(), f.request_id),
+            code,
+        );
+    }
+
+    /// `resume` is for the connection driver, and only as a connection's first message.
+    fn intercept_resume(
+        &self,
+        resume: &protocol::Resume,
+        request_type: &str,
+        request_id: Option<Value>,
+    ) -> Flow {
+        if self.identity.is_some() {
+            self.reply_error(
+                OutboundEnvelope::error(
+                    ErrorCode::AlreadyAuthenticated,
+                    "resume must be the first message of a new connection",
+                    Some(request_type),
+                    request_id,
+                ),
+                ErrorCode::AlreadyAuthenticated,
+            );
+            return Flow::Continue;
+        }
+        Flow::Resume {
+            token: resume.token.clone(),
+            access_token: resume.access_token.clone(),
+            last_seq: resume.last_seq,
+            request_id,
+        }
+    }
+
+    /// Run the request under its own span, time it, and answer it.
+    async fn dispatch_and_reply(
+        &mut self,
+        request: Request,
+        request_type: String,
+        request_id: Option<Value>,
+    ) -> Flow {
         let span = tracing::info_span!(
             "request",
             request_id = %Uuid::new_v4().simple(),
@@ -198,6 +230,16 @@ impl Session {
         let reply = self.dispatch(request).instrument(span.clone()).await;
         metrics::histogram!("sfu_signaling_request_duration_seconds", "type" => request_type.clone())
             .record(started.elapsed().as_secs_f64());
+        self.answer(reply, &span, &request_type, request_id)
+    }
+
+    fn answer(
+        &self,
+        reply: Reply,
+        span: &tracing::Span,
+        request_type: &str,
+        request_id: Option<Value>,
+    ) -> Flow {
         match reply {
             Ok((kind, data)) => {
                 self.sink
@@ -217,7 +259,7 @@ impl Session {
             }) => {
                 span.in_scope(|| tracing::debug!(code = ?code, %message, "request failed"));
                 let mut error =
-                    OutboundEnvelope::error(code, message, Some(&request_type), request_id);
+                    OutboundEnvelope::error(code, message, Some(request_type), request_id);
                 if let Some((key, value)) = detail {
                     error = error.with_error_detail(key, value);
                 }

@@ -286,12 +286,6 @@ fn request_id_of_oversized(text: &str) -> Option<Value> {
 /// Parse one text frame. `max_size` is checked first so an oversized frame is never parsed
 /// into a tree.
 pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, ParseFailure> {
-    let fail = |code, message: String, request_type: Option<String>, request_id| ParseFailure {
-        code,
-        message,
-        request_type,
-        request_id,
-    };
     if text.len() > max_size {
         return Err(fail(
             ErrorCode::MessageTooLarge,
@@ -303,6 +297,48 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
             request_id_of_oversized(text),
         ));
     }
+    let (InboundEnvelope { kind, data, .. }, request_id) = decode_envelope(text)?;
+    match request_of_type(&kind, data) {
+        Some(Ok(request)) => Ok(ParsedRequest {
+            request,
+            request_type: kind,
+            request_id,
+        }),
+        Some(Err(message)) => Err(fail(
+            ErrorCode::InvalidPayload,
+            message,
+            Some(kind),
+            request_id,
+        )),
+        None => {
+            let echoed = bounded(&kind, MAX_ECHOED_TYPE_CHARS);
+            Err(fail(
+                ErrorCode::UnknownType,
+                format!("unknown message type `{echoed}`"),
+                Some(echoed),
+                request_id,
+            ))
+        }
+    }
+}
+
+fn fail(
+    code: ErrorCode,
+    message: String,
+    request_type: Option<String>,
+    request_id: Option<Value>,
+) -> ParseFailure {
+    ParseFailure {
+        code,
+        message,
+        request_type,
+        request_id,
+    }
+}
+
+/// Step one: the frame as a JSON object with a checked `requestId` and a string `type`
+/// (`data` is not looked at yet). The id is returned apart, so later refusals can carry it.
+fn decode_envelope(text: &str) -> Result<(InboundEnvelope, Option<Value>), ParseFailure> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         fail(
             ErrorCode::ParseError,
@@ -330,64 +366,46 @@ pub fn parse_request(text: &str, max_size: usize) -> Result<ParsedRequest, Parse
             request_id.clone(),
         )
     })?;
-    let InboundEnvelope { kind, data, .. } = envelope;
+    Ok((envelope, request_id))
+}
 
-    fn payload<T: serde::de::DeserializeOwned>(
-        kind: &str,
-        data: Option<Value>,
-    ) -> Result<T, String> {
-        let data = data.unwrap_or(Value::Object(Default::default()));
-        serde_json::from_value(data).map_err(|e| format!("invalid data for `{kind}`: {e}"))
-    }
+/// `data` (absent means `{}`) read as the payload of a `kind` request.
+fn payload<T: serde::de::DeserializeOwned>(kind: &str, data: Option<Value>) -> Result<T, String> {
+    let data = data.unwrap_or(Value::Object(Default::default()));
+    serde_json::from_value(data).map_err(|e| format!("invalid data for `{kind}`: {e}"))
+}
 
-    let request = match kind.as_str() {
-        "authenticate" => payload(&kind, data).map(Request::Authenticate),
-        "resume" => payload(&kind, data).map(Request::Resume),
-        "createRoom" => payload(&kind, data).map(Request::CreateRoom),
-        "joinRoom" => payload(&kind, data).map(Request::JoinRoom),
-        "leaveRoom" => payload(&kind, data).map(Request::LeaveRoom),
-        "publisherOffer" => payload(&kind, data).map(Request::PublisherOffer),
-        "createWebRtcTransport" => payload(&kind, data).map(Request::CreateWebRtcTransport),
-        "connectWebRtcTransport" => payload(&kind, data).map(Request::ConnectWebRtcTransport),
-        "publish" => payload(&kind, data).map(|p| Request::Publish(Box::new(p))),
-        "consume" => payload(&kind, data).map(|c| Request::Consume(Box::new(c))),
-        "pauseConsumer" => payload(&kind, data).map(Request::PauseConsumer),
-        "resumeConsumer" => payload(&kind, data).map(Request::ResumeConsumer),
-        "pauseProducer" => payload(&kind, data).map(Request::PauseProducer),
-        "resumeProducer" => payload(&kind, data).map(Request::ResumeProducer),
-        "closeProducer" => payload(&kind, data).map(Request::CloseProducer),
+/// Step two: `data` against the schema of the named type. `None` for an unknown type;
+/// `Some(Err)` carries the message for a payload that does not fit.
+fn request_of_type(kind: &str, data: Option<Value>) -> Option<Result<Request, String>> {
+    let request = match kind {
+        "authenticate" => payload(kind, data).map(Request::Authenticate),
+        "resume" => payload(kind, data).map(Request::Resume),
+        "createRoom" => payload(kind, data).map(Request::CreateRoom),
+        "joinRoom" => payload(kind, data).map(Request::JoinRoom),
+        "leaveRoom" => payload(kind, data).map(Request::LeaveRoom),
+        "publisherOffer" => payload(kind, data).map(Request::PublisherOffer),
+        "createWebRtcTransport" => payload(kind, data).map(Request::CreateWebRtcTransport),
+        "connectWebRtcTransport" => payload(kind, data).map(Request::ConnectWebRtcTransport),
+        "publish" => payload(kind, data).map(|p| Request::Publish(Box::new(p))),
+        "consume" => payload(kind, data).map(|c| Request::Consume(Box::new(c))),
+        "pauseConsumer" => payload(kind, data).map(Request::PauseConsumer),
+        "resumeConsumer" => payload(kind, data).map(Request::ResumeConsumer),
+        "pauseProducer" => payload(kind, data).map(Request::PauseProducer),
+        "resumeProducer" => payload(kind, data).map(Request::ResumeProducer),
+        "closeProducer" => payload(kind, data).map(Request::CloseProducer),
         "setConsumerPreferredLayers" => {
-            payload(&kind, data).map(Request::SetConsumerPreferredLayers)
+            payload(kind, data).map(Request::SetConsumerPreferredLayers)
         }
-        "restartIce" => payload(&kind, data).map(Request::RestartIce),
-        "subscriberAnswer" => payload(&kind, data).map(Request::SubscriberAnswer),
-        "setPreferredLayer" => payload(&kind, data).map(Request::SetPreferredLayer),
-        "kickParticipant" => payload(&kind, data).map(Request::KickParticipant),
-        "closeRoom" => payload(&kind, data).map(Request::CloseRoom),
+        "restartIce" => payload(kind, data).map(Request::RestartIce),
+        "subscriberAnswer" => payload(kind, data).map(Request::SubscriberAnswer),
+        "setPreferredLayer" => payload(kind, data).map(Request::SetPreferredLayer),
+        "kickParticipant" => payload(kind, data).map(Request::KickParticipant),
+        "closeRoom" => payload(kind, data).map(Request::CloseRoom),
         "ping" => Ok(Request::Ping),
-        other => {
-            let echoed = bounded(other, MAX_ECHOED_TYPE_CHARS);
-            return Err(fail(
-                ErrorCode::UnknownType,
-                format!("unknown message type `{echoed}`"),
-                Some(echoed),
-                request_id,
-            ));
-        }
+        _ => return None,
     };
-    match request {
-        Ok(request) => Ok(ParsedRequest {
-            request,
-            request_type: kind,
-            request_id,
-        }),
-        Err(message) => Err(fail(
-            ErrorCode::InvalidPayload,
-            message,
-            Some(kind),
-            request_id,
-        )),
-    }
+    Some(request)
 }
 
 #[cfg(test)]
