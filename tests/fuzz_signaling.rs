@@ -169,8 +169,9 @@ fn mutated_offer() -> impl Strategy<Value = String> {
                     lines.insert(i, line);
                 }
                 2 => {
-                    let keep = lines[i].len() / 2;
-                    lines[i].truncate(keep);
+                    // Cut at a character boundary (earlier edits may have added non-ASCII).
+                    let half = lines[i].chars().count() / 2;
+                    lines[i] = lines[i].chars().take(half).collect();
                 }
                 3 => lines[i].push_str(&junk),
                 _ => lines.insert(i, junk),
@@ -199,10 +200,11 @@ async fn mutated_sdp_offers_are_answered_or_refused_cleanly() {
     for _ in 0..(cases(600) / 10) {
         offers.push(mutated_offer().new_tree(&mut runner).unwrap().current());
     }
+    // One session; each offer in a fresh room, so an accepted offer never meets a negotiated
+    // transport.
+    let mut ws = WsClient::connect(server.http_addr).await;
+    ws.authenticate(&token(&server, "fuzzer")).await;
     for (n, offer) in offers.into_iter().enumerate() {
-        // A fresh participant each time: an accepted offer leaves its transport negotiated.
-        let mut ws = WsClient::connect(server.http_addr).await;
-        ws.authenticate(&token(&server, &format!("fuzz-{n}"))).await;
         let room = format!("fuzz-{n}");
         ws.request("createRoom", json!({ "name": "fuzz", "roomId": room }))
             .await;
@@ -230,11 +232,15 @@ async fn mutated_sdp_offers_are_answered_or_refused_cleanly() {
         } else {
             ok(&reply, "publisherAnswer");
         }
-        ws.request("leaveRoom", json!({})).await;
+        ok(
+            &ws.request("leaveRoom", json!({})).await,
+            "leaveRoomResponse",
+        );
     }
-    // Still serving.
-    let mut ws = WsClient::connect(server.http_addr).await;
+    // Still serving, to this session and to a new one.
     ok(&ws.request("ping", json!({})).await, "pong");
+    let mut other = WsClient::connect(server.http_addr).await;
+    ok(&other.request("ping", json!({})).await, "pong");
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.stop().await;
 }
