@@ -211,6 +211,21 @@ pub struct Config {
     /// from accept on (also ones whose request never finishes) and WebTransport sessions.
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
+
+    /// TURN servers handed to clients, comma-separated `turn:`/`turns:` URIs (e.g.
+    /// `turn:turn.example.com:3478?transport=udp,turns:turn.example.com:443?transport=tcp`).
+    /// Empty: no ICE servers are announced.
+    #[arg(long, env = "TURN_URLS")]
+    pub turn_urls: Option<String>,
+
+    /// Shared secret of the TURN server (coturn `static-auth-secret`, used with
+    /// `use-auth-secret`): credentials are derived from it per user. Required with TURN_URLS.
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// Lifetime of the TURN credentials handed out, in seconds.
+    #[arg(long, env = "TURN_CREDENTIAL_TTL_SECS", default_value_t = 3600)]
+    pub turn_credential_ttl_secs: u64,
 }
 
 #[derive(clap::Parser)]
@@ -244,6 +259,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     pub dev_mode: bool,
     pub media: MediaConfig,
+    /// TURN servers and the secret their credentials derive from; None when TURN_URLS is empty.
+    pub turn: Option<crate::session::ice_servers::TurnSettings>,
 }
 
 impl Config {
@@ -261,6 +278,7 @@ impl Config {
         if self.max_message_size < 1024 {
             return Err("MAX_MESSAGE_SIZE must be at least 1024 bytes".into());
         }
+        let turn = self.resolve_turn()?;
         let media = MediaConfig {
             workers,
             listen_ip: self.rtc_listen_ip,
@@ -276,6 +294,7 @@ impl Config {
             allowed_origins,
             dev_mode,
             media,
+            turn,
         })
     }
 
@@ -451,6 +470,49 @@ impl Config {
     }
 }
 
+impl Config {
+    /// TURN_URLS split and checked (`turn:`/`turns:` only), with a secret of 16+ characters.
+    fn resolve_turn(&self) -> Result<Option<crate::session::ice_servers::TurnSettings>, String> {
+        let urls: Vec<String> = self
+            .turn_urls
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        if let Some(bad) = urls.iter().find(|u| {
+            !(u.starts_with("turn:") || u.starts_with("turns:")) || u.contains(['"', '<', '>', ' '])
+        }) {
+            return Err(format!(
+                "TURN_URLS: `{bad}` is not a TURN URI (turn:host[:port][?transport=udp|tcp] or turns:...)"
+            ));
+        }
+        let secret = match &self.turn_secret {
+            None => return Err("TURN_URLS is set but TURN_SECRET is missing".into()),
+            Some(s) if s.len() < 16 => {
+                return Err("TURN_SECRET must be at least 16 characters".into())
+            }
+            Some(s) => s.clone(),
+        };
+        if !(60..=7 * 24 * 3600).contains(&self.turn_credential_ttl_secs) {
+            return Err(format!(
+                "TURN_CREDENTIAL_TTL_SECS must be between 60 and 604800 (7 days), got {}",
+                self.turn_credential_ttl_secs
+            ));
+        }
+        Ok(Some(crate::session::ice_servers::TurnSettings {
+            urls,
+            secret,
+            ttl_secs: self.turn_credential_ttl_secs,
+        }))
+    }
+}
+
 fn random_secret() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
@@ -510,6 +572,30 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().media.codecs, CodecName::ALL.to_vec());
         let s = parse(&["--codecs", "H264, opus,h264"]).unwrap();
         assert_eq!(s.media.codecs, vec![CodecName::H264, CodecName::Opus]);
+    }
+
+    #[test]
+    fn turn_urls_are_checked_and_need_a_secret() {
+        assert!(parse(&[]).unwrap().turn.is_none());
+        assert!(parse(&["--turn-urls", " , "]).unwrap().turn.is_none());
+        let err = parse(&["--turn-urls", "stun:example.com"]).unwrap_err();
+        assert!(err.contains("not a TURN URI"), "{err}");
+        let err = parse(&["--turn-urls", "turn:example.com"]).unwrap_err();
+        assert!(err.contains("TURN_SECRET is missing"), "{err}");
+        let err =
+            parse(&["--turn-urls", "turn:example.com", "--turn-secret", "short"]).unwrap_err();
+        assert!(err.contains("at least 16"), "{err}");
+        let s = parse(&[
+            "--turn-urls",
+            "turn:a.example:3478?transport=udp, turns:a.example:443?transport=tcp",
+            "--turn-secret",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        let turn = s.turn.unwrap();
+        assert_eq!(turn.urls.len(), 2);
+        assert_eq!(turn.urls[1], "turns:a.example:443?transport=tcp");
+        assert_eq!(turn.ttl_secs, 3600);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde_json::json;
 use super::admission::{self, Caller, Entry};
 use crate::auth::Identity;
 use crate::room::{Requester, RoomError, RoomErrorKind, RoomSpec};
+use crate::session::ice_servers;
 use crate::session::protocol::ErrorCode;
 use crate::session::room_error_code;
 use crate::AppContext;
@@ -139,9 +140,9 @@ fn authorized_offer(
     Ok((identity, token, offer(headers, body)?))
 }
 
-fn created(kind: &str, room: &str, session: &str, answer: String) -> Response {
+fn created(kind: &str, room: &str, session: &str, answer: String, links: Vec<String>) -> Response {
     let location = format!("/{kind}/{room}/{session}");
-    (
+    let mut response = (
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/sdp".to_string()),
@@ -149,12 +150,23 @@ fn created(kind: &str, room: &str, session: &str, answer: String) -> Response {
             (header::ETAG, format!("\"{session}\"")),
             (
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                "Location, ETag".to_string(),
+                "Location, ETag, Link".to_string(),
             ),
         ],
         answer,
     )
-        .into_response()
+        .into_response();
+    // TURN servers as RFC 9725 §4.6 `Link: <turn:…>; rel="ice-server"` headers (none unset).
+    for link in links {
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            response.headers_mut().append(header::LINK, value);
+        }
+    }
+    response
+}
+
+fn turn_links(ctx: &AppContext, identity: &Identity) -> Vec<String> {
+    ice_servers::link_headers(ctx.settings.turn.as_ref(), &identity.user.id)
 }
 
 /// WHIP into a room that does not exist yet creates it when the token may create rooms.
@@ -220,7 +232,14 @@ async fn whip_post(
     {
         Ok(session) => {
             tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHIP publish started");
-            created("whip", &room, &session.participant_id, session.answer)
+            let links = turn_links(&ctx, &identity);
+            created(
+                "whip",
+                &room,
+                &session.participant_id,
+                session.answer,
+                links,
+            )
         }
         Err(e) => room_error(e),
     }
@@ -244,7 +263,14 @@ async fn whep_post(
     {
         Ok(session) => {
             tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHEP playback started");
-            created("whep", &room, &session.participant_id, session.answer)
+            let links = turn_links(&ctx, &identity);
+            created(
+                "whep",
+                &room,
+                &session.participant_id,
+                session.answer,
+                links,
+            )
         }
         Err(e) => room_error(e),
     }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::super::ice_servers::ice_servers_json;
 use super::super::protocol::wire::MediaKindName;
 use super::super::protocol::{
     ConnectWebRtcTransport, Consume, ConsumerRef, CreateWebRtcTransport, ErrorCode, ProducerRef,
@@ -63,16 +64,19 @@ impl Session {
             .create_webrtc_transport(&m.room_id, &m.participant_id, send)
             .await?;
         let p = created.parameters;
-        Ok((
-            "createWebRtcTransportResponse",
-            json!({
-                "transportId": created.transport_id,
-                "iceParameters": p.ice_parameters,
-                "iceCandidates": p.ice_candidates,
-                "dtlsParameters": p.dtls_parameters,
-                "sctpParameters": null,
-            }),
-        ))
+        let mut response = json!({
+            "transportId": created.transport_id,
+            "iceParameters": p.ice_parameters,
+            "iceCandidates": p.ice_candidates,
+            "dtlsParameters": p.dtls_parameters,
+            "sctpParameters": null,
+        });
+        // What mediasoup-client's createSendTransport/createRecvTransport take as `iceServers`.
+        let turn = self.ctx.settings.turn.as_ref();
+        if let Some(servers) = ice_servers_json(turn, &identity.user.id) {
+            response["iceServers"] = servers;
+        }
+        Ok(("createWebRtcTransportResponse", response))
     }
 
     pub(super) async fn connect_transport(&mut self, r: ConnectWebRtcTransport) -> Reply {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::super::ice_servers::ice_servers_json;
 use super::super::protocol::wire::{ParticipantInfo, RoomInfo};
 use super::super::protocol::{CreateRoom, ErrorCode, JoinRoom, KickParticipant, RoomRef};
 use super::super::{deny, Failure, Membership, Reply, Session};
@@ -87,15 +88,18 @@ impl Session {
             participant_id: joined.participant_id.clone(),
         });
         let others: Vec<ParticipantInfo> = joined.others.iter().map(Into::into).collect();
-        Ok((
-            "joinRoomResponse",
-            json!({
-                "roomId": r.room_id,
-                "participantId": joined.participant_id,
-                "participants": others,
-                "routerRtpCapabilities": rooms.router_capabilities(),
-            }),
-        ))
+        let mut response = json!({
+            "roomId": r.room_id,
+            "participantId": joined.participant_id,
+            "participants": others,
+            "routerRtpCapabilities": rooms.router_capabilities(),
+        });
+        // TURN servers with this user's credentials, only when TURN_URLS is configured.
+        let turn = self.ctx.settings.turn.as_ref();
+        if let Some(servers) = ice_servers_json(turn, &identity.user.id) {
+            response["iceServers"] = servers;
+        }
+        Ok(("joinRoomResponse", response))
     }
 
     pub(super) async fn leave_room(&mut self, r: RoomRef) -> Reply {
