@@ -57,6 +57,8 @@ const TRANSPORT_PREFERENCE = ({ wt: 'wt', webtransport: 'wt', ws: 'ws', websocke
 const WT_TIMEOUT_MS = Number(params.get('wtTimeout')) > 0 ? Number(params.get('wtTimeout')) : DEFAULT_WT_TIMEOUT_MS;
 const VIDEO_CODEC = (params.get('codec') ?? '').toLowerCase(); // '' = the browser's choice
 const SINGLE_LAYER = params.get('layers') === '1';
+// `?relay=1`: only TURN relay candidates (needs TURN_URLS on the server), to try the relay path.
+const RELAY_ONLY = params.get('relay') === '1';
 
 const app = {
   state: 'idle',
@@ -221,6 +223,7 @@ class Session {
     this.roomName = null;
     this.displayName = null;
     this.participantId = null;
+    this.iceServers = []; // TURN servers with our credentials, from joinRoomResponse
     this.localStream = null;
     this.pubPc = null;
     this.subPc = null;
@@ -516,6 +519,8 @@ class Session {
     const roomId = sanitizeRoomId(roomName);
     const joined = await this.joinOrCreate(roomId, roomName.trim() || roomId, displayName);
     this.participantId = joined.participantId;
+    this.iceServers = Array.isArray(joined.iceServers) ? joined.iceServers : [];
+    if (this.iceServers.length) log(`TURN: ${this.iceServers.flatMap((s) => s.urls).join(', ')}`);
     log(`joined room ${joined.roomId ?? roomId} as ${this.participantId}; ${joined.participants?.length ?? 0} other(s) present`);
     await this.afterJoin(joined);
   }
@@ -599,9 +604,16 @@ class Session {
     }
   }
 
+  // RTCPeerConnection configuration: the TURN servers the SFU handed out (none without TURN_URLS).
+  pcConfig() {
+    const config = { iceServers: this.iceServers };
+    if (RELAY_ONLY) config.iceTransportPolicy = 'relay';
+    return config;
+  }
+
   async publish() {
     if (!this.localStream) return;
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection(this.pcConfig());
     this.pubPc = pc;
     pc.onconnectionstatechange = () => log(`publisher connection: ${pc.connectionState}`);
 
@@ -640,7 +652,7 @@ class Session {
 
   subscriberPc() {
     if (this.subPc) return this.subPc;
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection(this.pcConfig());
     this.subPc = pc;
     pc.onconnectionstatechange = () => log(`subscriber connection: ${pc.connectionState}`);
     pc.ontrack = (ev) => {

@@ -1,0 +1,397 @@
+//! TURN credentials against a real coturn (Debian `coturn`, `use-auth-secret` with the SFU's
+//! TURN_SECRET): what joinRoomResponse, createWebRtcTransportResponse and the WHIP/WHEP `Link`
+//! headers hand out ALLOCATEs a relay; an expired or forged credential is refused. The TURN
+//! Allocate exchange (RFC 5766 §6, long-term credentials RFC 5389 §10.2) is done here by hand
+//! over UDP, so nothing but coturn judges the credentials.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use serde_json::{json, Value};
+use str0m::media::{Direction, MediaKind};
+use str0m::RtcConfig;
+use tokio::net::UdpSocket;
+
+use common::{ok, token_for, Transport, WsClient};
+
+const TURN_SECRET: &str = "turn-test-secret-0123456789";
+const REALM: &str = "sfu.test";
+
+/// coturn on 127.0.0.1 with a free port, killed (and reaped) when dropped.
+struct Coturn {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coturn {
+    fn start() -> Coturn {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = common::scratch_dir();
+        let log = dir.join("turn.log");
+        let child = Command::new("turnserver")
+            .args([
+                "-n",
+                "--use-auth-secret",
+                &format!("--static-auth-secret={TURN_SECRET}"),
+                &format!("--realm={REALM}"),
+                &format!("--listening-port={port}"),
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+                "--allow-loopback-peers",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--simple-log",
+                &format!("--log-file={}", log.display()),
+                &format!("--pidfile={}", dir.join("turn.pid").display()),
+                &format!("--userdb={}", dir.join("turndb").display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnserver (Debian coturn; tests/run.sh installs it) starts");
+        Coturn {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("turn:{}?transport=udp", self.addr)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+const ALLOCATE: u16 = 0x0003;
+const ALLOCATE_OK: u16 = 0x0103;
+const ALLOCATE_ERR: u16 = 0x0113;
+const MAGIC: u32 = 0x2112_A442;
+const ATTR_USERNAME: u16 = 0x0006;
+const ATTR_INTEGRITY: u16 = 0x0008;
+const ATTR_ERROR: u16 = 0x0009;
+const ATTR_REALM: u16 = 0x0014;
+const ATTR_NONCE: u16 = 0x0015;
+const ATTR_XOR_RELAYED: u16 = 0x0016;
+const ATTR_TRANSPORT: u16 = 0x0019;
+
+/// A STUN message being built: header, then attributes padded to 4 bytes.
+struct Message(Vec<u8>);
+
+impl Message {
+    fn new(kind: u16) -> Message {
+        let mut b = Vec::with_capacity(128);
+        b.extend_from_slice(&kind.to_be_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&MAGIC.to_be_bytes());
+        b.extend_from_slice(&rand_id());
+        Message(b)
+    }
+
+    fn attr(mut self, kind: u16, value: &[u8]) -> Message {
+        self.0.extend_from_slice(&kind.to_be_bytes());
+        self.0
+            .extend_from_slice(&(value.len() as u16).to_be_bytes());
+        self.0.extend_from_slice(value);
+        self.0.resize(self.0.len().div_ceil(4) * 4, 0);
+        let len = (self.0.len() - 20) as u16;
+        self.0[2..4].copy_from_slice(&len.to_be_bytes());
+        self
+    }
+
+    /// MESSAGE-INTEGRITY: HMAC-SHA1 keyed with MD5(username:realm:password) over the
+    /// message whose length already counts the integrity attribute (RFC 5389 §15.4).
+    fn integrity(mut self, key: &[u8]) -> Message {
+        let len = (self.0.len() - 20 + 24) as u16;
+        self.0[2..4].copy_from_slice(&len.to_be_bytes());
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).unwrap();
+        mac.update(&self.0);
+        let tag = mac.finalize().into_bytes();
+        self.attr(ATTR_INTEGRITY, &tag)
+    }
+}
+
+fn rand_id() -> [u8; 12] {
+    let mut id = [0u8; 12];
+    id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
+    id
+}
+
+/// A parsed response: its type and attributes.
+struct Response {
+    kind: u16,
+    attrs: Vec<(u16, Vec<u8>)>,
+}
+
+impl Response {
+    fn parse(b: &[u8]) -> Response {
+        assert!(b.len() >= 20, "short STUN message");
+        let kind = u16::from_be_bytes([b[0], b[1]]);
+        let mut attrs = Vec::new();
+        let mut at = 20;
+        while at + 4 <= b.len() {
+            let t = u16::from_be_bytes([b[at], b[at + 1]]);
+            let l = u16::from_be_bytes([b[at + 2], b[at + 3]]) as usize;
+            let value = b[at + 4..(at + 4 + l).min(b.len())].to_vec();
+            attrs.push((t, value));
+            at += 4 + l.div_ceil(4) * 4;
+        }
+        Response { kind, attrs }
+    }
+
+    fn get(&self, kind: u16) -> Option<&[u8]> {
+        self.attrs
+            .iter()
+            .find(|(t, _)| *t == kind)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// ERROR-CODE as class * 100 + number.
+    fn error(&self) -> Option<u16> {
+        self.get(ATTR_ERROR)
+            .map(|v| (v[2] & 7) as u16 * 100 + v[3] as u16)
+    }
+}
+
+async fn exchange(socket: &UdpSocket, server: SocketAddr, m: &Message) -> Response {
+    let mut buf = vec![0u8; 2048];
+    // Retries cover coturn still starting (and a lost datagram); each waits 300 ms.
+    for _ in 0..20 {
+        socket.send_to(&m.0, server).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await
+        {
+            return Response::parse(&buf[..n]);
+        }
+    }
+    panic!("no answer from coturn at {server}");
+}
+
+/// Allocate a UDP relay with long-term credentials: the unauthenticated request draws 401
+/// with REALM and NONCE, the signed one succeeds (XOR-RELAYED-ADDRESS) or fails with a code.
+async fn allocate(server: SocketAddr, username: &str, password: &str) -> Result<(), u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let transport = [17u8, 0, 0, 0];
+    let first = exchange(
+        &socket,
+        server,
+        &Message::new(ALLOCATE).attr(ATTR_TRANSPORT, &transport),
+    )
+    .await;
+    assert_eq!(
+        first.kind, ALLOCATE_ERR,
+        "unauthenticated Allocate is challenged"
+    );
+    assert_eq!(first.error(), Some(401));
+    let realm = first.get(ATTR_REALM).expect("401 carries REALM").to_vec();
+    let nonce = first.get(ATTR_NONCE).expect("401 carries NONCE").to_vec();
+    assert_eq!(realm, REALM.as_bytes());
+
+    let mut md5 = Md5::new();
+    md5.update(format!("{username}:{REALM}:{password}").as_bytes());
+    let key = md5.finalize();
+    let signed = Message::new(ALLOCATE)
+        .attr(ATTR_TRANSPORT, &transport)
+        .attr(ATTR_USERNAME, username.as_bytes())
+        .attr(ATTR_REALM, &realm)
+        .attr(ATTR_NONCE, &nonce)
+        .integrity(&key);
+    let reply = exchange(&socket, server, &signed).await;
+    match reply.kind {
+        ALLOCATE_OK => {
+            assert!(
+                reply.get(ATTR_XOR_RELAYED).is_some(),
+                "success carries a relayed address"
+            );
+            Ok(())
+        }
+        ALLOCATE_ERR => Err(reply.error().unwrap_or(0)),
+        other => panic!("unexpected STUN type {other:#06x}"),
+    }
+}
+
+/// The one entry of `iceServers`: (urls, username, credential).
+fn ice_server(v: &Value) -> (Vec<String>, String, String) {
+    let servers = v["iceServers"].as_array().expect("iceServers is an array");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let s = &servers[0];
+    let urls = s["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    (
+        urls,
+        s["username"].as_str().unwrap().to_string(),
+        s["credential"].as_str().unwrap().to_string(),
+    )
+}
+
+fn offer(direction: Direction) -> String {
+    let mut rtc = RtcConfig::new().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, direction, None, None, None);
+    api.apply().expect("offer").0.to_sdp_string()
+}
+
+/// POST a WHIP/WHEP offer; returns the status and its `Link` header values.
+async fn links(base: &str, path: &str, user: &str, direction: Direction) -> (u16, Vec<String>) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token_for(user))
+        .header("content-type", "application/sdp")
+        .body(offer(direction))
+        .send()
+        .await
+        .expect("request");
+    let links = response
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    (response.status().as_u16(), links)
+}
+
+/// `name="value"` out of a Link header value.
+fn link_param(link: &str, name: &str) -> String {
+    let start = link
+        .find(&format!("; {name}=\""))
+        .unwrap_or_else(|| panic!("{name} in {link}"))
+        + name.len()
+        + 4;
+    let end = start + link[start..].find('"').unwrap();
+    link[start..end].to_string()
+}
+
+async fn join(server: &sfu::ServerHandle, user: &str, room: &str) -> (WsClient, Value) {
+    let mut ws = WsClient::connect_with(server, Transport::WebSocket).await;
+    ws.authenticate(&token_for(user)).await;
+    let r = ws
+        .request("createRoom", json!({ "name": room, "roomId": room }))
+        .await;
+    ok(&r, "createRoomResponse");
+    let r = ws
+        .request("joinRoom", json!({ "roomId": room, "displayName": user }))
+        .await;
+    let data = ok(&r, "joinRoomResponse").clone();
+    (ws, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_out_credentials_allocate_on_coturn_and_expired_ones_are_refused() {
+    let turn = Coturn::start();
+    let url = turn.url();
+    let server = common::start_server_with(&[
+        "--turn-urls",
+        &url,
+        "--turn-secret",
+        TURN_SECRET,
+        "--turn-credential-ttl-secs",
+        "600",
+    ])
+    .await;
+
+    // joinRoomResponse: the configured URI, `<expiry>:<userId>`, a credential coturn accepts.
+    let (mut ws, joined) = join(&server, "alice", "turn-a").await;
+    let (urls, username, credential) = ice_server(&joined);
+    assert_eq!(urls, vec![url.clone()]);
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    let now = common::token::unix_now();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(
+        (now + 590..=now + 601).contains(&expiry),
+        "{expiry} vs {now}"
+    );
+    let allocated = allocate(turn.addr, &username, &credential).await;
+    assert_eq!(allocated, Ok(()), "coturn log {}:\n{}", turn.log.display(), turn.log());
+
+    // The mediasoup-style transport reply carries the same servers.
+    let r = ws
+        .request(
+            "createWebRtcTransport",
+            json!({ "roomId": "turn-a", "direction": "send" }),
+        )
+        .await;
+    let (urls, username, credential) = ice_server(ok(&r, "createWebRtcTransportResponse"));
+    assert_eq!(urls, vec![url.clone()]);
+    assert_eq!(allocate(turn.addr, &username, &credential).await, Ok(()));
+
+    // Expired: the right HMAC for an expiry in the past; forged: a credential off by a byte.
+    let expired = sfu::session::ice_servers::credentials(TURN_SECRET, "alice", now - 60);
+    let refused = allocate(turn.addr, &expired.username, &expired.credential).await;
+    assert!(
+        matches!(refused, Err(401) | Err(438)),
+        "expired credential: {refused:?}"
+    );
+    let forged = format!("{}A", &credential[..credential.len() - 1]);
+    let refused = allocate(turn.addr, &username, &forged).await;
+    assert!(
+        matches!(refused, Err(401)),
+        "forged credential: {refused:?}"
+    );
+
+    // WHIP and WHEP 201s: one RFC 9725 Link per URI, whose credentials allocate too.
+    let base = format!("http://{}", server.http_addr);
+    for (path, direction) in [
+        ("/whip/turn-w", Direction::SendOnly),
+        ("/whep/turn-w", Direction::RecvOnly),
+    ] {
+        let (status, links) = links(&base, path, "bob", direction).await;
+        assert_eq!(status, 201, "{path}");
+        assert_eq!(links.len(), 1, "{path}: {links:?}");
+        let link = &links[0];
+        assert!(
+            link.starts_with(&format!("<{url}>; rel=\"ice-server\"; ")),
+            "{link}"
+        );
+        assert!(link.ends_with("; credential-type=\"password\""), "{link}");
+        let username = link_param(link, "username");
+        assert!(username.ends_with(":bob"), "{link}");
+        let credential = link_param(link, "credential");
+        assert_eq!(allocate(turn.addr, &username, &credential).await, Ok(()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_turn_urls_nothing_is_announced() {
+    let server = common::start_server().await;
+    let (mut ws, joined) = join(&server, "carol", "turn-none").await;
+    assert!(joined.get("iceServers").is_none(), "{joined}");
+    let r = ws
+        .request(
+            "createWebRtcTransport",
+            json!({ "roomId": "turn-none", "direction": "recv" }),
+        )
+        .await;
+    assert!(ok(&r, "createWebRtcTransportResponse")
+        .get("iceServers")
+        .is_none());
+    let base = format!("http://{}", server.http_addr);
+    let (status, links) = links(&base, "/whip/turn-none2", "carol", Direction::SendOnly).await;
+    assert_eq!(status, 201);
+    assert!(links.is_empty(), "{links:?}");
+}
