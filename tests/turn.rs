@@ -327,7 +327,13 @@ async fn handed_out_credentials_allocate_on_coturn_and_expired_ones_are_refused(
         "{expiry} vs {now}"
     );
     let allocated = allocate(turn.addr, &username, &credential).await;
-    assert_eq!(allocated, Ok(()), "coturn log {}:\n{}", turn.log.display(), turn.log());
+    assert_eq!(
+        allocated,
+        Ok(()),
+        "coturn log {}:\n{}",
+        turn.log.display(),
+        turn.log()
+    );
 
     // The mediasoup-style transport reply carries the same servers.
     let r = ws
