@@ -38,7 +38,19 @@ impl Drop for Coturn {
 }
 
 impl Coturn {
-    fn start() -> Coturn {
+    /// coturn on a fresh port, answering STUN. A port picked free can be taken again before
+    /// coturn binds it (parallel tests bind ephemeral ports), so a silent start is retried.
+    async fn start() -> Coturn {
+        for _ in 0..5 {
+            let turn = Coturn::spawn();
+            if turn.answers_binding().await {
+                return turn;
+            }
+        }
+        panic!("coturn did not come up on 5 ports");
+    }
+
+    fn spawn() -> Coturn {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -56,6 +68,8 @@ impl Coturn {
                 "--listening-ip=127.0.0.1",
                 "--relay-ip=127.0.0.1",
                 "--allow-loopback-peers",
+                // UDP only: the test allocates over UDP, and no TCP port can collide.
+                "--no-tcp",
                 "--no-tls",
                 "--no-dtls",
                 "--no-cli",
@@ -75,6 +89,27 @@ impl Coturn {
         }
     }
 
+    /// A STUN Binding request (no auth needed) gets its success response within 3 s.
+    async fn answers_binding(&self) -> bool {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let request = Message::new(BINDING);
+        let mut buf = vec![0u8; 1500];
+        for _ in 0..30 {
+            socket.send_to(&request.0, self.addr).await.unwrap();
+            let reply =
+                tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await;
+            if let Ok(Ok((n, _))) = reply {
+                if n >= 20
+                    && buf[0..2] == BINDING_OK.to_be_bytes()
+                    && buf[8..20] == request.0[8..20]
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     fn url(&self) -> String {
         format!("turn:{}?transport=udp", self.addr)
     }
@@ -84,6 +119,8 @@ impl Coturn {
     }
 }
 
+const BINDING: u16 = 0x0001;
+const BINDING_OK: u16 = 0x0101;
 const ALLOCATE: u16 = 0x0003;
 const ALLOCATE_OK: u16 = 0x0103;
 const ALLOCATE_ERR: u16 = 0x0113;
@@ -302,7 +339,7 @@ async fn join(server: &sfu::ServerHandle, user: &str, room: &str) -> (WsClient, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handed_out_credentials_allocate_on_coturn_and_expired_ones_are_refused() {
-    let turn = Coturn::start();
+    let turn = Coturn::start().await;
     let url = turn.url();
     let server = common::start_server_with(&[
         "--turn-urls",
