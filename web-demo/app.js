@@ -1020,7 +1020,18 @@ window.sfuDemo = {
   leave,
   /** Closes the signaling connection abruptly, as a network drop would; true if one was open. */
   dropSignaling: () => app.session?.dropSignaling() ?? false,
+  /** Local candidate type ('host' | 'srflx' | 'relay') of the publisher's selected pair, or null. */
+  publisherCandidateType: async () => selectedLocalCandidateType(app.session?.pubPc),
 };
+
+async function selectedLocalCandidateType(pc) {
+  if (!pc) return null;
+  const stats = [...(await pc.getStats()).values()];
+  const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+  const pair = stats.find((s) => s.id === transport?.selectedCandidatePairId)
+    ?? stats.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+  return stats.find((s) => s.id === pair?.localCandidateId)?.candidateType ?? null;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Start-up: ?room=R&name=N fill the form, &autojoin=1 joins right away.
