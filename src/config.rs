@@ -278,7 +278,11 @@ impl Config {
         if self.max_message_size < 1024 {
             return Err("MAX_MESSAGE_SIZE must be at least 1024 bytes".into());
         }
-        let turn = self.resolve_turn()?;
+        let turn = crate::session::ice_servers::TurnSettings::resolve(
+            self.turn_urls.as_deref(),
+            self.turn_secret.as_deref(),
+            self.turn_credential_ttl_secs,
+        )?;
         let media = MediaConfig {
             workers,
             listen_ip: self.rtc_listen_ip,
@@ -467,49 +471,6 @@ impl Config {
             None if !self.rtc_listen_ip.is_unspecified() => Ok(self.rtc_listen_ip),
             None => Ok(IpAddr::from([127, 0, 0, 1])),
         }
-    }
-}
-
-impl Config {
-    /// TURN_URLS split and checked (`turn:`/`turns:` only), with a secret of 16+ characters.
-    fn resolve_turn(&self) -> Result<Option<crate::session::ice_servers::TurnSettings>, String> {
-        let urls: Vec<String> = self
-            .turn_urls
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(String::from)
-            .collect();
-        if urls.is_empty() {
-            return Ok(None);
-        }
-        if let Some(bad) = urls.iter().find(|u| {
-            !(u.starts_with("turn:") || u.starts_with("turns:")) || u.contains(['"', '<', '>', ' '])
-        }) {
-            return Err(format!(
-                "TURN_URLS: `{bad}` is not a TURN URI (turn:host[:port][?transport=udp|tcp] or turns:...)"
-            ));
-        }
-        let secret = match &self.turn_secret {
-            None => return Err("TURN_URLS is set but TURN_SECRET is missing".into()),
-            Some(s) if s.len() < 16 => {
-                return Err("TURN_SECRET must be at least 16 characters".into())
-            }
-            Some(s) => s.clone(),
-        };
-        if !(60..=7 * 24 * 3600).contains(&self.turn_credential_ttl_secs) {
-            return Err(format!(
-                "TURN_CREDENTIAL_TTL_SECS must be between 60 and 604800 (7 days), got {}",
-                self.turn_credential_ttl_secs
-            ));
-        }
-        Ok(Some(crate::session::ice_servers::TurnSettings {
-            urls,
-            secret,
-            ttl_secs: self.turn_credential_ttl_secs,
-        }))
     }
 }
 

@@ -67,6 +67,53 @@ fn unix_now() -> u64 {
 }
 
 impl TurnSettings {
+    /// TURN_URLS split and checked (`turn:`/`turns:` only), with a secret of 16+ characters
+    /// and a TTL of 60 s to 7 days. None when no URI is given. The error is for an operator.
+    pub fn resolve(
+        urls: Option<&str>,
+        secret: Option<&str>,
+        ttl_secs: u64,
+    ) -> Result<Option<TurnSettings>, String> {
+        let urls: Vec<String> = urls
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        // Characters that would break out of a Link header's <URI-Reference> are refused too.
+        let bad = |u: &&String| {
+            !(u.starts_with("turn:") || u.starts_with("turns:"))
+                || u.contains(['"', '<', '>', ' ', ','])
+                || u.chars().any(|c| c.is_control() || !c.is_ascii())
+        };
+        if let Some(url) = urls.iter().find(bad) {
+            return Err(format!(
+                "TURN_URLS: `{url}` is not a TURN URI (turn:host[:port][?transport=udp|tcp] or turns:...)"
+            ));
+        }
+        let secret = match secret {
+            None => return Err("TURN_URLS is set but TURN_SECRET is missing".into()),
+            Some(s) if s.len() < 16 => {
+                return Err("TURN_SECRET must be at least 16 characters".into())
+            }
+            Some(s) => s.to_string(),
+        };
+        if !(60..=7 * 24 * 3600).contains(&ttl_secs) {
+            return Err(format!(
+                "TURN_CREDENTIAL_TTL_SECS must be between 60 and 604800 (7 days), got {ttl_secs}"
+            ));
+        }
+        Ok(Some(TurnSettings {
+            urls,
+            secret,
+            ttl_secs,
+        }))
+    }
+
     /// Credentials for `user_id`, valid for the configured TTL from now.
     pub fn credentials_for(&self, user_id: &str) -> TurnCredentials {
         credentials(&self.secret, user_id, unix_now() + self.ttl_secs)
@@ -121,6 +168,26 @@ mod tests {
         assert_eq!(c.username, "1:a_b_c____");
         let long = "x".repeat(200);
         assert_eq!(credentials("s", &long, 1).username.len(), 2 + 64);
+    }
+
+    #[test]
+    fn resolve_refuses_what_would_break_a_header_and_odd_lifetimes() {
+        let secret = Some("0123456789abcdef");
+        for url in [
+            "turn:a b",
+            "turn:a\"b",
+            "turn:<x>",
+            "turn:é.example",
+            "http://x",
+        ] {
+            let err = TurnSettings::resolve(Some(url), secret, 3600).unwrap_err();
+            assert!(err.contains("not a TURN URI"), "{url}: {err}");
+        }
+        let err = TurnSettings::resolve(Some("turn:a"), secret, 5).unwrap_err();
+        assert!(err.contains("TURN_CREDENTIAL_TTL_SECS"), "{err}");
+        assert!(TurnSettings::resolve(Some("turns:a:443"), secret, 60)
+            .unwrap()
+            .is_some());
     }
 
     #[test]
