@@ -260,7 +260,7 @@ pub struct Settings {
     pub dev_mode: bool,
     pub media: MediaConfig,
     /// TURN servers and the secret their credentials derive from; None when TURN_URLS is empty.
-    pub turn: Option<crate::session::ice_servers::TurnSettings>,
+    pub turn: Option<crate::turn::TurnSettings>,
 }
 
 impl Config {
@@ -278,7 +278,7 @@ impl Config {
         if self.max_message_size < 1024 {
             return Err("MAX_MESSAGE_SIZE must be at least 1024 bytes".into());
         }
-        let turn = crate::session::ice_servers::TurnSettings::resolve(
+        let turn = crate::turn::TurnSettings::resolve(
             self.turn_urls.as_deref(),
             self.turn_secret.as_deref(),
             self.turn_credential_ttl_secs,

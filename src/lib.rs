@@ -4,7 +4,7 @@
 //! `transport` (sockets, admission) → `session` (wire protocol, one state machine per client)
 //! → `room` (the model; ports for directory, catalog and observers) → `media` (workers,
 //! forwarding). `store`, `audit` and `integrations` implement the room's ports; `app` wires
-//! it all once at start-up.
+//! it all once at start-up. `turn` mints the TURN credentials handed to clients.
 
 mod app;
 pub mod audit;
@@ -18,5 +18,6 @@ pub mod session;
 mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod turn;
 
 pub use app::{start, AppContext, ServerHandle};

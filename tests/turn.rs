@@ -132,7 +132,7 @@ async fn handed_out_credentials_allocate_on_coturn_and_expired_ones_are_refused(
     assert_eq!(allocate(turn.addr, &username, &credential).await, Ok(()));
 
     // Expired: the right HMAC for an expiry in the past; forged: a credential off by a byte.
-    let expired = sfu::session::ice_servers::credentials(TURN_SECRET, "alice", now - 60);
+    let expired = sfu::turn::credentials(TURN_SECRET, "alice", now - 60);
     let refused = allocate(turn.addr, &expired.username, &expired.credential).await;
     assert!(
         matches!(refused, Err(401) | Err(438)),

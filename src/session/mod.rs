@@ -5,7 +5,6 @@
 pub mod driver;
 mod errors;
 mod handlers;
-pub mod ice_servers;
 pub mod protocol;
 mod registry;
 mod sink;

@@ -20,9 +20,9 @@ use serde_json::json;
 use super::admission::{self, Caller, Entry};
 use crate::auth::Identity;
 use crate::room::{Requester, RoomError, RoomErrorKind, RoomSpec};
-use crate::session::ice_servers;
 use crate::session::protocol::ErrorCode;
 use crate::session::room_error_code;
+use crate::turn;
 use crate::AppContext;
 
 /// Largest SDP offer accepted (browsers send 5–15 KB).
@@ -166,7 +166,7 @@ fn created(kind: &str, room: &str, session: &str, answer: String, links: Vec<Str
 }
 
 fn turn_links(ctx: &AppContext, identity: &Identity) -> Vec<String> {
-    ice_servers::link_headers(ctx.settings.turn.as_ref(), &identity.user.id)
+    turn::link_headers(ctx.settings.turn.as_ref(), &identity.user.id)
 }
 
 /// WHIP into a room that does not exist yet creates it when the token may create rooms.

@@ -3,7 +3,6 @@
 
 use serde_json::{json, Value};
 
-use super::super::ice_servers::ice_servers_json;
 use super::super::protocol::wire::MediaKindName;
 use super::super::protocol::{
     ConnectWebRtcTransport, Consume, ConsumerRef, CreateWebRtcTransport, ErrorCode, ProducerRef,
@@ -13,6 +12,7 @@ use super::super::{Failure, Reply, Session};
 use super::{publish_denied, subscribe_denied};
 use crate::auth::Identity;
 use crate::room::RemoteDtls;
+use crate::turn::ice_servers_json;
 
 /// `dtlsParameters` of `connectWebRtcTransport`: the role and one fingerprint str0m can
 /// verify (sha-256 preferred, as browsers do; str0m verifies only sha-256/sha-1).

@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::super::ice_servers::ice_servers_json;
 use super::super::protocol::wire::{ParticipantInfo, RoomInfo};
 use super::super::protocol::{CreateRoom, ErrorCode, JoinRoom, KickParticipant, RoomRef};
 use super::super::{deny, Failure, Membership, Reply, Session};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::auth::Identity;
 use crate::room::{Dialect, Member, RoomSpec};
+use crate::turn::ice_servers_json;
 
 fn shutting_down() -> Failure {
     deny(

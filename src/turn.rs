@@ -1,4 +1,5 @@
-//! ICE servers handed to clients: the configured TURN URIs with time-limited credentials by
+//! ICE servers handed to clients (a leaf: config resolves the settings, the session and
+//! WHIP/WHEP hand them out): the configured TURN URIs with time-limited credentials by
 //! the TURN REST API scheme (coturn `use-auth-secret`): username `<expiry unix>:<userId>`,
 //! credential base64(HMAC-SHA1(secret, username)). coturn recomputes the credential from
 //! its `static-auth-secret` and refuses it once the expiry has passed, so nothing is shared
