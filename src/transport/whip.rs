@@ -225,17 +225,28 @@ async fn whip_post(
     if let Err(r) = ensure_room(&ctx, &room, &identity).await {
         return r;
     }
-    match ctx
+    let started = ctx
         .rooms
         .whip_publish(&room, &identity.user.id, &token, sdp)
-        .await
-    {
+        .await;
+    answer_post(&ctx, Entry::Whip, &room, &identity, started)
+}
+
+/// The 201 (answer, Location, TURN `Link`s) of a started WHIP/WHEP session, or its refusal.
+fn answer_post(
+    ctx: &AppContext,
+    entry: Entry,
+    room: &str,
+    identity: &Identity,
+    started: Result<crate::room::HttpMediaSession, RoomError>,
+) -> Response {
+    match started {
         Ok(session) => {
-            tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHIP publish started");
-            let links = turn_links(&ctx, &identity);
+            tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, entry = entry.name(), "WHIP/WHEP session started");
+            let links = turn_links(ctx, identity);
             created(
-                "whip",
-                &room,
+                entry.name(),
+                room,
                 &session.participant_id,
                 session.answer,
                 links,
@@ -256,24 +267,11 @@ async fn whep_post(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    match ctx
+    let started = ctx
         .rooms
         .whep_play(&room, &identity.user.id, &token, sdp)
-        .await
-    {
-        Ok(session) => {
-            tracing::info!(room = %room, participant = %session.participant_id, user = %identity.user.id, "WHEP playback started");
-            let links = turn_links(&ctx, &identity);
-            created(
-                "whep",
-                &room,
-                &session.participant_id,
-                session.answer,
-                links,
-            )
-        }
-        Err(e) => room_error(e),
-    }
+        .await;
+    answer_post(&ctx, Entry::Whep, &room, &identity, started)
 }
 
 /// DELETE `/{whip|whep}/{room}/{session}`: a WHIP session is only reachable under `/whip`, a
