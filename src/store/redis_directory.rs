@@ -278,33 +278,20 @@ impl RedisDirectory {
         Ok(())
     }
 
-    async fn add_participant(
+    /// Add (`joined`) or remove a participant in the room's participant set.
+    async fn track_participant(
         &self,
         room_id: &str,
         participant_id: &str,
+        joined: bool,
     ) -> Result<(), DirectoryError> {
         let mut conn = self.conn().await?;
-        let _: i64 = conn
-            .sadd(
-                format!("{}:participants", room_key(room_id)),
-                participant_id,
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn remove_participant(
-        &self,
-        room_id: &str,
-        participant_id: &str,
-    ) -> Result<(), DirectoryError> {
-        let mut conn = self.conn().await?;
-        let _: i64 = conn
-            .srem(
-                format!("{}:participants", room_key(room_id)),
-                participant_id,
-            )
-            .await?;
+        let key = format!("{}:participants", room_key(room_id));
+        let _: i64 = if joined {
+            conn.sadd(key, participant_id).await?
+        } else {
+            conn.srem(key, participant_id).await?
+        };
         Ok(())
     }
 
@@ -342,7 +329,7 @@ impl Directory for Arc<RedisDirectory> {
             room_id.to_string(),
             participant_id.to_string(),
         );
-        background(async move { me.add_participant(&room, &participant).await });
+        background(async move { me.track_participant(&room, &participant, true).await });
     }
 
     fn participant_left(&self, room_id: &str, participant_id: &str) {
@@ -351,7 +338,7 @@ impl Directory for Arc<RedisDirectory> {
             room_id.to_string(),
             participant_id.to_string(),
         );
-        background(async move { me.remove_participant(&room, &participant).await });
+        background(async move { me.track_participant(&room, &participant, false).await });
     }
 
     fn release(&self, room_id: &str) {
