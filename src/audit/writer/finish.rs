@@ -19,19 +19,7 @@ impl Writer {
             }
             (JobOutput::Migrate(Err(e)), _) => self.failed(format!("{e:#}")),
             (JobOutput::Batch(Ok(inserted)), Some(Job::Batch { batch, copied })) => {
-                let n = batch.len() as u64;
-                tracing::debug!(events = n, copied = copied.is_some(), "audit batch written");
-                self.reject(&inserted, |i| &batch[i].1);
-                self.shared.add_written(n - inserted.rejected.len() as u64);
-                match copied {
-                    // Also the first lines of the spill file: skip them there.
-                    Some(end) => {
-                        self.spill.read_offset = end;
-                        let k = (n as usize).min(self.spill.seqs.len());
-                        self.spill.seqs.drain(..k);
-                    }
-                    None => self.shared.leave_memory(n),
-                }
+                self.batch_written(&batch, copied, &inserted);
                 self.succeeded();
                 self.truncate_spill_if_done().await;
             }
@@ -86,6 +74,35 @@ impl Writer {
         self.shared
             .spill_backlog
             .store(self.spill.seqs.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A batch reached the database; if it had also been copied to the spill file meanwhile,
+    /// those lines are skipped there.
+    fn batch_written(
+        &mut self,
+        batch: &[(u64, AuditEvent)],
+        copied: Option<u64>,
+        inserted: &Inserted,
+    ) {
+        let n = batch.len() as u64;
+        tracing::debug!(events = n, copied = copied.is_some(), "audit batch written");
+        self.reject(inserted, |i| &batch[i].1);
+        let stored = n - inserted.rejected.len() as u64;
+        self.shared.add_written(stored);
+        match copied {
+            // Also the first lines of the spill file (copied there while this write
+            // was in flight): skip them there. They left the spill for the database,
+            // so they count as replayed: every spilled event is replayed or dropped.
+            Some(end) => {
+                self.spill.read_offset = end;
+                let k = (n as usize).min(self.spill.seqs.len());
+                self.spill.seqs.drain(..k);
+                self.shared
+                    .spill_replayed
+                    .fetch_add(stored.min(k as u64), Ordering::Relaxed);
+            }
+            None => self.shared.leave_memory(n),
+        }
     }
 
     /// Events the database refused as data: logged in full (the log line is their last
