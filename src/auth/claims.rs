@@ -65,6 +65,11 @@ impl Grants {
         self.rooms.iter().any(|r| r == "*" || r == room_id)
     }
 
+    /// Whether the token may join every room (`"*"`), not only the ones it names.
+    pub fn may_join_any(&self) -> bool {
+        self.rooms.iter().any(|r| r == "*")
+    }
+
     pub fn may_publish(&self, kind: &str) -> bool {
         self.publish.iter().any(|k| k == kind)
     }

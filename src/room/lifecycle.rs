@@ -7,7 +7,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::events::{ConsumerOrigin, Notice, ParticipantView, RoomEvent};
-use super::model::{Dialect, Member, OrtcParticipant, Participant, Room, RoomSummary};
+use super::model::{Dialect, Member, OrtcParticipant, Participant, Room, RoomSummary, State};
 use super::ports::{Claim, Placement, RoomDefinition};
 use super::validate::{check_capacity, check_display_name, validate_room};
 use super::{RoomError, RoomErrorKind, Rooms};
@@ -37,7 +37,8 @@ impl Rooms {
         user_id: &str,
     ) -> Result<RoomSummary, RoomError> {
         let summary = validate_room(spec)?;
-        self.check_room_quota(&summary.room_id, Some(user_id))?;
+        // Refused before claiming anything in the directory; checked again at the insert.
+        self.check_room_quota(&self.lock(), &summary.room_id, Some(user_id))?;
         let definition = RoomDefinition {
             room_id: summary.room_id.clone(),
             name: summary.name.clone(),
@@ -59,9 +60,13 @@ impl Rooms {
         }
     }
 
-    /// Refuse before claiming anything: the id is taken here, or a cap is reached.
-    fn check_room_quota(&self, room_id: &str, user_id: Option<&str>) -> Result<(), RoomError> {
-        let state = self.lock();
+    /// Whether `room_id` may be created now: not taken here, and no cap reached.
+    fn check_room_quota(
+        &self,
+        state: &State,
+        room_id: &str,
+        user_id: Option<&str>,
+    ) -> Result<(), RoomError> {
         if state.rooms.contains_key(room_id) {
             return Err(RoomError::room_exists(room_id));
         }
@@ -98,15 +103,12 @@ impl Rooms {
         summary: RoomSummary,
         created_by: Option<&str>,
     ) -> Result<RoomSummary, RoomError> {
-        self.check_room_quota(&summary.room_id, created_by)?;
         let room_id = summary.room_id.clone();
         let worker = self.media.worker_for_room(&room_id);
         let now = Instant::now();
         let mut state = self.lock();
-        // Checked again under the same lock as the insert: a concurrent create may have won.
-        if state.rooms.contains_key(&room_id) {
-            return Err(RoomError::room_exists(&room_id));
-        }
+        // Under the same lock as the insert, so concurrent creates cannot pass a cap together.
+        self.check_room_quota(&state, &room_id, created_by)?;
         state.rooms.insert(
             room_id.clone(),
             Room {

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::protocol::ErrorCode;
-use crate::auth::{AuthError, AuthErrorKind};
+use crate::auth::AuthErrorKind;
 use crate::room::{RoomError, RoomErrorKind};
 
 /// The wire code of a room refusal.
@@ -44,12 +44,6 @@ impl From<AuthErrorKind> for ErrorCode {
             AuthErrorKind::TokenExpired => ErrorCode::TokenExpired,
             AuthErrorKind::TokenNotYetValid => ErrorCode::TokenNotYetValid,
         }
-    }
-}
-
-impl From<AuthError> for Failure {
-    fn from(e: AuthError) -> Self {
-        Failure::new(e.kind.into(), e.message)
     }
 }
 

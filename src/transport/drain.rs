@@ -13,7 +13,7 @@ use crate::AppContext;
 fn held(ctx: &AppContext) -> (usize, usize) {
     (
         ctx.sessions.attached_count(),
-        ctx.rooms.http_sessions().len(),
+        ctx.rooms.counts().http_sessions,
     )
 }
 

@@ -11,6 +11,7 @@ use super::super::protocol::{
 use super::super::{Failure, Reply, Session};
 use super::{publish_denied, subscribe_denied};
 use crate::auth::Identity;
+use crate::media::ortc::kind_str;
 use crate::room::RemoteDtls;
 use crate::turn::ice_servers_json;
 
@@ -94,8 +95,9 @@ impl Session {
 
     pub(super) async fn publish(&mut self, identity: &Identity, r: Publish) -> Reply {
         let m = self.membership_in(r.room_id.as_deref())?;
-        if !identity.grants.may_publish(r.kind.as_str()) {
-            return Err(publish_denied(r.kind.as_str()));
+        let kind = kind_str(r.kind.into());
+        if !identity.grants.may_publish(kind) {
+            return Err(publish_denied(kind));
         }
         let published = self
             .ctx

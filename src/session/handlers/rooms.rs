@@ -38,7 +38,7 @@ impl Session {
                     format!("this token may not create room `{id}`"),
                 ));
             }
-        } else if !identity.grants.rooms.iter().any(|r| r == "*") {
+        } else if !identity.grants.may_join_any() {
             return Err(deny(
                 ErrorCode::RoomAccessDenied,
                 "this token is limited to named rooms: give `roomId`",

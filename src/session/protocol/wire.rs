@@ -109,16 +109,6 @@ impl From<MediaKindName> for Kind {
     }
 }
 
-impl MediaKindName {
-    /// The name grants use (`canPublishSources`-style kinds).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MediaKindName::Audio => "audio",
-            MediaKindName::Video => "video",
-        }
-    }
-}
-
 /// Wire name of a layer index (publishers announce layers lowest first).
 pub fn layer_name(layer: u8) -> &'static str {
     match layer {
