@@ -183,6 +183,14 @@ impl Rooms {
         Ok(())
     }
 
+    /// Whether `participant_id` in `room_id` is a WHIP session (`Some(true)`), a WHEP one
+    /// (`Some(false)`), or neither.
+    pub fn is_whip_session(&self, room_id: &str, participant_id: &str) -> Option<bool> {
+        let state = self.lock();
+        let p = state.rooms.get(room_id)?.participants.get(participant_id)?;
+        p.dialect.is_http().then_some(p.dialect == Dialect::Whip)
+    }
+
     /// Every WHIP/WHEP session on this node.
     pub fn http_sessions(&self) -> Vec<HttpSessionRef> {
         let state = self.lock();

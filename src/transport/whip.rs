@@ -287,9 +287,7 @@ async fn session_delete(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let under_own_path = ctx.rooms.http_sessions().iter().any(|s| {
-        s.room_id == room && s.participant_id == session && s.publishes == (entry == Entry::Whip)
-    });
+    let under_own_path = ctx.rooms.is_whip_session(room, session) == Some(entry == Entry::Whip);
     if !under_own_path {
         return error(
             StatusCode::NOT_FOUND,
