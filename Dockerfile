@@ -37,6 +37,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY testkit/Cargo.toml ./testkit/
 COPY loadrun/Cargo.toml ./loadrun/
+# Patched dependencies ([patch.crates-io]), needed to resolve the graph.
+COPY vendor ./vendor
 RUN mkdir -p src benches testkit/src loadrun/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
