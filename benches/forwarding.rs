@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sfu::media::core::{Egress, WorkerCore};
-use sfu::media::{CodecName, MediaEvent, TransportId};
+use sfu::media::{BweSettings, CodecName, MediaEvent, TransportId};
 use str0m::format::Codec;
 use str0m::media::{Mid, Rid};
 use str0m::rtp::{RtpWrite, SeqNo};
@@ -113,6 +113,7 @@ fn setup(subscribers: usize) -> Setup {
     let mut core = WorkerCore::new(
         SFU_ADDR.parse().unwrap(),
         &[CodecName::Opus, CodecName::Vp8],
+        BweSettings::default(),
         events_tx,
     );
     let mut wire = Wire::default();

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use clap::{Args, ValueEnum};
 
-use crate::media::{CodecName, MediaConfig};
+use crate::media::{BweSettings, CodecName, MediaConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Environment {
@@ -117,6 +117,15 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub codecs: Vec<String>,
+
+    /// Send-side bandwidth estimation (GCC on TWCC feedback) on every subscriber transport;
+    /// its estimate picks each subscriber's simulcast layers and pauses video that does not fit.
+    #[arg(long, env = "BWE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub bwe_enabled: bool,
+
+    /// What a new subscriber's link is assumed to carry before feedback arrives, in kbit/s.
+    #[arg(long, env = "BWE_INITIAL_KBPS", default_value_t = 1000)]
+    pub bwe_initial_kbps: u64,
 
     /// Largest signaling message accepted, in bytes.
     #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 65536)]
@@ -290,6 +299,10 @@ impl Config {
             port_max: self.rtc_max_port,
             announced_ip: self.resolve_announced_ip()?,
             codecs,
+            bwe: BweSettings {
+                enabled: self.bwe_enabled,
+                initial_bps: self.bwe_initial_kbps.saturating_mul(1000),
+            },
         };
         Ok(Settings {
             config: self,
@@ -356,7 +369,7 @@ impl Config {
 
     /// Rate limits, timeouts and connection caps: 0 would refuse everything (or nothing).
     fn check_limits(&self) -> Result<(), String> {
-        let at_least_one: [(&str, u64); 6] = [
+        let at_least_one: [(&str, u64); 7] = [
             (
                 "RATE_LIMIT_CONNECTIONS_PER_MINUTE",
                 self.rate_limit_connections_per_minute.into(),
@@ -372,6 +385,7 @@ impl Config {
             ("AUTH_TIMEOUT_SECS", self.auth_timeout_secs),
             ("READ_TIMEOUT_SECS", self.read_timeout_secs),
             ("MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip as u64),
+            ("BWE_INITIAL_KBPS", self.bwe_initial_kbps),
         ];
         match at_least_one.iter().find(|(_, value)| *value == 0) {
             Some((name, _)) => Err(format!("{name} must be at least 1")),

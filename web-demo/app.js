@@ -481,9 +481,10 @@ class Session {
         this.removeRemote(data.producerId);
         break;
       case 'layerChanged':
-        this.layers.set(data.producerId, data.layer);
+        // The server's bandwidth allocator pauses video the link cannot carry (layer null).
+        this.layers.set(data.producerId, data.paused ? `paused: ${data.reason || 'bandwidth'}` : data.layer);
         this.renderLayer(data.producerId);
-        log(`layer of ${data.producerId} is now ${data.layer}`);
+        log(`layer of ${data.producerId} is now ${this.layers.get(data.producerId)}`);
         break;
       case 'error':
         reportError(new Error(`server: ${msg.error || data.message || 'error'}${data.code ? ` (${data.code})` : ''}`));

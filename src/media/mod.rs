@@ -8,6 +8,7 @@
 //! `Rtc::handle_input` → `Event::RtpPacket` → for each consumer of that producer on the same
 //! worker: layer decision → id rewrite → `write_rtp` → `poll_output` → `send_to`. No thread hop and no per-packet allocation of our own.
 
+pub mod allocator;
 pub mod codec;
 pub mod core;
 mod egress;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 pub use self::codec::CodecName;
+pub use self::core::BweSettings;
 use self::core::{ConsumerCreated, Egress, WorkerCore};
 use self::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
 pub use self::simulcast::Preference;
@@ -77,6 +79,7 @@ pub struct MediaConfig {
     /// IP announced in ICE candidates (what clients can reach).
     pub announced_ip: std::net::IpAddr,
     pub codecs: Vec<CodecName>,
+    pub bwe: BweSettings,
 }
 
 /// A producer created from a publisher offer.
@@ -106,11 +109,12 @@ pub enum MediaEvent {
         sdp: String,
         tracks: Vec<OfferedTrack>,
     },
-    /// The layer forwarded to a consumer changed (0 = lowest).
+    /// The layer forwarded to a consumer changed (0 = lowest); `None`: paused because its
+    /// subscriber's link cannot carry even the lowest layer.
     LayerChanged {
         transport: TransportId,
         producer: ProducerId,
-        layer: u8,
+        layer: Option<u8>,
     },
     /// ICE or DTLS ended; the transport was removed from its worker.
     TransportClosed {
@@ -156,6 +160,14 @@ pub struct WorkerStats {
     pub keyframe_requests: u64,
     pub layer_switches: u64,
     pub datagrams_dropped: u64,
+    /// Estimates str0m reported on subscriber transports.
+    pub bwe_estimates: u64,
+    /// Allocation changes by reason (see `allocator::Reason`).
+    pub allocations_initial: u64,
+    pub allocations_congestion: u64,
+    pub allocations_recovered: u64,
+    /// Video consumers paused now because their link is too thin (a gauge).
+    pub paused_for_bandwidth: usize,
 }
 
 impl std::ops::AddAssign for WorkerStats {
@@ -170,6 +182,11 @@ impl std::ops::AddAssign for WorkerStats {
         self.keyframe_requests += o.keyframe_requests;
         self.layer_switches += o.layer_switches;
         self.datagrams_dropped += o.datagrams_dropped;
+        self.bwe_estimates += o.bwe_estimates;
+        self.allocations_initial += o.allocations_initial;
+        self.allocations_congestion += o.allocations_congestion;
+        self.allocations_recovered += o.allocations_recovered;
+        self.paused_for_bandwidth += o.paused_for_bandwidth;
     }
 }
 

@@ -29,10 +29,22 @@ pub enum Decision {
     SwitchAndForward,
 }
 
+/// What the subscriber's bandwidth allows (from [`crate::media::allocator`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandwidthLimit {
+    /// No estimate governs this consumer (no TWCC, or BWE off).
+    None,
+    /// Forward at most this layer.
+    UpTo(u8),
+    /// Not even the lowest layer fits: forward nothing.
+    Paused,
+}
+
 /// Chooses the forwarded layer. `current` changes only at a keyframe of `target`.
 #[derive(Debug, Clone)]
 pub struct LayerSelector {
     pub preference: Preference,
+    pub bandwidth: BandwidthLimit,
     pub current: Option<u8>,
     pub target: Option<u8>,
     /// Audio and single-layer video need no keyframe to start.
@@ -43,6 +55,7 @@ impl LayerSelector {
     pub fn new(preference: Preference, needs_keyframe: bool) -> Self {
         LayerSelector {
             preference,
+            bandwidth: BandwidthLimit::None,
             current: None,
             target: None,
             needs_keyframe,
@@ -52,7 +65,13 @@ impl LayerSelector {
     /// Recompute the target from the active layers. Returns the new target if it changed,
     /// so the caller can ask the publisher for a keyframe on it.
     pub fn update_target(&mut self, active: &[bool]) -> Option<u8> {
-        let wanted = pick_layer(self.preference, active);
+        if self.bandwidth == BandwidthLimit::Paused {
+            // Stop at once; resuming restarts at a keyframe (`current` is cleared).
+            self.target = None;
+            self.current = None;
+            return None;
+        }
+        let wanted = cap_layer(pick_layer(self.preference, active), self.bandwidth, active);
         if wanted.is_some() && wanted != self.target {
             self.target = wanted;
             if self.target != self.current {
@@ -104,6 +123,22 @@ fn pick_layer(preference: Preference, active: &[bool]) -> Option<u8> {
                 .map(|l| l as u8)
         }
     }
+}
+
+/// `wanted`, lowered to the highest active layer the bandwidth limit allows (the lowest
+/// active one if none is below the limit).
+fn cap_layer(wanted: Option<u8>, limit: BandwidthLimit, active: &[bool]) -> Option<u8> {
+    let (Some(wanted), BandwidthLimit::UpTo(cap)) = (wanted, limit) else {
+        return wanted;
+    };
+    if wanted <= cap {
+        return Some(wanted);
+    }
+    let is_active = |l: &u8| active.get(*l as usize).copied().unwrap_or(false);
+    (0..=cap)
+        .rev()
+        .find(is_active)
+        .or_else(|| (0..active.len() as u8).find(is_active))
 }
 
 /// Fields of an incoming packet that the munger rewrites.
@@ -272,6 +307,27 @@ mod tests {
         assert_eq!(sel.on_packet(0, false), Decision::Drop);
         assert_eq!(sel.on_packet(0, true), Decision::SwitchAndForward);
         assert_eq!(sel.on_packet(2, false), Decision::Drop);
+    }
+
+    #[test]
+    fn bandwidth_caps_the_preference_and_pauses() {
+        let mut sel = LayerSelector::new(Preference::Auto, true);
+        sel.bandwidth = BandwidthLimit::UpTo(1);
+        assert_eq!(sel.update_target(&[true, true, true]), Some(1));
+        // A cap on a layer the publisher does not send falls to the next lower one.
+        assert_eq!(
+            cap_layer(Some(2), BandwidthLimit::UpTo(1), &[true, false, true]),
+            Some(0)
+        );
+        assert_eq!(
+            cap_layer(Some(0), BandwidthLimit::UpTo(2), &[true, true, true]),
+            Some(0)
+        );
+        assert_eq!(sel.on_packet(1, true), Decision::SwitchAndForward);
+        sel.bandwidth = BandwidthLimit::Paused;
+        assert_eq!(sel.update_target(&[true, true, true]), None);
+        assert_eq!(sel.on_packet(1, true), Decision::Drop);
+        assert_eq!(sel.on_packet(0, true), Decision::Drop);
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl WorkerHandle {
         let local_addr = socket.local_addr()?;
         let candidate_addr = SocketAddr::new(config.announced_ip, local_addr.port());
         let codecs = config.codecs.clone();
+        let bwe = config.bwe;
         let (commands, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name(format!("media-worker-{index}"))
@@ -91,7 +92,7 @@ impl WorkerHandle {
                     .expect("worker runtime");
                 runtime.block_on(async move {
                     let socket = UdpSocket::from_std(socket).expect("register UDP socket");
-                    let core = WorkerCore::new(candidate_addr, &codecs, events);
+                    let core = WorkerCore::new(candidate_addr, &codecs, bwe, events);
                     run(index, socket, core, rx).await;
                 });
             })?;

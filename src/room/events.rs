@@ -60,15 +60,16 @@ pub enum Notice {
         sdp: String,
         tracks: Vec<OfferedTrackView>,
     },
-    /// The simulcast layer forwarded to this participant changed (SDP flow).
+    /// The simulcast layer forwarded to this participant changed (SDP flow); `None`: the
+    /// track is paused because the participant's link cannot carry its lowest layer.
     LayerChanged {
         producer_id: ProducerId,
-        layer: u8,
+        layer: Option<u8>,
     },
-    /// The same for an ORTC consumer.
+    /// The same for an ORTC consumer (`None` as mediasoup's `layerschange` with null).
     ConsumerLayersChanged {
         consumer_id: String,
-        spatial_layer: u8,
+        spatial_layer: Option<u8>,
     },
     Kicked {
         room_id: String,

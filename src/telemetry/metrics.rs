@@ -25,6 +25,13 @@ pub fn handle() -> PrometheusHandle {
                     ],
                 )
                 .expect("valid buckets")
+                .set_buckets_for_metric(
+                    Matcher::Full("sfu_bwe_estimate_bps".into()),
+                    &[
+                        100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6,
+                    ],
+                )
+                .expect("valid buckets")
                 .install_recorder()
                 .expect("no other metrics recorder is installed")
         })
@@ -50,6 +57,15 @@ pub async fn render(ctx: &Arc<AppContext>) -> String {
     metrics::counter!("sfu_plis_sent_total").absolute(media.keyframe_requests);
     metrics::counter!("sfu_layer_switches_total").absolute(media.layer_switches);
     metrics::counter!("sfu_datagrams_dropped_total").absolute(media.datagrams_dropped);
+    metrics::counter!("sfu_bwe_estimates_total").absolute(media.bwe_estimates);
+    for (reason, count) in [
+        ("initial", media.allocations_initial),
+        ("congestion", media.allocations_congestion),
+        ("recovered", media.allocations_recovered),
+    ] {
+        metrics::counter!("sfu_bwe_allocation_changes_total", "reason" => reason).absolute(count);
+    }
+    metrics::gauge!("sfu_bwe_paused_tracks").set(media.paused_for_bandwidth as f64);
     if let Some(p) = process_stats() {
         metrics::counter!("process_cpu_seconds_total").absolute(p.cpu_seconds as u64);
         metrics::gauge!("process_cpu_seconds").set(p.cpu_seconds);

@@ -11,6 +11,7 @@ pub mod measure;
 pub mod payload;
 pub mod peer;
 pub mod process;
+pub mod shaper;
 pub mod signal;
 pub mod source;
 pub mod token;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::measure::{RxStats, Shared, PHASE_DONE, PHASE_MEASURE};
 use crate::payload::LAYERS;
+use crate::shaper::Shaper;
 use crate::signal::SignalClient;
 pub use crate::source::Publish;
 use crate::source::Track;
@@ -119,6 +120,8 @@ pub struct PeerState {
     pub raw: Vec<RawReceived>,
     pub keyframe_requests: Vec<Option<Rid>>,
     pub rx: RxStats,
+    /// A bottleneck on what this peer receives (BWE tests); `None`: loopback as is.
+    pub downlink: Option<Shaper>,
     record: bool,
     record_raw: bool,
     measure: Option<Measure>,
@@ -151,6 +154,7 @@ impl PeerState {
             raw: Vec::new(),
             keyframe_requests: Vec::new(),
             rx: RxStats::default(),
+            downlink: None,
             record: options.record,
             record_raw: options.record_raw,
             measure: options.measure,
@@ -227,7 +231,19 @@ impl PeerState {
     pub fn poll(&mut self) -> Poll {
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Poll::Timeout(t),
+                Ok(Output::Timeout(t)) => {
+                    // str0m is drained: now it may take the next datagram off the shaped
+                    // link (one at a time, as RTP mode keeps only one pending packet).
+                    let now = Instant::now();
+                    if let Some((source, data)) =
+                        self.downlink.as_mut().and_then(|l| l.pop_due(now))
+                    {
+                        self.handle_datagram(now, source, &data);
+                        continue;
+                    }
+                    let link = self.downlink.as_ref().and_then(Shaper::next_release);
+                    return Poll::Timeout(link.map_or(t, |l| l.min(t)));
+                }
                 Ok(Output::Transmit(t)) => return Poll::Transmit(t),
                 Ok(Output::Event(e)) => self.on_event(e),
                 Err(_) => return Poll::Closed,
@@ -237,8 +253,17 @@ impl PeerState {
 
     /// A datagram from `source` arrived at our address.
     pub fn receive(&mut self, source: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        match self.downlink.as_mut() {
+            // Delivered from `poll` once it has left the link.
+            Some(link) => link.offer(now, source, data),
+            None => self.handle_datagram(now, source, data),
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
         if let Ok(rx) = Receive::new(Protocol::Udp, source, self.local, data) {
-            let _ = self.rtc.handle_input(Input::Receive(Instant::now(), rx));
+            let _ = self.rtc.handle_input(Input::Receive(now, rx));
         }
     }
 

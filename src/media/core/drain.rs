@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use str0m::bwe::BweKind;
 use str0m::media::Direction;
 use str0m::{Event, IceConnectionState, Output};
 
@@ -62,6 +63,10 @@ impl WorkerCore {
                     consumer.nacks_seen = consumer.nacks_seen.max(stats.nacks);
                 }
             }
+            Event::EgressBitrateEstimate(BweKind::Twcc {
+                estimate,
+                can_probe,
+            }) => self.on_estimate(key, estimate, can_probe),
             Event::PeerStats(stats) => {
                 let transport = &mut self.transports[key];
                 transport.nominated = stats.selected_candidate_pair.map(|p| p.remote.addr);
@@ -85,6 +90,11 @@ impl WorkerCore {
                 Deferred::KeyframeRequest { consumer } => {
                     if self.consumers.contains(consumer) {
                         self.request_keyframe_for(consumer, now);
+                    }
+                }
+                Deferred::Allocate { transport } => {
+                    if self.transports.contains(transport) {
+                        self.allocate(transport, now);
                     }
                 }
             }

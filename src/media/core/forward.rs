@@ -37,7 +37,7 @@ impl WorkerCore {
         let Some((pk, layer)) = self.resolve_route(key, &packet) else {
             return;
         };
-        if !self.note_packet(key, pk, layer, packet.header.payload_type, now) {
+        if !self.note_packet(key, pk, layer, &packet, now) {
             return;
         }
         let producer = &self.producers[pk];
@@ -77,14 +77,16 @@ impl WorkerCore {
         key: TransportKey,
         pk: ProducerKey,
         layer: u8,
-        pt: Pt,
+        packet: &RtpPacket,
         now: Instant,
     ) -> bool {
+        let pt = packet.header.payload_type;
         let producer = &mut self.producers[pk];
         let Some(layer_state) = producer.layers.get_mut(layer as usize) else {
             return false;
         };
         layer_state.last_packet = Some(now);
+        layer_state.meter.add(packet.payload.len());
         let became_active = !layer_state.active;
         layer_state.active = true;
         if producer.codec_pt != Some(pt) {
@@ -127,7 +129,7 @@ impl WorkerCore {
                 let _ = self.events.send(MediaEvent::LayerChanged {
                     transport: self.transports[consumer.transport].id,
                     producer: self.producers[incoming.producer].id,
-                    layer,
+                    layer: Some(layer),
                 });
             }
         }

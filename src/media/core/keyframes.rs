@@ -75,6 +75,9 @@ impl WorkerCore {
     /// (Re)start forwarding to a consumer from a fresh keyframe of its target layer: new
     /// consumers, and resumed ones (their decoder state is stale).
     pub(super) fn start_at_keyframe(&mut self, ck: ConsumerKey, now: Instant) {
+        if self.consumers[ck].allocation.allocation.is_none() {
+            self.allocate_for_new_consumer(ck, now);
+        }
         self.consumers[ck].selector.current = None;
         self.retarget_consumer(ck, now);
         self.request_keyframe_for(ck, now);

@@ -8,6 +8,7 @@
 //! (mediasoup-style), `whep`, `control` (pause, preference) and `teardown`.
 
 mod arena;
+mod bandwidth;
 mod control;
 mod demux;
 mod drain;
@@ -34,8 +35,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use self::arena::Arena;
 use self::arena::{ConsumerKey, ProducerKey, TransportKey};
+pub use self::bandwidth::BweSettings;
+use self::bandwidth::{LayerMeter, SubscriberBwe};
 use self::keyframes::KeyframeRequests;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
+use super::allocator::TrackState;
 use super::codec::{apply_codecs, CodecName};
 use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
 use super::simulcast::{LayerSelector, Munger, Preference};
@@ -75,6 +79,8 @@ struct Transport {
     queued_changes: Vec<SubscriberChange>,
     pending_offer: Option<SdpPendingOffer>,
     negotiation: Negotiation,
+    /// Subscriber with the estimator on: its estimate and allocation targets.
+    bwe: Option<SubscriberBwe>,
 }
 
 /// Who drives SDP on a transport.
@@ -119,6 +125,7 @@ struct Layer {
     rid: Option<Rid>,
     active: bool,
     last_packet: Option<Instant>,
+    meter: LayerMeter,
 }
 
 impl Layer {
@@ -127,6 +134,7 @@ impl Layer {
             rid,
             active: false,
             last_packet: None,
+            meter: LayerMeter::default(),
         }
     }
 }
@@ -164,15 +172,24 @@ struct Consumer {
     /// Cumulative NACK count str0m last reported for this consumer's stream.
     nacks_seen: u64,
     paused: bool,
+    /// The bandwidth allocator's memory of this track.
+    allocation: TrackState,
 }
 
 /// Effects of subscriber events that touch publishers; applied after the current drain.
 enum Deferred {
-    KeyframeRequest { consumer: ConsumerKey },
+    KeyframeRequest {
+        consumer: ConsumerKey,
+    },
+    /// The subscriber's estimate changed enough to re-allocate now.
+    Allocate {
+        transport: TransportKey,
+    },
 }
 
 pub struct WorkerCore {
     rtc_template: RtcConfig,
+    bwe: BweSettings,
     candidate_addr: SocketAddr,
     transports: Arena<TransportKey, Transport>,
     producers: Arena<ProducerKey, Producer>,
@@ -195,6 +212,7 @@ impl WorkerCore {
     pub fn new(
         candidate_addr: SocketAddr,
         codecs: &[CodecName],
+        bwe: BweSettings,
         events: UnboundedSender<MediaEvent>,
     ) -> Self {
         // One DTLS certificate per worker: generating one per transport costs a keygen each.
@@ -211,6 +229,7 @@ impl WorkerCore {
         }
         WorkerCore {
             rtc_template: apply_codecs(template, codecs),
+            bwe,
             candidate_addr,
             transports: Arena::new(),
             producers: Arena::new(),
@@ -233,6 +252,7 @@ impl WorkerCore {
             transports: self.transports.len(),
             producers: self.producers.len(),
             consumers: self.consumers.len(),
+            paused_for_bandwidth: self.paused_for_bandwidth(),
             ..self.stats
         }
     }
@@ -260,6 +280,7 @@ impl WorkerCore {
             last_keyframe_ask: None,
             nacks_seen: 0,
             paused,
+            allocation: TrackState::default(),
         });
         self.producers[pk].consumers.push(ck);
         self.transports[key].consumers.push(ck);

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
 use str0m::Candidate;
 use uuid::Uuid;
 
+use super::bandwidth::SubscriberBwe;
 use super::keyframes::KeyframeRequests;
 use super::sdp_error;
 use super::{
@@ -23,7 +25,14 @@ use crate::media::{
 
 impl WorkerCore {
     pub(super) fn new_rtc(&mut self, id: TransportId, role: Role, now: Instant) -> TransportKey {
-        let mut rtc = self.rtc_template.clone().build(now);
+        // Only subscriber links carry our media, so only they run the send-side estimator.
+        let estimate = role == Role::Subscriber && self.bwe.enabled;
+        let mut config = self.rtc_template.clone();
+        if estimate {
+            config = config.enable_bwe(Some(Bitrate::bps(self.bwe.initial_bps)));
+        }
+        let bwe = estimate.then(|| SubscriberBwe::new(self.bwe.initial_bps));
+        let mut rtc = config.build(now);
         if let Ok(candidate) = Candidate::host(self.candidate_addr, "udp") {
             rtc.add_local_candidate(candidate);
         }
@@ -42,6 +51,7 @@ impl WorkerCore {
             queued_changes: Vec::new(),
             pending_offer: None,
             negotiation: Negotiation::Sdp,
+            bwe,
         });
         self.by_id.insert(id, key);
         self.by_ufrag.insert(ufrag, key);

@@ -20,7 +20,7 @@ impl Egress for Wire {
 fn core_with_subscriber() -> (WorkerCore, TransportKey, String, String) {
     let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let mut core = WorkerCore::new(addr, &CodecName::ALL, events);
+    let mut core = WorkerCore::new(addr, &CodecName::ALL, BweSettings::default(), events);
     core.create_subscriber(TransportId(1), Instant::now());
     let key = core.by_id[&TransportId(1)];
     let creds = core.transports[key]

@@ -70,6 +70,7 @@ impl WorkerCore {
         for pk in changed {
             self.retarget_consumers(pk, now);
         }
+        self.allocate_all(now);
         self.retry_pending_switches(now);
         self.after_drain(now, egress);
     }

@@ -182,14 +182,40 @@ pub fn notification(notice: Notice) -> OutboundEnvelope {
         }
         Notice::LayerChanged { producer_id, layer } => (
             "layerChanged",
-            json!({ "producerId": producer_id.to_string(), "layer": layer_name(layer) }),
+            match layer {
+                Some(layer) => json!({
+                    "producerId": producer_id.to_string(),
+                    "layer": layer_name(layer),
+                    "paused": false,
+                }),
+                None => json!({
+                    "producerId": producer_id.to_string(),
+                    "layer": null,
+                    "paused": true,
+                    "reason": "bandwidth",
+                }),
+            },
         ),
+        // mediasoup's `layerschange`: null layers while nothing is forwarded.
         Notice::ConsumerLayersChanged {
             consumer_id,
             spatial_layer,
         } => (
             "consumerLayersChanged",
-            json!({ "consumerId": consumer_id, "spatialLayer": spatial_layer, "temporalLayer": null }),
+            match spatial_layer {
+                Some(spatial) => json!({
+                    "consumerId": consumer_id,
+                    "spatialLayer": spatial,
+                    "temporalLayer": null,
+                }),
+                None => json!({
+                    "consumerId": consumer_id,
+                    "spatialLayer": null,
+                    "temporalLayer": null,
+                    "paused": true,
+                    "reason": "bandwidth",
+                }),
+            },
         ),
         Notice::Kicked { room_id, reason } => {
             ("kicked", json!({ "roomId": room_id, "reason": reason }))

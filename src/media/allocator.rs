@@ -1,0 +1,434 @@
+//! Per-subscriber bandwidth allocation, sans I/O: the subscriber transport's send-side
+//! estimate (str0m's GCC on TWCC feedback) in, one decision per track out.
+//!
+//! The shape follows LiveKit's `StreamAllocator` and mediasoup's
+//! `DistributeAvailableOutgoingBitrate`: audio is served first; video tracks in priority order
+//! first each get their lowest layer (so many small pictures beat one big one), then climb
+//! one by one to the highest layer whose *measured* bitrate fits. A track whose lowest layer
+//! does not fit is paused. Drops apply at once (congestion hurts everyone on the link); climbs
+//! only after the estimate has carried the higher layer for [`CLIMB_HOLD`], so a noisy
+//! estimate cannot make a picture flap.
+
+use std::time::{Duration, Instant};
+
+use super::simulcast::MAX_LAYERS;
+
+/// The estimate has to carry a higher layer this long before we switch up.
+pub const CLIMB_HOLD: Duration = Duration::from_millis(1500);
+/// A layer above the current one must fit with this margin on its extra cost (headroom for
+/// keyframes and estimate noise). Keeping the current layer needs only the estimate itself:
+/// GCC's estimate wobbles by 10–20 % on a healthy link, and a drop must mean congestion.
+const CLIMB_MARGIN: f64 = 1.25;
+/// What an audio track costs before it has been measured.
+const AUDIO_DEFAULT_BPS: u64 = 48_000;
+
+/// One track of the subscriber, as the allocator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackDemand {
+    pub audio: bool,
+    /// Served first when bandwidth is short (pinned or speaking tracks rank higher).
+    pub priority: u8,
+    /// Highest spatial layer the subscriber wants: its preferred layer is a cap.
+    pub max_layer: u8,
+    /// Measured bitrate of each layer the publisher sends, bits/s; 0 = not received.
+    pub layer_bps: [u64; MAX_LAYERS],
+}
+
+impl TrackDemand {
+    fn lowest_layer(&self) -> Option<u8> {
+        (0..MAX_LAYERS as u8).find(|l| self.layer_bps[*l as usize] > 0)
+    }
+
+    /// The highest received layer within the subscriber's cap (the lowest one above the
+    /// cap when nothing below it is received).
+    fn top_layer(&self) -> Option<u8> {
+        (0..=self.max_layer.min(MAX_LAYERS as u8 - 1))
+            .rev()
+            .find(|l| self.layer_bps[*l as usize] > 0)
+            .or_else(|| self.lowest_layer())
+    }
+
+    fn cost(&self, allocation: Allocation) -> u64 {
+        match allocation {
+            Allocation::Paused => 0,
+            Allocation::Layer(l) => self.layer_bps[l as usize],
+        }
+    }
+}
+
+/// What one track is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Allocation {
+    /// Nothing fits: the track is paused until its lowest layer does.
+    Paused,
+    /// This spatial layer (0 = lowest); audio is always `Layer(0)`.
+    Layer(u8),
+}
+
+/// Why an allocation changed (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The first decision for a new track.
+    Initial,
+    /// The estimate dropped (or a layer got dearer): down at once.
+    Congestion,
+    /// The estimate has carried more for [`CLIMB_HOLD`].
+    Recovered,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Initial => "initial",
+            Reason::Congestion => "congestion",
+            Reason::Recovered => "recovered",
+        }
+    }
+}
+
+/// The allocator's memory of one track between runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackState {
+    /// `None` until the first run.
+    pub allocation: Option<Allocation>,
+    /// Since when the estimate has carried more than `allocation`.
+    climb_since: Option<Instant>,
+}
+
+/// A change the caller has to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// Index into the `tracks` slice.
+    pub track: usize,
+    pub allocation: Allocation,
+    pub reason: Reason,
+}
+
+/// What the whole subscriber wants, for the estimator: `desired` is what every track at its
+/// top layer costs (str0m probes towards it), `minimum` what the current allocation costs.
+/// The minimum is media only on purpose: padding towards the next layer would keep a thin
+/// link full and take the media's headroom, and a sender that pads is never application-
+/// limited, which silences str0m's periodic probes. Climbing relies on probes instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Targets {
+    pub minimum_bps: u64,
+    pub desired_bps: u64,
+}
+
+impl Targets {
+    /// Whether some track is held below what it wants.
+    pub fn wants_more(&self, estimate_bps: u64) -> bool {
+        self.desired_bps > self.minimum_bps && self.desired_bps > estimate_bps
+    }
+}
+
+/// Divide `estimate_bps` among `tracks`; `states` (same length) carries hysteresis between
+/// runs and is updated. Returns the changes, in track order.
+pub fn allocate(
+    estimate_bps: u64,
+    tracks: &[TrackDemand],
+    states: &mut [TrackState],
+    now: Instant,
+) -> Vec<Change> {
+    debug_assert_eq!(tracks.len(), states.len());
+    let ideal = ideal_allocations(estimate_bps, tracks, states);
+    let mut changes = Vec::new();
+    for (i, (track, state)) in tracks.iter().zip(states.iter_mut()).enumerate() {
+        let proposed = ideal[i];
+        let decided = match state.allocation {
+            None => Some((proposed, Reason::Initial)),
+            Some(current) if proposed < current || !fits_layer(track, current) => {
+                Some((proposed, Reason::Congestion))
+            }
+            Some(current) if proposed > current => {
+                let since = *state.climb_since.get_or_insert(now);
+                (now.saturating_duration_since(since) >= CLIMB_HOLD)
+                    .then_some((proposed, Reason::Recovered))
+            }
+            Some(_) => {
+                state.climb_since = None;
+                None
+            }
+        };
+        if let Some((allocation, reason)) = decided {
+            state.climb_since = None;
+            if state.allocation != Some(allocation) {
+                state.allocation = Some(allocation);
+                changes.push(Change {
+                    track: i,
+                    allocation,
+                    reason,
+                });
+            }
+        }
+    }
+    changes
+}
+
+/// Whether `allocation` still names a layer the publisher sends.
+fn fits_layer(track: &TrackDemand, allocation: Allocation) -> bool {
+    match allocation {
+        Allocation::Paused => true,
+        Allocation::Layer(l) => track.audio || track.layer_bps[l as usize] > 0,
+    }
+}
+
+/// The allocation the estimate allows right now, ignoring hysteresis.
+fn ideal_allocations(
+    estimate_bps: u64,
+    tracks: &[TrackDemand],
+    states: &[TrackState],
+) -> Vec<Allocation> {
+    let mut budget = estimate_bps as i64;
+    let mut out = vec![Allocation::Paused; tracks.len()];
+    for (i, track) in tracks.iter().enumerate().filter(|(_, t)| t.audio) {
+        // Audio is never paused: it is cheap and a frozen voice is worse than a frozen face.
+        out[i] = Allocation::Layer(0);
+        budget -= audio_cost(track) as i64;
+    }
+    let order = video_order(tracks);
+    // Everyone's lowest layer first.
+    for &i in &order {
+        if let Some(low) = tracks[i].lowest_layer() {
+            let cost = tracks[i].layer_bps[low as usize] as i64;
+            if cost <= budget {
+                out[i] = Allocation::Layer(low);
+                budget -= cost;
+            }
+        }
+    }
+    // Then climb, highest priority first, as far as the rest of the budget goes.
+    for &i in &order {
+        let (track, Allocation::Layer(low)) = (&tracks[i], out[i]) else {
+            continue;
+        };
+        let current = states[i].allocation.unwrap_or(Allocation::Paused);
+        let Some(top) = track.top_layer() else {
+            continue;
+        };
+        for layer in (low + 1..=top).rev() {
+            let bps = track.layer_bps[layer as usize];
+            if bps == 0 {
+                continue;
+            }
+            let mut extra = bps.saturating_sub(track.layer_bps[low as usize]) as f64;
+            if Allocation::Layer(layer) > current {
+                extra *= CLIMB_MARGIN;
+            }
+            if extra as i64 <= budget {
+                out[i] = Allocation::Layer(layer);
+                budget -= extra as i64;
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn audio_cost(track: &TrackDemand) -> u64 {
+    match track.layer_bps[0] {
+        0 => AUDIO_DEFAULT_BPS,
+        bps => bps,
+    }
+}
+
+/// Video track indices, highest priority first, then in the order given.
+fn video_order(tracks: &[TrackDemand]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..tracks.len()).filter(|i| !tracks[*i].audio).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(tracks[*i].priority));
+    order
+}
+
+/// The estimator's targets for this subscriber (see [`Targets`]).
+pub fn targets(tracks: &[TrackDemand], states: &[TrackState]) -> Targets {
+    let mut current = 0;
+    let mut desired = 0;
+    for (track, state) in tracks.iter().zip(states) {
+        if track.audio {
+            current += audio_cost(track);
+            desired += audio_cost(track);
+            continue;
+        }
+        current += track.cost(state.allocation.unwrap_or(Allocation::Paused));
+        if let Some(top) = track.top_layer() {
+            desired += track.layer_bps[top as usize];
+        }
+    }
+    Targets {
+        minimum_bps: current.min(desired),
+        desired_bps: desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIMULCAST: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    fn video(priority: u8) -> TrackDemand {
+        TrackDemand {
+            audio: false,
+            priority,
+            max_layer: 2,
+            layer_bps: SIMULCAST,
+        }
+    }
+
+    fn audio() -> TrackDemand {
+        TrackDemand {
+            audio: true,
+            priority: 0,
+            max_layer: 0,
+            layer_bps: [40_000, 0, 0],
+        }
+    }
+
+    fn run(estimate: u64, tracks: &[TrackDemand], states: &mut [TrackState], at: Instant) {
+        allocate(estimate, tracks, states, at);
+    }
+
+    fn allocation(states: &[TrackState], i: usize) -> Allocation {
+        states[i].allocation.expect("allocated")
+    }
+
+    #[test]
+    fn a_new_track_starts_on_the_layer_the_first_estimate_allows() {
+        let t0 = Instant::now();
+        let tracks = [audio(), video(0)];
+        let mut states = [TrackState::default(); 2];
+        let changes = allocate(700_000, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+        assert!(changes.iter().all(|c| c.reason == Reason::Initial));
+        let mut fresh = [TrackState::default(); 2];
+        run(5_000_000, &tracks, &mut fresh, t0);
+        assert_eq!(allocation(&fresh, 1), Allocation::Layer(2));
+    }
+
+    #[test]
+    fn drops_at_once_and_climbs_only_after_the_hold() {
+        let t0 = Instant::now();
+        let tracks = [video(0)];
+        let mut states = [TrackState::default()];
+        run(3_000_000, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+
+        let changes = allocate(
+            600_000,
+            &tracks,
+            &mut states,
+            t0 + Duration::from_millis(10),
+        );
+        assert_eq!(changes[0].reason, Reason::Congestion);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+
+        // Recovered: nothing changes until the estimate has held for CLIMB_HOLD.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(allocate(3_000_000, &tracks, &mut states, t1).is_empty());
+        assert!(allocate(3_000_000, &tracks, &mut states, t1 + CLIMB_HOLD / 2).is_empty());
+        // A dip resets the hold.
+        assert!(allocate(600_000, &tracks, &mut states, t1 + CLIMB_HOLD * 3 / 4).is_empty());
+        let t2 = t1 + CLIMB_HOLD;
+        assert!(allocate(3_000_000, &tracks, &mut states, t2).is_empty());
+        let changes = allocate(3_000_000, &tracks, &mut states, t2 + CLIMB_HOLD);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].reason, Reason::Recovered);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+    }
+
+    #[test]
+    fn pauses_video_when_its_lowest_layer_does_not_fit_and_keeps_audio() {
+        let t0 = Instant::now();
+        let tracks = [audio(), video(0)];
+        let mut states = [TrackState::default(); 2];
+        run(2_000_000, &tracks, &mut states, t0);
+        let changes = allocate(150_000, &tracks, &mut states, t0 + Duration::from_millis(1));
+        assert_eq!(allocation(&states, 1), Allocation::Paused);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+        assert_eq!(
+            changes,
+            vec![Change {
+                track: 1,
+                allocation: Allocation::Paused,
+                reason: Reason::Congestion
+            }]
+        );
+        // Resumes (after the hold) once the lowest layer fits.
+        let t1 = t0 + Duration::from_secs(1);
+        run(400_000, &tracks, &mut states, t1);
+        assert_eq!(allocation(&states, 1), Allocation::Paused);
+        run(400_000, &tracks, &mut states, t1 + CLIMB_HOLD);
+        assert_eq!(allocation(&states, 1), Allocation::Layer(0));
+    }
+
+    #[test]
+    fn higher_priority_climbs_first_and_everyone_gets_a_picture() {
+        let t0 = Instant::now();
+        let tracks = [video(0), video(5), video(0)];
+        let mut states = [TrackState::default(); 3];
+        // 1.2 Mbit/s: three low layers (450 k), then the pinned one climbs to 500 k.
+        run(1_200_000, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 2), Allocation::Layer(0));
+        // Equal priorities share in order: with room for one more step, the first one gets it.
+        let mut states = [TrackState::default(); 3];
+        run(1_700_000, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 2), Allocation::Layer(0));
+    }
+
+    #[test]
+    fn the_preferred_layer_is_a_cap_not_a_force() {
+        let t0 = Instant::now();
+        let mut capped = video(0);
+        capped.max_layer = 1;
+        let mut states = [TrackState::default()];
+        run(10_000_000, &[capped], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        // Asking for the top layer on a thin link still gets what fits.
+        let mut states = [TrackState::default()];
+        run(300_000, &[video(0)], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+    }
+
+    #[test]
+    fn a_layer_the_publisher_stopped_is_left_at_once() {
+        let t0 = Instant::now();
+        let mut track = video(0);
+        let mut states = [TrackState::default()];
+        run(5_000_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+        track.layer_bps[2] = 0;
+        let changes = allocate(
+            5_000_000,
+            &[track],
+            &mut states,
+            t0 + Duration::from_millis(5),
+        );
+        assert_eq!(changes[0].reason, Reason::Congestion);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+    }
+
+    #[test]
+    fn targets_ask_for_the_top_and_keep_the_current_allocation() {
+        let t0 = Instant::now();
+        let tracks = [audio(), video(0)];
+        let mut states = [TrackState::default(); 2];
+        run(700_000, &tracks, &mut states, t0);
+        let t = targets(&tracks, &states);
+        assert_eq!(t.desired_bps, 40_000 + 1_500_000);
+        assert_eq!(t.minimum_bps, 40_000 + 500_000);
+        assert!(t.wants_more(700_000));
+        run(150_000, &tracks, &mut states, t0 + Duration::from_millis(1));
+        assert_eq!(targets(&tracks, &states).minimum_bps, 40_000);
+        // At the top nothing more is wanted.
+        let mut top = [TrackState::default(); 2];
+        run(5_000_000, &tracks, &mut top, t0);
+        let t = targets(&tracks, &top);
+        assert_eq!(t.minimum_bps, t.desired_bps);
+        assert!(!t.wants_more(1_000_000));
+    }
+}

@@ -1,0 +1,330 @@
+//! Bandwidth: what each subscriber's link carries decides what it is sent.
+//!
+//! Every subscriber transport runs str0m's send-side estimator (GCC on TWCC feedback). Its
+//! estimate, and the bitrate measured on each publisher layer, go into the sans-IO
+//! [`allocator`](crate::media::allocator); its decisions become each consumer's
+//! [`BandwidthLimit`]. A transport whose client gives no TWCC feedback never gets an estimate
+//! and is forwarded as before (preference only).
+
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::rtp::Extension;
+
+use super::{ConsumerKey, Deferred, TransportKey, WorkerCore};
+use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
+use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS};
+use crate::media::Kind;
+use crate::media::MediaEvent;
+
+/// How the workers estimate and allocate (`BWE_*` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct BweSettings {
+    pub enabled: bool,
+    /// What a new subscriber's first allocation assumes, before any feedback.
+    pub initial_bps: u64,
+}
+
+impl Default for BweSettings {
+    fn default() -> Self {
+        BweSettings {
+            enabled: true,
+            initial_bps: 1_000_000,
+        }
+    }
+}
+
+/// A drop of this share or more re-allocates at once instead of at the next tick.
+const SUDDEN_DROP: f64 = 0.85;
+/// While a track is held below what it wants, ask str0m for a probe this often.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Layer bitrates are re-measured over windows of this length.
+const METER_WINDOW: Duration = Duration::from_millis(500);
+
+/// Bitrate of one publisher layer, measured on what arrives (payload plus RTP overhead).
+#[derive(Debug, Default)]
+pub(super) struct LayerMeter {
+    bytes: u64,
+    window_start: Option<Instant>,
+    /// Smoothed bits/s; 0 until the first window closed.
+    pub(super) bps: u64,
+}
+
+/// What a layer is assumed to cost before it has been measured: browsers' 720p simulcast
+/// ladder, top layer last (a single-layer track counts as the top one).
+const TYPICAL_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
+
+/// Bytes of IP, UDP, SRTP and RTP header around each payload.
+const PACKET_OVERHEAD: u64 = 28 + 12 + 10 + 12;
+
+impl LayerMeter {
+    pub(super) fn add(&mut self, payload_len: usize) {
+        self.bytes += payload_len as u64 + PACKET_OVERHEAD;
+    }
+
+    /// Close the window if it is long enough. Keyframes make single windows spiky, so the
+    /// rate is an average with the previous one.
+    pub(super) fn roll(&mut self, now: Instant, active: bool) {
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
+            self.bytes = 0;
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < METER_WINDOW {
+            return;
+        }
+        let rate = (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+        self.bps = match (active, self.bps) {
+            (false, _) => 0,
+            (true, 0) => rate,
+            (true, previous) => (previous + rate) / 2,
+        };
+        self.bytes = 0;
+        self.window_start = Some(now);
+    }
+}
+
+/// Estimator state of one subscriber transport.
+#[derive(Debug)]
+pub(super) struct SubscriberBwe {
+    pub(super) estimate_bps: u64,
+    /// The estimate the last allocation used.
+    allocated_at_bps: u64,
+    /// Whether estimates govern this transport (TWCC negotiated and feedback possible).
+    pub(super) active: bool,
+    targets: allocator::Targets,
+    last_probe: Option<Instant>,
+}
+
+impl SubscriberBwe {
+    pub(super) fn new(initial_bps: u64) -> Self {
+        SubscriberBwe {
+            estimate_bps: initial_bps,
+            allocated_at_bps: initial_bps,
+            active: false,
+            targets: allocator::Targets::default(),
+            last_probe: None,
+        }
+    }
+}
+
+impl WorkerCore {
+    /// str0m reported a new estimate for subscriber `key` (mid-drain: allocation is deferred).
+    pub(super) fn on_estimate(&mut self, key: TransportKey, estimate: Bitrate, can_probe: bool) {
+        if self.transports[key].bwe.is_none() {
+            return;
+        }
+        let bps = estimate.as_u64();
+        tracing::trace!(
+            transport = self.transports[key].id.0,
+            bps,
+            can_probe,
+            "estimate"
+        );
+        let Some(bwe) = self.transports[key].bwe.as_mut() else {
+            return;
+        };
+        bwe.estimate_bps = bps;
+        self.stats.bwe_estimates += 1;
+        let newly_active = can_probe && !bwe.active;
+        bwe.active |= can_probe;
+        let sudden_drop = (bps as f64) < bwe.allocated_at_bps as f64 * SUDDEN_DROP;
+        if bwe.active && (newly_active || sudden_drop) {
+            self.deferred.push(Deferred::Allocate { transport: key });
+        }
+    }
+
+    /// Whether a consumer's m-line carries transport-wide sequence numbers, so the estimate
+    /// will hear about it.
+    fn consumer_has_twcc(&self, ck: ConsumerKey) -> bool {
+        let consumer = &self.consumers[ck];
+        let Some(mid) = consumer.mid else {
+            return false;
+        };
+        self.transports[consumer.transport]
+            .rtc
+            .media(mid)
+            .is_some_and(|m| {
+                m.remote_extmap()
+                    .id_of(Extension::TransportSequenceNumber)
+                    .is_some()
+            })
+    }
+
+    /// A consumer is about to start: on a transport with an estimator, let the first
+    /// allocation choose its layer (the initial estimate until feedback arrives).
+    pub(super) fn allocate_for_new_consumer(&mut self, ck: ConsumerKey, now: Instant) {
+        let key = self.consumers[ck].transport;
+        if self.transports[key].bwe.is_none() || !self.consumer_has_twcc(ck) {
+            return;
+        }
+        if let Some(bwe) = self.transports[key].bwe.as_mut() {
+            bwe.active = true;
+        }
+        self.allocate(key, now);
+    }
+
+    /// Housekeeping: measure layers, then re-allocate every governed subscriber (climbs
+    /// wait for a hold, so they need a clock even when the estimate is steady).
+    pub(super) fn allocate_all(&mut self, now: Instant) {
+        for (_, producer) in self.producers.iter_mut() {
+            for layer in producer.layers.iter_mut() {
+                layer.meter.roll(now, layer.active);
+            }
+        }
+        let governed: Vec<TransportKey> = self
+            .transports
+            .iter()
+            .filter(|(_, t)| t.bwe.as_ref().is_some_and(|b| b.active))
+            .map(|(k, _)| k)
+            .collect();
+        for key in governed {
+            if let Some(bwe) = &self.transports[key].bwe {
+                // Sampled here, a few times a second per subscriber, not on every estimate.
+                metrics::histogram!("sfu_bwe_estimate_bps").record(bwe.estimate_bps as f64);
+            }
+            self.allocate(key, now);
+        }
+    }
+
+    /// Run the allocator for one subscriber and apply its decisions.
+    pub(super) fn allocate(&mut self, key: TransportKey, now: Instant) {
+        let Some(estimate) = self.transports[key].bwe.as_ref().map(|b| b.estimate_bps) else {
+            return;
+        };
+        let consumers: Vec<ConsumerKey> = self.transports[key]
+            .consumers
+            .iter()
+            .copied()
+            .filter(|ck| self.consumers[*ck].tx_ssrc.is_some())
+            .collect();
+        let demands: Vec<TrackDemand> = consumers.iter().map(|ck| self.demand(*ck)).collect();
+        let mut states: Vec<TrackState> = consumers
+            .iter()
+            .map(|ck| self.consumers[*ck].allocation)
+            .collect();
+        let changes = allocator::allocate(estimate, &demands, &mut states, now);
+        for (ck, state) in consumers.iter().zip(&states) {
+            self.consumers[*ck].allocation = *state;
+        }
+        for change in changes {
+            self.apply_allocation(
+                consumers[change.track],
+                change.allocation,
+                change.reason,
+                now,
+            );
+        }
+        let targets = allocator::targets(&demands, &states);
+        let transport = &mut self.transports[key];
+        let Some(bwe) = transport.bwe.as_mut() else {
+            return;
+        };
+        bwe.allocated_at_bps = estimate;
+        // str0m probes when the desired rate rises above its estimate, so a track held
+        // below its layer gets a probe by nudging the desired rate up every PROBE_INTERVAL
+        // (each probe may double the estimate: a recovered link is found in seconds, not
+        // at AIMD's few percent a second).
+        let probe = targets.wants_more(estimate)
+            && bwe
+                .last_probe
+                .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_INTERVAL);
+        if bwe.targets != targets || probe {
+            let mut desired = targets.desired_bps;
+            if probe {
+                bwe.last_probe = Some(now);
+                if bwe.targets.desired_bps >= desired {
+                    // Step below, then back up next time: an increase is what asks.
+                    desired = desired.saturating_sub(desired / 100);
+                }
+            }
+            bwe.targets = allocator::Targets {
+                desired_bps: desired,
+                ..targets
+            };
+            transport.rtc.bwe().set_bitrate(
+                Bitrate::bps(targets.minimum_bps),
+                Bitrate::bps(desired.max(targets.minimum_bps)),
+            );
+        }
+    }
+
+    fn demand(&self, ck: ConsumerKey) -> TrackDemand {
+        let consumer = &self.consumers[ck];
+        let producer = &self.producers[consumer.producer];
+        let mut layer_bps = [0; MAX_LAYERS];
+        let layers = producer.layers.len().min(MAX_LAYERS);
+        for (i, layer) in producer.layers.iter().enumerate().take(MAX_LAYERS) {
+            // A layer that just started has no full window yet: assume a typical ladder.
+            layer_bps[i] = match (layer.active, layer.meter.bps) {
+                (false, _) => 0,
+                (true, 0) if producer.kind == Kind::Audio => 0,
+                (true, 0) => TYPICAL_LAYER_BPS[MAX_LAYERS - layers + i],
+                (true, bps) => bps,
+            };
+        }
+        TrackDemand {
+            audio: producer.kind == Kind::Audio,
+            priority: 0,
+            max_layer: match consumer.selector.preference {
+                Preference::Auto => MAX_LAYERS as u8 - 1,
+                Preference::Fixed(l) => l,
+            },
+            layer_bps,
+        }
+    }
+
+    fn apply_allocation(
+        &mut self,
+        ck: ConsumerKey,
+        allocation: Allocation,
+        reason: Reason,
+        now: Instant,
+    ) {
+        match reason {
+            Reason::Initial => self.stats.allocations_initial += 1,
+            Reason::Congestion => self.stats.allocations_congestion += 1,
+            Reason::Recovered => self.stats.allocations_recovered += 1,
+        }
+        let limit = match allocation {
+            Allocation::Paused => BandwidthLimit::Paused,
+            Allocation::Layer(l) => BandwidthLimit::UpTo(l),
+        };
+        let consumer = &mut self.consumers[ck];
+        let was = std::mem::replace(&mut consumer.selector.bandwidth, limit);
+        if was == limit {
+            return;
+        }
+        let (transport, producer) = (
+            self.transports[consumer.transport].id,
+            self.producers[consumer.producer].id,
+        );
+        tracing::debug!(
+            transport = transport.0,
+            ?allocation,
+            reason = reason.as_str(),
+            "bandwidth allocation"
+        );
+        match (was, limit) {
+            (_, BandwidthLimit::Paused) => {
+                self.retarget_consumer(ck, now);
+                let _ = self.events.send(MediaEvent::LayerChanged {
+                    transport,
+                    producer,
+                    layer: None,
+                });
+            }
+            (BandwidthLimit::Paused, _) => self.start_at_keyframe(ck, now),
+            _ => self.retarget_consumer(ck, now),
+        }
+    }
+
+    /// Video consumers currently paused because their link is too thin (a gauge).
+    pub(super) fn paused_for_bandwidth(&self) -> usize {
+        self.consumers
+            .iter()
+            .filter(|(_, c)| c.selector.bandwidth == BandwidthLimit::Paused)
+            .count()
+    }
+}
