@@ -19,6 +19,10 @@ pub const CLIMB_HOLD: Duration = Duration::from_millis(1500);
 /// keyframes and estimate noise). Keeping the current layer needs only the estimate itself:
 /// GCC's estimate wobbles by 10–20 % on a healthy link, and a drop must mean congestion.
 const CLIMB_MARGIN: f64 = 1.25;
+/// What a track already receives is kept while it costs up to this much more than its share:
+/// str0m paces at 1.1× the estimate, so that still leaves without queueing, and a dip of a few
+/// percent (GCC wobbles on a healthy link) does not cost a picture a layer.
+const KEEP_TOLERANCE: f64 = 1.1;
 /// What an audio track costs before it has been measured.
 const AUDIO_DEFAULT_BPS: u64 = 48_000;
 
@@ -32,6 +36,9 @@ pub struct TrackDemand {
     pub max_layer: u8,
     /// Measured bitrate of each layer the publisher sends, bits/s; 0 = not received.
     pub layer_bps: [u64; MAX_LAYERS],
+    /// False while some layer's bitrate is still a guess (it started less than a window
+    /// ago): the first allocation may use the guess, later ones keep what they have.
+    pub measured: bool,
 }
 
 impl TrackDemand {
@@ -137,6 +144,7 @@ pub fn allocate(
         let proposed = ideal[i];
         let decided = match state.allocation {
             None => Some((proposed, Reason::Initial)),
+            Some(_) if !track.measured => None,
             Some(current) if proposed < current || !fits_layer(track, current) => {
                 Some((proposed, Reason::Congestion))
             }
@@ -190,7 +198,8 @@ fn ideal_allocations(
     // Everyone's lowest layer first.
     for &i in &order {
         if let Some(low) = tracks[i].lowest_layer() {
-            let cost = tracks[i].layer_bps[low as usize] as i64;
+            let current = states[i].allocation.unwrap_or(Allocation::Paused);
+            let cost = weighted(tracks[i].layer_bps[low as usize], low, current);
             if cost <= budget {
                 out[i] = Allocation::Layer(low);
                 budget -= cost;
@@ -211,18 +220,30 @@ fn ideal_allocations(
             if bps == 0 {
                 continue;
             }
-            let mut extra = bps.saturating_sub(track.layer_bps[low as usize]) as f64;
-            if Allocation::Layer(layer) > current {
-                extra *= CLIMB_MARGIN;
-            }
-            if extra as i64 <= budget {
+            let extra = weighted(
+                bps.saturating_sub(track.layer_bps[low as usize]),
+                layer,
+                current,
+            );
+            if extra <= budget {
                 out[i] = Allocation::Layer(layer);
-                budget -= extra as i64;
+                budget -= extra;
                 break;
             }
         }
     }
     out
+}
+
+/// What `bps` counts against the budget for a move to `layer`: more above the current
+/// allocation (headroom to climb), less at or below it (tolerance to keep).
+fn weighted(bps: u64, layer: u8, current: Allocation) -> i64 {
+    let factor = if Allocation::Layer(layer) > current {
+        CLIMB_MARGIN
+    } else {
+        1.0 / KEEP_TOLERANCE
+    };
+    (bps as f64 * factor) as i64
 }
 
 fn audio_cost(track: &TrackDemand) -> u64 {
@@ -272,6 +293,7 @@ mod tests {
             priority,
             max_layer: 2,
             layer_bps: SIMULCAST,
+            measured: true,
         }
     }
 
@@ -281,6 +303,7 @@ mod tests {
             priority: 0,
             max_layer: 0,
             layer_bps: [40_000, 0, 0],
+            measured: true,
         }
     }
 
@@ -392,6 +415,36 @@ mod tests {
         let mut states = [TrackState::default()];
         run(300_000, &[video(0)], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+    }
+
+    #[test]
+    fn guessed_bitrates_choose_the_first_layer_but_never_a_change() {
+        let t0 = Instant::now();
+        let mut track = video(0);
+        track.measured = false;
+        let mut states = [TrackState::default()];
+        run(700_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        // A low estimate against guessed rates must not pause a picture that may be tiny.
+        assert!(allocate(50_000, &[track], &mut states, t0 + CLIMB_HOLD).is_empty());
+        track.measured = true;
+        track.layer_bps = [3_000, 3_000, 3_000];
+        run(50_000, &[track], &mut states, t0 + CLIMB_HOLD);
+        run(50_000, &[track], &mut states, t0 + CLIMB_HOLD * 2);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+    }
+
+    #[test]
+    fn a_small_dip_keeps_the_layer_a_real_drop_does_not() {
+        let t0 = Instant::now();
+        let tracks = [audio(), video(0)];
+        let mut states = [TrackState::default(); 2];
+        run(3_000_000, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 1), Allocation::Layer(2));
+        // 1.54 Mbit/s of media against a 1.45 Mbit/s estimate: within the tolerance.
+        assert!(allocate(1_450_000, &tracks, &mut states, t0).is_empty());
+        run(1_300_000, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
     }
 
     #[test]

@@ -112,19 +112,12 @@ impl SubscriberBwe {
 impl WorkerCore {
     /// str0m reported a new estimate for subscriber `key` (mid-drain: allocation is deferred).
     pub(super) fn on_estimate(&mut self, key: TransportKey, estimate: Bitrate, can_probe: bool) {
-        if self.transports[key].bwe.is_none() {
-            return;
-        }
-        let bps = estimate.as_u64();
-        tracing::trace!(
-            transport = self.transports[key].id.0,
-            bps,
-            can_probe,
-            "estimate"
-        );
-        let Some(bwe) = self.transports[key].bwe.as_mut() else {
+        let transport = &mut self.transports[key];
+        let Some(bwe) = transport.bwe.as_mut() else {
             return;
         };
+        let bps = estimate.as_u64();
+        tracing::trace!(transport = transport.id.0, bps, can_probe, "estimate");
         bwe.estimate_bps = bps;
         self.stats.bwe_estimates += 1;
         let newly_active = can_probe && !bwe.active;
@@ -216,7 +209,17 @@ impl WorkerCore {
                 now,
             );
         }
-        let targets = allocator::targets(&demands, &states);
+        self.update_estimator(key, allocator::targets(&demands, &states), estimate, now);
+    }
+
+    /// Tell str0m what this subscriber wants (see [`allocator::Targets`]).
+    fn update_estimator(
+        &mut self,
+        key: TransportKey,
+        targets: allocator::Targets,
+        estimate: u64,
+        now: Instant,
+    ) {
         let transport = &mut self.transports[key];
         let Some(bwe) = transport.bwe.as_mut() else {
             return;
@@ -255,12 +258,16 @@ impl WorkerCore {
         let producer = &self.producers[consumer.producer];
         let mut layer_bps = [0; MAX_LAYERS];
         let layers = producer.layers.len().min(MAX_LAYERS);
+        let mut measured = true;
         for (i, layer) in producer.layers.iter().enumerate().take(MAX_LAYERS) {
             // A layer that just started has no full window yet: assume a typical ladder.
             layer_bps[i] = match (layer.active, layer.meter.bps) {
                 (false, _) => 0,
                 (true, 0) if producer.kind == Kind::Audio => 0,
-                (true, 0) => TYPICAL_LAYER_BPS[MAX_LAYERS - layers + i],
+                (true, 0) => {
+                    measured = false;
+                    TYPICAL_LAYER_BPS[MAX_LAYERS - layers + i]
+                }
                 (true, bps) => bps,
             };
         }
@@ -272,6 +279,7 @@ impl WorkerCore {
                 Preference::Fixed(l) => l,
             },
             layer_bps,
+            measured,
         }
     }
 
