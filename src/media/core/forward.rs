@@ -2,13 +2,13 @@
 //! worker (layer decision → id rewrite → `write_rtp` → drain the subscriber). No allocation of
 //! our own per packet and no scan beyond the producer's own consumer list.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::media::Pt;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::Rtc;
+use str0m::{Input, Rtc};
 
-use super::{ConsumerKey, Egress, ProducerKey, TransportKey, WorkerCore};
+use super::{ConsumerKey, Egress, ProducerKey, Transport, TransportKey, WorkerCore};
 use crate::media::codec::{inspect_video_payload, VideoPayloadInfo};
 use crate::media::simulcast::{Decision, PacketIds};
 use crate::media::{Kind, MediaEvent};
@@ -161,6 +161,7 @@ impl WorkerCore {
             }
         }
         let subscriber = &mut self.transports[sub_key];
+        subscriber.advance_clock(now);
         if let Some(stream) = subscriber.rtc.direct_api().stream_tx(&ssrc) {
             stream.write_rtp(write);
             self.stats.rtp_packets_forwarded += 1;
@@ -210,6 +211,22 @@ impl WorkerCore {
         };
         transport.ssrc_routes.insert(ssrc, (pk, layer));
         Some((pk, layer))
+    }
+}
+
+/// How stale a subscriber's clock may be when a forwarded packet leaves it.
+const CLOCK_STEP: Duration = Duration::from_millis(1);
+
+impl Transport {
+    /// str0m stamps a packet's send time (what TWCC feedback is compared with) and paces with
+    /// the time of the `Rtc`'s last input. A subscriber that only sends gets no input between
+    /// its timeouts, so move its clock before writing: with stale send times GCC reads the
+    /// spread of arrivals as growing queueing delay and cuts its estimate.
+    fn advance_clock(&mut self, now: Instant) {
+        if self.bwe.is_some() && now.saturating_duration_since(self.clock) >= CLOCK_STEP {
+            self.clock = now;
+            let _ = self.rtc.handle_input(Input::Timeout(now));
+        }
     }
 }
 
