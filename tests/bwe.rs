@@ -184,7 +184,9 @@ async fn each_subscriber_gets_what_its_own_link_carries() {
     .await;
     for _ in 0..2 {
         let w = window(&thin, Duration::from_secs(1)).await;
-        assert_eq!(w.video(), 0, "video while paused: {:?}", w.layers);
+        // At most a straggler: str0m still answers the subscriber's NACKs for packets sent
+        // before the pause (the 150 kbit/s queue dropped some) from its resend buffer.
+        assert!(w.video() <= 2, "video while paused: {:?}", w.layers);
         assert!(w.layers[3] >= 40, "audio keeps flowing: {:?}", w.layers);
         assert_eq!(w.audio_lost, 0, "audio lost while video is paused");
     }

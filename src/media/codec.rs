@@ -97,6 +97,10 @@ pub struct VideoPayloadInfo {
     pub vp8: Option<Vp8Descriptor>,
     /// VP9: where the ids sit in the payload, for [`VideoPayloadInfo::payload_for`].
     pub vp9: Option<Vp9Layout>,
+    /// Temporal layer of the frame (VP8 TID, VP9 TID); `None` without temporal scalability.
+    pub temporal_id: Option<u8>,
+    /// The packet is the first one of a frame (VP8 S=1 in partition 0, VP9 B=1).
+    pub starts_frame: bool,
 }
 
 /// Inspect a video payload. Audio, unknown codecs and malformed payloads are forwarded but
@@ -110,6 +114,8 @@ pub fn inspect_video_payload(codec: Option<Codec>, payload: &[u8]) -> VideoPaylo
                 tl0_pic_idx: descriptor.tl0_pic_idx(),
                 vp8: Some(descriptor),
                 vp9: None,
+                temporal_id: vp8_temporal_id(payload),
+                starts_frame: payload[0] & 0x17 == 0x10,
             },
             Err(_) => VideoPayloadInfo::default(),
         },
@@ -120,6 +126,8 @@ pub fn inspect_video_payload(codec: Option<Codec>, payload: &[u8]) -> VideoPaylo
                 tl0_pic_idx: layout.tl0_pic_idx_at.map(|at| payload[at]),
                 vp8: None,
                 vp9: Some(layout),
+                temporal_id: layout.temporal_id,
+                starts_frame: layout.starts_frame,
             },
             None => VideoPayloadInfo::default(),
         },
@@ -159,6 +167,34 @@ impl VideoPayloadInfo {
     }
 }
 
+/// TID of a VP8 payload descriptor (RFC 7741 §4.2), when the T bit says it is there:
+///
+/// ```text
+///   byte 0:  X|R|N|S|R|PID     X: extension byte follows
+///   X:       I|L|T|K|RSV       I: picture id, L: TL0PICIDX, T: TID, K: KEYIDX
+///   I:       M|PictureID (7 bits), and a second byte when M=1
+///   L:       TL0PICIDX
+///   T/K:     TID (2 bits)|Y|KEYIDX (5 bits)
+/// ```
+pub fn vp8_temporal_id(payload: &[u8]) -> Option<u8> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let extension = *payload.get(1)?;
+    if extension & 0x20 == 0 {
+        return None;
+    }
+    let mut at = 2;
+    if extension & 0x80 != 0 {
+        at += if *payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if extension & 0x40 != 0 {
+        at += 1;
+    }
+    payload.get(at).map(|b| b >> 6)
+}
+
 /// H264 (RFC 6184): a keyframe starts with the SPS (NAL type 7) that Chromium's encoders send,
 /// with the PPS, in a STAP-A right before each IDR slice (type 5). Switching at the SPS matters
 /// for simulcast: each layer has its own resolution, so the decoder needs the new layer's SPS.
@@ -187,6 +223,10 @@ pub fn h264_starts_keyframe(payload: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vp9Layout {
     pub starts_keyframe: bool,
+    /// B=1: the first packet of a frame.
+    pub starts_frame: bool,
+    /// TID from the layer indices, when present.
+    pub temporal_id: Option<u8>,
     /// Offset of the two picture-id bytes (15-bit form only).
     pub picture_id_at: Option<usize>,
     /// Offset of the TL0PICIDX byte.
@@ -215,8 +255,10 @@ impl Vp9Layout {
         }
         let mut spatial_id = 0;
         let mut tl0_pic_idx_at = None;
+        let mut temporal_id = None;
         if has_layers {
             spatial_id = (*payload.get(at)? >> 1) & 0x07;
+            temporal_id = Some(*payload.get(at)? >> 5);
             at += 1;
             if !flexible {
                 payload.get(at)?;
@@ -225,6 +267,8 @@ impl Vp9Layout {
         }
         Some(Vp9Layout {
             starts_keyframe: start_of_frame && !inter_predicted && spatial_id == 0,
+            starts_frame: start_of_frame,
+            temporal_id,
             picture_id_at,
             tl0_pic_idx_at,
         })
@@ -378,5 +422,25 @@ mod tests {
         assert_eq!(info.picture_id, Some(0x0102));
         assert!(info.vp8.is_some() && info.vp9.is_none());
         assert!(!inspect_video_payload(None, &key).starts_keyframe);
+        assert!(info.starts_frame);
+        assert_eq!(info.temporal_id, None);
+    }
+
+    #[test]
+    fn vp8_and_vp9_temporal_ids_are_read() {
+        // VP8 X=1 S=1 PID=0; I,L,T set; 15-bit picture id; TL0PICIDX; TID=2 Y=1.
+        let vp8 = [0x90, 0xE0, 0x81, 0x02, 0x07, 0xA0, 0x00];
+        let info = inspect_video_payload(Some(Codec::Vp8), &vp8);
+        assert_eq!(info.temporal_id, Some(2));
+        assert_eq!(info.tl0_pic_idx, Some(0x07));
+        // A later packet of the same frame (S=0) keeps its TID; a 7-bit picture id shifts T.
+        let continued = [0x80, 0xA0, 0x05, 0x40, 0x00];
+        let info = inspect_video_payload(Some(Codec::Vp8), &continued);
+        assert_eq!((info.temporal_id, info.starts_frame), (Some(1), false));
+        // VP9: I=1 (15-bit), L=1, B=1; TID=1 in the layer byte, then TL0PICIDX.
+        let vp9 = [0xA8, 0x80, 0x05, 0x20, 0x09, 0x00];
+        let info = inspect_video_payload(Some(Codec::Vp9), &vp9);
+        assert_eq!((info.temporal_id, info.starts_frame), (Some(1), true));
+        assert_eq!(info.tl0_pic_idx, Some(0x09));
     }
 }
