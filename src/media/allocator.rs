@@ -4,14 +4,15 @@
 //! The shape follows LiveKit's `StreamAllocator` and mediasoup's
 //! `DistributeAvailableOutgoingBitrate`: audio is served first; video tracks in priority order
 //! first each get their lowest layer (so many small pictures beat one big one), then climb
-//! one by one to the highest layer whose *measured* bitrate fits. A track whose lowest layer
-//! does not fit is paused. Drops apply at once (congestion hurts everyone on the link); climbs
+//! one by one to the highest layer whose *measured* bitrate fits. With temporal layers (L1T3)
+//! each spatial layer offers cheaper steps at 15 and 7.5 fps, tried before dropping to a
+//! smaller picture. A track whose lowest step does not fit is paused. Drops apply at once (congestion hurts everyone on the link); climbs
 //! only after the estimate has carried the higher layer for [`CLIMB_HOLD`], so a noisy
 //! estimate cannot make a picture flap.
 
 use std::time::{Duration, Instant};
 
-use super::simulcast::MAX_LAYERS;
+use super::simulcast::{MAX_LAYERS, MAX_TEMPORAL};
 
 /// The estimate has to carry a higher layer this long before we switch up.
 pub const CLIMB_HOLD: Duration = Duration::from_millis(1500);
@@ -36,6 +37,9 @@ pub struct TrackDemand {
     pub max_layer: u8,
     /// Measured bitrate of each layer the publisher sends, bits/s; 0 = not received.
     pub layer_bps: [u64; MAX_LAYERS],
+    /// Of that, the bitrate of each temporal layer (TID 0, 1, 2); all zero when the layer
+    /// has no temporal scalability (or it is not measured yet).
+    pub temporal_bps: [[u64; MAX_TEMPORAL as usize + 1]; MAX_LAYERS],
     /// False while some layer's bitrate is still a guess (it started less than a window
     /// ago): the first allocation may use the guess, later ones keep what they have.
     pub measured: bool,
@@ -58,18 +62,57 @@ impl TrackDemand {
     fn cost(&self, allocation: Allocation) -> u64 {
         match allocation {
             Allocation::Paused => 0,
-            Allocation::Layer(l) => self.layer_bps[l as usize],
+            Allocation::Layer(l, t) => self.step_cost(l, t),
         }
+    }
+
+    /// What spatial layer `l` costs with temporal layers up to `t`.
+    fn step_cost(&self, l: u8, t: u8) -> u64 {
+        let full = self.layer_bps[l as usize];
+        let by_tid = &self.temporal_bps[l as usize];
+        if t >= MAX_TEMPORAL || by_tid.iter().all(|b| *b == 0) {
+            return full;
+        }
+        by_tid[..=t as usize].iter().sum::<u64>().min(full)
+    }
+
+    /// Every step this track can be sent at, cheapest first: per spatial layer within the
+    /// cap, its reduced frame rates (those that save at least a tenth) and then all of it.
+    fn steps(&self) -> Vec<(Allocation, u64)> {
+        let (Some(low), Some(top)) = (self.lowest_layer(), self.top_layer()) else {
+            return Vec::new();
+        };
+        let mut steps = Vec::new();
+        for l in (low..=top).filter(|l| self.layer_bps[*l as usize] > 0) {
+            let full = self.layer_bps[l as usize];
+            for t in 0..MAX_TEMPORAL {
+                let cost = self.step_cost(l, t);
+                if cost > 0 && (cost as f64) < full as f64 * 0.9 {
+                    steps.push((Allocation::Layer(l, t), cost));
+                }
+            }
+            steps.push((Allocation::full(l), full));
+        }
+        steps
     }
 }
 
-/// What one track is sent.
+/// What one track is sent. Ordered from least to most: paused, then by spatial layer and,
+/// within it, by temporal layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Allocation {
     /// Nothing fits: the track is paused until its lowest layer does.
     Paused,
-    /// This spatial layer (0 = lowest); audio is always `Layer(0)`.
-    Layer(u8),
+    /// This spatial layer (0 = lowest) with temporal layers up to the second value
+    /// ([`MAX_TEMPORAL`]: all, full frame rate); audio is always `full(0)`.
+    Layer(u8, u8),
+}
+
+impl Allocation {
+    /// Spatial layer `l` at its full frame rate.
+    pub const fn full(l: u8) -> Self {
+        Allocation::Layer(l, MAX_TEMPORAL)
+    }
 }
 
 /// Why an allocation changed (a metrics label).
@@ -177,7 +220,7 @@ pub fn allocate(
 fn fits_layer(track: &TrackDemand, allocation: Allocation) -> bool {
     match allocation {
         Allocation::Paused => true,
-        Allocation::Layer(l) => track.audio || track.layer_bps[l as usize] > 0,
+        Allocation::Layer(l, _) => track.audio || track.layer_bps[l as usize] > 0,
     }
 }
 
@@ -191,42 +234,34 @@ fn ideal_allocations(
     let mut out = vec![Allocation::Paused; tracks.len()];
     for (i, track) in tracks.iter().enumerate().filter(|(_, t)| t.audio) {
         // Audio is never paused: it is cheap and a frozen voice is worse than a frozen face.
-        out[i] = Allocation::Layer(0);
+        out[i] = Allocation::full(0);
         budget -= audio_cost(track) as i64;
     }
     let order = video_order(tracks);
-    // Everyone's lowest layer first.
+    let steps: Vec<Vec<(Allocation, u64)>> = tracks.iter().map(TrackDemand::steps).collect();
+    let current = |i: usize| states[i].allocation.unwrap_or(Allocation::Paused);
+    // Everyone's cheapest step first.
     for &i in &order {
-        if let Some(low) = tracks[i].lowest_layer() {
-            let current = states[i].allocation.unwrap_or(Allocation::Paused);
-            let cost = weighted(tracks[i].layer_bps[low as usize], low, current);
+        if let Some(&(first, cost)) = steps[i].first() {
+            let cost = weighted(cost, first, current(i));
             if cost <= budget {
-                out[i] = Allocation::Layer(low);
+                out[i] = first;
                 budget -= cost;
             }
         }
     }
     // Then climb, highest priority first, as far as the rest of the budget goes.
     for &i in &order {
-        let (track, Allocation::Layer(low)) = (&tracks[i], out[i]) else {
+        let Some(&(first, first_cost)) = steps[i].first() else {
             continue;
         };
-        let current = states[i].allocation.unwrap_or(Allocation::Paused);
-        let Some(top) = track.top_layer() else {
+        if out[i] != first {
             continue;
-        };
-        for layer in (low + 1..=top).rev() {
-            let bps = track.layer_bps[layer as usize];
-            if bps == 0 {
-                continue;
-            }
-            let extra = weighted(
-                bps.saturating_sub(track.layer_bps[low as usize]),
-                layer,
-                current,
-            );
+        }
+        for &(step, cost) in steps[i][1..].iter().rev() {
+            let extra = weighted(cost.saturating_sub(first_cost), step, current(i));
             if extra <= budget {
-                out[i] = Allocation::Layer(layer);
+                out[i] = step;
                 budget -= extra;
                 break;
             }
@@ -235,10 +270,10 @@ fn ideal_allocations(
     out
 }
 
-/// What `bps` counts against the budget for a move to `layer`: more above the current
+/// What `bps` counts against the budget for a move to `step`: more above the current
 /// allocation (headroom to climb), less at or below it (tolerance to keep).
-fn weighted(bps: u64, layer: u8, current: Allocation) -> i64 {
-    let factor = if Allocation::Layer(layer) > current {
+fn weighted(bps: u64, step: Allocation, current: Allocation) -> i64 {
+    let factor = if step > current {
         CLIMB_MARGIN
     } else {
         1.0 / KEEP_TOLERANCE
@@ -271,8 +306,8 @@ pub fn targets(tracks: &[TrackDemand], states: &[TrackState]) -> Targets {
             continue;
         }
         current += track.cost(state.allocation.unwrap_or(Allocation::Paused));
-        if let Some(top) = track.top_layer() {
-            desired += track.layer_bps[top as usize];
+        if let Some(&(_, top)) = track.steps().last() {
+            desired += top;
         }
     }
     Targets {
@@ -293,6 +328,7 @@ mod tests {
             priority,
             max_layer: 2,
             layer_bps: SIMULCAST,
+            temporal_bps: [[0; 3]; MAX_LAYERS],
             measured: true,
         }
     }
@@ -303,6 +339,7 @@ mod tests {
             priority: 0,
             max_layer: 0,
             layer_bps: [40_000, 0, 0],
+            temporal_bps: [[0; 3]; MAX_LAYERS],
             measured: true,
         }
     }
@@ -321,12 +358,12 @@ mod tests {
         let tracks = [audio(), video(0)];
         let mut states = [TrackState::default(); 2];
         let changes = allocate(700_000, &tracks, &mut states, t0);
-        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
-        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 1), Allocation::full(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(0));
         assert!(changes.iter().all(|c| c.reason == Reason::Initial));
         let mut fresh = [TrackState::default(); 2];
         run(5_000_000, &tracks, &mut fresh, t0);
-        assert_eq!(allocation(&fresh, 1), Allocation::Layer(2));
+        assert_eq!(allocation(&fresh, 1), Allocation::full(2));
     }
 
     #[test]
@@ -335,7 +372,7 @@ mod tests {
         let tracks = [video(0)];
         let mut states = [TrackState::default()];
         run(3_000_000, &tracks, &mut states, t0);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+        assert_eq!(allocation(&states, 0), Allocation::full(2));
 
         let changes = allocate(
             600_000,
@@ -344,7 +381,7 @@ mod tests {
             t0 + Duration::from_millis(10),
         );
         assert_eq!(changes[0].reason, Reason::Congestion);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
 
         // Recovered: nothing changes until the estimate has held for CLIMB_HOLD.
         let t1 = t0 + Duration::from_secs(1);
@@ -357,7 +394,7 @@ mod tests {
         let changes = allocate(3_000_000, &tracks, &mut states, t2 + CLIMB_HOLD);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].reason, Reason::Recovered);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+        assert_eq!(allocation(&states, 0), Allocation::full(2));
     }
 
     #[test]
@@ -368,7 +405,7 @@ mod tests {
         run(2_000_000, &tracks, &mut states, t0);
         let changes = allocate(150_000, &tracks, &mut states, t0 + Duration::from_millis(1));
         assert_eq!(allocation(&states, 1), Allocation::Paused);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 0), Allocation::full(0));
         assert_eq!(
             changes,
             vec![Change {
@@ -382,7 +419,7 @@ mod tests {
         run(400_000, &tracks, &mut states, t1);
         assert_eq!(allocation(&states, 1), Allocation::Paused);
         run(400_000, &tracks, &mut states, t1 + CLIMB_HOLD);
-        assert_eq!(allocation(&states, 1), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 1), Allocation::full(0));
     }
 
     #[test]
@@ -392,15 +429,15 @@ mod tests {
         let mut states = [TrackState::default(); 3];
         // 1.2 Mbit/s: three low layers (450 k), then the pinned one climbs to 500 k.
         run(1_200_000, &tracks, &mut states, t0);
-        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
-        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
-        assert_eq!(allocation(&states, 2), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 1), Allocation::full(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(0));
+        assert_eq!(allocation(&states, 2), Allocation::full(0));
         // Equal priorities share in order: with room for one more step, the first one gets it.
         let mut states = [TrackState::default(); 3];
         run(1_700_000, &tracks, &mut states, t0);
-        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
-        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
-        assert_eq!(allocation(&states, 2), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 1), Allocation::full(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
+        assert_eq!(allocation(&states, 2), Allocation::full(0));
     }
 
     #[test]
@@ -410,11 +447,11 @@ mod tests {
         capped.max_layer = 1;
         let mut states = [TrackState::default()];
         run(10_000_000, &[capped], &mut states, t0);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
         // Asking for the top layer on a thin link still gets what fits.
         let mut states = [TrackState::default()];
         run(300_000, &[video(0)], &mut states, t0);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(0));
+        assert_eq!(allocation(&states, 0), Allocation::full(0));
     }
 
     #[test]
@@ -424,14 +461,14 @@ mod tests {
         track.measured = false;
         let mut states = [TrackState::default()];
         run(700_000, &[track], &mut states, t0);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
         // A low estimate against guessed rates must not pause a picture that may be tiny.
         assert!(allocate(50_000, &[track], &mut states, t0 + CLIMB_HOLD).is_empty());
         track.measured = true;
         track.layer_bps = [3_000, 3_000, 3_000];
         run(50_000, &[track], &mut states, t0 + CLIMB_HOLD);
         run(50_000, &[track], &mut states, t0 + CLIMB_HOLD * 2);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+        assert_eq!(allocation(&states, 0), Allocation::full(2));
     }
 
     #[test]
@@ -440,11 +477,37 @@ mod tests {
         let tracks = [audio(), video(0)];
         let mut states = [TrackState::default(); 2];
         run(3_000_000, &tracks, &mut states, t0);
-        assert_eq!(allocation(&states, 1), Allocation::Layer(2));
+        assert_eq!(allocation(&states, 1), Allocation::full(2));
         // 1.54 Mbit/s of media against a 1.45 Mbit/s estimate: within the tolerance.
         assert!(allocate(1_450_000, &tracks, &mut states, t0).is_empty());
         run(1_300_000, &tracks, &mut states, t0);
-        assert_eq!(allocation(&states, 1), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 1), Allocation::full(1));
+    }
+
+    #[test]
+    fn frame_rate_drops_before_the_picture_gets_smaller() {
+        let t0 = Instant::now();
+        let mut track = video(0);
+        // L1T3: half of each layer's bits in TL0, a quarter each in TL1 and TL2.
+        for l in 0..MAX_LAYERS {
+            let b = track.layer_bps[l];
+            track.temporal_bps[l] = [b / 2, b / 4, b / 4];
+        }
+        let mut states = [TrackState::default()];
+        run(3_000_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::full(2));
+        // 1.3 Mbit/s: all of layer 2 no longer fits, 15 fps of it (1.125 M) does.
+        run(1_300_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2, 1));
+        // 800 k: 7.5 fps of layer 2 (750 k) beats 30 fps of layer 1.
+        run(800_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2, 0));
+        run(600_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
+        // Climbing takes the same steps back.
+        run(1_300_000, &[track], &mut states, t0 + CLIMB_HOLD);
+        run(1_300_000, &[track], &mut states, t0 + CLIMB_HOLD * 2);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2, 0));
     }
 
     #[test]
@@ -453,7 +516,7 @@ mod tests {
         let mut track = video(0);
         let mut states = [TrackState::default()];
         run(5_000_000, &[track], &mut states, t0);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(2));
+        assert_eq!(allocation(&states, 0), Allocation::full(2));
         track.layer_bps[2] = 0;
         let changes = allocate(
             5_000_000,
@@ -462,7 +525,7 @@ mod tests {
             t0 + Duration::from_millis(5),
         );
         assert_eq!(changes[0].reason, Reason::Congestion);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(1));
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub enum MediaEvent {
         transport: TransportId,
         producer: ProducerId,
         layer: Option<u8>,
+        /// Highest temporal layer forwarded, for streams with temporal layers.
+        temporal: Option<u8>,
     },
     /// ICE or DTLS ended; the transport was removed from its worker.
     TransportClosed {

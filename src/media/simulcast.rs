@@ -10,6 +10,9 @@ use std::time::Instant;
 
 /// Most layers a producer can announce. Browsers send at most three.
 pub const MAX_LAYERS: usize = 3;
+/// Temporal layers we tell apart (L1T3: TID 0, 1, 2 = 7.5, 15, 30 fps); this value as a cap
+/// means "all of them".
+pub const MAX_TEMPORAL: u8 = 2;
 
 /// What a subscriber asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,10 @@ pub struct LayerSelector {
     pub bandwidth: BandwidthLimit,
     pub current: Option<u8>,
     pub target: Option<u8>,
+    /// Highest temporal layer forwarded, and the cap waiting for the next frame start (a
+    /// frame is never cut in half).
+    pub temporal: u8,
+    pending_temporal: Option<u8>,
     /// Audio and single-layer video need no keyframe to start.
     needs_keyframe: bool,
 }
@@ -58,6 +65,8 @@ impl LayerSelector {
             bandwidth: BandwidthLimit::None,
             current: None,
             target: None,
+            temporal: MAX_TEMPORAL,
+            pending_temporal: None,
             needs_keyframe,
         }
     }
@@ -79,6 +88,23 @@ impl LayerSelector {
             }
         }
         None
+    }
+
+    /// Forward temporal layers up to `cap` from the next frame on. Going up needs no keyframe:
+    /// higher temporal layers only reference lower ones, which were forwarded all along.
+    pub fn set_temporal_cap(&mut self, cap: u8) {
+        self.pending_temporal = (cap != self.temporal).then_some(cap.min(MAX_TEMPORAL));
+    }
+
+    /// Whether a packet of temporal layer `tid` passes the cap (a pending cap applies at the
+    /// first packet of a frame). Packets without a temporal id always pass.
+    pub fn admits_temporal(&mut self, tid: Option<u8>, starts_frame: bool) -> bool {
+        if starts_frame {
+            if let Some(cap) = self.pending_temporal.take() {
+                self.temporal = cap;
+            }
+        }
+        tid.is_none_or(|t| t <= self.temporal)
     }
 
     /// Whether we are waiting for a keyframe to complete a switch.
@@ -177,6 +203,8 @@ pub struct Munger {
     /// Packets of the current layer older than this were sent before the switch: drop them.
     layer_first_seq: u64,
     last_seq: u64,
+    /// Newest incoming sequence number seen on the current layer.
+    last_in_seq: u64,
     last_timestamp: u32,
     last_picture_id: Option<u16>,
     last_tl0: Option<u8>,
@@ -194,6 +222,7 @@ impl Munger {
             tl0_offset: 0,
             layer_first_seq: 0,
             last_seq: FIRST_SEQ - 1,
+            last_in_seq: 0,
             last_timestamp: 0,
             last_picture_id: None,
             last_tl0: None,
@@ -206,6 +235,7 @@ impl Munger {
     pub fn switch_layer(&mut self, ids: PacketIds, now: Instant) {
         self.seq_offset = (self.last_seq + 1) as i64 - ids.seq as i64;
         self.layer_first_seq = ids.seq;
+        self.last_in_seq = ids.seq.saturating_sub(1);
         if self.started {
             // Advance the clock by the wall time since the last packet (at least one tick) so
             // the receiver's jitter buffer sees time moving forward, never backwards.
@@ -233,11 +263,26 @@ impl Munger {
         self.started = true;
     }
 
+    /// Leave out a packet of the current layer (a temporal layer not forwarded) without a
+    /// gap: later packets move down one sequence number, and when it starts a frame, later
+    /// frames one picture id. A late packet (older than the newest seen) changes nothing.
+    pub fn skip(&mut self, ids: PacketIds, starts_frame: bool) {
+        if !self.started || ids.seq <= self.last_in_seq || ids.seq < self.layer_first_seq {
+            return;
+        }
+        self.last_in_seq = ids.seq;
+        self.seq_offset -= 1;
+        if starts_frame && ids.picture_id.is_some() {
+            self.picture_id_offset = (self.picture_id_offset + PICTURE_ID_MOD - 1) % PICTURE_ID_MOD;
+        }
+    }
+
     /// Rewrite one packet of the current layer. `None` means it predates the switch: drop it.
     pub fn rewrite(&mut self, ids: PacketIds, now: Instant) -> Option<MungedIds> {
         if !self.started || ids.seq < self.layer_first_seq {
             return None;
         }
+        self.last_in_seq = self.last_in_seq.max(ids.seq);
         let seq = (ids.seq as i64 + self.seq_offset) as u64;
         let out = MungedIds {
             seq,
@@ -361,6 +406,39 @@ mod tests {
         assert!(m.rewrite(ids(8, 777_000, 29_999), t1).is_none());
         let d = m.rewrite(ids(10, 777_777, 30_000), t1).unwrap();
         assert_eq!(d.seq, c.seq + 1);
+    }
+
+    #[test]
+    fn dropped_temporal_frames_leave_no_gap() {
+        let t0 = Instant::now();
+        let mut m = Munger::new(90_000);
+        let mut sel = LayerSelector::new(Preference::Auto, true);
+        m.switch_layer(ids(100, 0, 10), t0);
+        // Frames of one packet each, TIDs 0 2 1 2 0; TL2 is capped from the first frame on.
+        sel.set_temporal_cap(1);
+        let mut out = Vec::new();
+        for (i, tid) in [0u8, 2, 1, 2, 0].into_iter().enumerate() {
+            let p = ids(100 + i as u64, 3000 * i as u32, 10 + i as u16);
+            if sel.admits_temporal(Some(tid), true) {
+                out.push(m.rewrite(p, t0).unwrap());
+            } else {
+                m.skip(p, true);
+            }
+        }
+        let seqs: Vec<u64> = out.iter().map(|o| o.seq).collect();
+        let pids: Vec<u16> = out.iter().filter_map(|o| o.picture_id).collect();
+        assert_eq!(seqs, vec![FIRST_SEQ, FIRST_SEQ + 1, FIRST_SEQ + 2]);
+        assert_eq!(pids, vec![10, 11, 12]);
+        // A late duplicate of a skipped packet moves nothing.
+        m.skip(ids(101, 3000, 11), true);
+        assert_eq!(
+            m.rewrite(ids(105, 15_000, 15), t0).unwrap().seq,
+            FIRST_SEQ + 3
+        );
+        // The cap changes only at a frame start.
+        sel.set_temporal_cap(MAX_TEMPORAL);
+        assert!(!sel.admits_temporal(Some(2), false));
+        assert!(sel.admits_temporal(Some(2), true));
     }
 
     #[test]

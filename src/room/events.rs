@@ -65,11 +65,14 @@ pub enum Notice {
     LayerChanged {
         producer_id: ProducerId,
         layer: Option<u8>,
+        /// Highest temporal layer forwarded (streams with temporal layers only).
+        temporal_layer: Option<u8>,
     },
     /// The same for an ORTC consumer (`None` as mediasoup's `layerschange` with null).
     ConsumerLayersChanged {
         consumer_id: String,
         spatial_layer: Option<u8>,
+        temporal_layer: Option<u8>,
     },
     Kicked {
         room_id: String,

@@ -47,7 +47,10 @@ impl Rooms {
                 Vec::new()
             }
             MediaEvent::LayerChanged {
-                producer, layer, ..
+                producer,
+                layer,
+                temporal,
+                ..
             } => {
                 let Some(p) = room.participants.get(&participant_id) else {
                     return Vec::new();
@@ -58,12 +61,14 @@ impl Rooms {
                         p.notifier.notify(Notice::ConsumerLayersChanged {
                             consumer_id: consumer_id.clone(),
                             spatial_layer: layer,
+                            temporal_layer: temporal,
                         });
                     }
                 } else {
                     p.notifier.notify(Notice::LayerChanged {
                         producer_id: producer,
                         layer,
+                        temporal_layer: temporal,
                     });
                 }
                 Vec::new()

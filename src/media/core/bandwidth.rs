@@ -13,7 +13,7 @@ use str0m::rtp::Extension;
 
 use super::{ConsumerKey, Deferred, TransportKey, WorkerCore};
 use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
-use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS};
+use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS, MAX_TEMPORAL};
 use crate::media::Kind;
 use crate::media::MediaEvent;
 
@@ -41,13 +41,29 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Layer bitrates are re-measured over windows of this length.
 const METER_WINDOW: Duration = Duration::from_millis(500);
 
-/// Bitrate of one publisher layer, measured on what arrives (payload plus RTP overhead).
+/// Bitrate of one publisher layer, measured on what arrives (payload plus RTP overhead),
+/// in total and per temporal layer.
 #[derive(Debug, Default)]
 pub(super) struct LayerMeter {
     bytes: u64,
+    bytes_by_tid: [u64; TEMPORAL_SLOTS],
     window_start: Option<Instant>,
     /// Smoothed bits/s; 0 until the first window closed.
     pub(super) bps: u64,
+    /// The same per TID; all zero for a layer without temporal ids.
+    pub(super) bps_by_tid: [u64; TEMPORAL_SLOTS],
+}
+
+const TEMPORAL_SLOTS: usize = MAX_TEMPORAL as usize + 1;
+
+/// This window's rate averaged with the previous one (keyframes make single windows spiky).
+fn smoothed(previous: u64, bytes: u64, elapsed: Duration, active: bool) -> u64 {
+    let rate = (bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+    match (active, previous) {
+        (false, _) => 0,
+        (true, 0) => rate,
+        (true, previous) => (previous + rate) / 2,
+    }
 }
 
 /// What a layer is assumed to cost before it has been measured: browsers' 720p simulcast
@@ -58,29 +74,32 @@ const TYPICAL_LAYER_BPS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_700_000];
 const PACKET_OVERHEAD: u64 = 28 + 12 + 10 + 12;
 
 impl LayerMeter {
-    pub(super) fn add(&mut self, payload_len: usize) {
-        self.bytes += payload_len as u64 + PACKET_OVERHEAD;
+    pub(super) fn add(&mut self, payload_len: usize, temporal_id: Option<u8>) {
+        let bytes = payload_len as u64 + PACKET_OVERHEAD;
+        self.bytes += bytes;
+        if let Some(tid) = temporal_id {
+            self.bytes_by_tid[usize::from(tid.min(MAX_TEMPORAL))] += bytes;
+        }
     }
 
-    /// Close the window if it is long enough. Keyframes make single windows spiky, so the
-    /// rate is an average with the previous one.
+    /// Close the window if it is long enough.
     pub(super) fn roll(&mut self, now: Instant, active: bool) {
         let Some(start) = self.window_start else {
             self.window_start = Some(now);
             self.bytes = 0;
+            self.bytes_by_tid = [0; TEMPORAL_SLOTS];
             return;
         };
         let elapsed = now.saturating_duration_since(start);
         if elapsed < METER_WINDOW {
             return;
         }
-        let rate = (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-        self.bps = match (active, self.bps) {
-            (false, _) => 0,
-            (true, 0) => rate,
-            (true, previous) => (previous + rate) / 2,
-        };
+        self.bps = smoothed(self.bps, self.bytes, elapsed, active);
+        for (bps, bytes) in self.bps_by_tid.iter_mut().zip(self.bytes_by_tid) {
+            *bps = smoothed(*bps, bytes, elapsed, active);
+        }
         self.bytes = 0;
+        self.bytes_by_tid = [0; TEMPORAL_SLOTS];
         self.window_start = Some(now);
     }
 }
@@ -257,6 +276,7 @@ impl WorkerCore {
         let consumer = &self.consumers[ck];
         let producer = &self.producers[consumer.producer];
         let mut layer_bps = [0; MAX_LAYERS];
+        let mut temporal_bps = [[0; TEMPORAL_SLOTS]; MAX_LAYERS];
         let layers = producer.layers.len().min(MAX_LAYERS);
         let mut measured = true;
         for (i, layer) in producer.layers.iter().enumerate().take(MAX_LAYERS) {
@@ -270,6 +290,9 @@ impl WorkerCore {
                 }
                 (true, bps) => bps,
             };
+            if layer.active {
+                temporal_bps[i] = layer.meter.bps_by_tid;
+            }
         }
         TrackDemand {
             audio: producer.kind == Kind::Audio,
@@ -279,6 +302,7 @@ impl WorkerCore {
                 Preference::Fixed(l) => l,
             },
             layer_bps,
+            temporal_bps,
             measured,
         }
     }
@@ -295,19 +319,30 @@ impl WorkerCore {
             Reason::Congestion => self.stats.allocations_congestion += 1,
             Reason::Recovered => self.stats.allocations_recovered += 1,
         }
-        let limit = match allocation {
-            Allocation::Paused => BandwidthLimit::Paused,
-            Allocation::Layer(l) => BandwidthLimit::UpTo(l),
+        let (limit, temporal) = match allocation {
+            Allocation::Paused => (BandwidthLimit::Paused, MAX_TEMPORAL),
+            Allocation::Layer(l, t) => (BandwidthLimit::UpTo(l), t),
         };
         let consumer = &mut self.consumers[ck];
-        let was = std::mem::replace(&mut consumer.selector.bandwidth, limit);
-        if was == limit {
-            return;
-        }
         let (transport, producer) = (
             self.transports[consumer.transport].id,
             self.producers[consumer.producer].id,
         );
+        let temporal_changed = consumer.selector.temporal != temporal;
+        consumer.selector.set_temporal_cap(temporal);
+        let was = std::mem::replace(&mut consumer.selector.bandwidth, limit);
+        if was == limit {
+            // Same spatial layer, another frame rate: no switch will announce it.
+            if temporal_changed && consumer.selector.current.is_some() {
+                let _ = self.events.send(MediaEvent::LayerChanged {
+                    transport,
+                    producer,
+                    layer: consumer.selector.current,
+                    temporal: Some(temporal),
+                });
+            }
+            return;
+        }
         tracing::debug!(
             transport = transport.0,
             ?allocation,
@@ -321,6 +356,7 @@ impl WorkerCore {
                     transport,
                     producer,
                     layer: None,
+                    temporal: None,
                 });
             }
             (BandwidthLimit::Paused, _) => self.start_at_keyframe(ck, now),

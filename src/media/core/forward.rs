@@ -50,6 +50,11 @@ impl WorkerCore {
         } else {
             inspect_video_payload(None, &[])
         };
+        if let Some(layer_state) = self.producers[pk].layers.get_mut(layer as usize) {
+            layer_state
+                .meter
+                .add(packet.payload.len(), info.temporal_id);
+        }
         let incoming = Incoming {
             publisher: key,
             producer: pk,
@@ -86,7 +91,6 @@ impl WorkerCore {
             return false;
         };
         layer_state.last_packet = Some(now);
-        layer_state.meter.add(packet.payload.len());
         let became_active = !layer_state.active;
         layer_state.active = true;
         if producer.codec_pt != Some(pt) {
@@ -130,8 +134,16 @@ impl WorkerCore {
                     transport: self.transports[consumer.transport].id,
                     producer: self.producers[incoming.producer].id,
                     layer: Some(layer),
+                    temporal: info.temporal_id.map(|_| consumer.selector.temporal),
                 });
             }
+        }
+        if !consumer
+            .selector
+            .admits_temporal(info.temporal_id, info.starts_frame)
+        {
+            consumer.munger.skip(incoming.ids, info.starts_frame);
+            return;
         }
         let Some(out) = consumer.munger.rewrite(incoming.ids, now) else {
             return;

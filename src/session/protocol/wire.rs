@@ -180,12 +180,17 @@ pub fn notification(notice: Notice) -> OutboundEnvelope {
                 .collect();
             ("subscriberOffer", json!({ "sdp": sdp, "tracks": tracks }))
         }
-        Notice::LayerChanged { producer_id, layer } => (
+        Notice::LayerChanged {
+            producer_id,
+            layer,
+            temporal_layer,
+        } => (
             "layerChanged",
             match layer {
                 Some(layer) => json!({
                     "producerId": producer_id.to_string(),
                     "layer": layer_name(layer),
+                    "temporalLayer": temporal_layer,
                     "paused": false,
                 }),
                 None => json!({
@@ -200,13 +205,14 @@ pub fn notification(notice: Notice) -> OutboundEnvelope {
         Notice::ConsumerLayersChanged {
             consumer_id,
             spatial_layer,
+            temporal_layer,
         } => (
             "consumerLayersChanged",
             match spatial_layer {
                 Some(spatial) => json!({
                     "consumerId": consumer_id,
                     "spatialLayer": spatial,
-                    "temporalLayer": null,
+                    "temporalLayer": temporal_layer,
                 }),
                 None => json!({
                     "consumerId": consumer_id,
