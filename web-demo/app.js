@@ -480,6 +480,10 @@ class Session {
         this.participants.get(data.participantId)?.producers.delete(data.producerId);
         this.removeRemote(data.producerId);
         break;
+      case 'layersWanted':
+        // Dynacast: no subscriber needs some of our simulcast layers; stop (or resume) them.
+        this.applyLayersWanted(data.layers ?? []).catch((err) => log(`layersWanted: ${err.message}`));
+        break;
       case 'layerChanged':
         // The server's bandwidth allocator pauses video the link cannot carry (layer null).
         this.layers.set(data.producerId, data.paused ? `paused: ${data.reason || 'bandwidth'}` : data.layer);
@@ -623,8 +627,10 @@ class Session {
     if (audio) pc.addTransceiver(audio, { direction: 'sendonly' });
     if (video) {
       // Chromium simulcasts VP9 and AV1 only when each encoding names a scalabilityMode (else
-      // it sends the first encoding alone, the legacy SVC path); VP8 and H264 need none.
-      const layered = ['vp9', 'av1'].includes(VIDEO_CODEC);
+      // it sends the first encoding alone, the legacy SVC path). L1T3 also gives VP8 three
+      // temporal layers, which the server's bandwidth allocator drops (30 → 15 → 7.5 fps)
+      // before a smaller picture; H264 gets none.
+      const layered = VIDEO_CODEC !== 'h264';
       const sendEncodings = SINGLE_LAYER
         ? [{ maxBitrate: 1500000 }]
         : SIMULCAST_ENCODINGS.map((e) => (layered ? { ...e, scalabilityMode: 'L1T3' } : e));
@@ -872,6 +878,23 @@ class Session {
     }));
   }
 
+  async applyLayersWanted(layers) {
+    const sender = this.pubPc?.getSenders().find((s) => s.track?.kind === 'video');
+    if (!sender) return;
+    const p = sender.getParameters();
+    let changed = false;
+    for (const e of p.encodings ?? []) {
+      const wanted = layers.find((l) => l.rid === e.rid);
+      if (wanted && e.active !== wanted.active) {
+        e.active = wanted.active;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    await sender.setParameters(p);
+    log(`dynacast: sending ${p.encodings.filter((e) => e.active).map((e) => e.rid).join(',') || 'no layer'}`);
+  }
+
   /** Our published video as the browser encodes it: one entry per outbound-rtp (layer). */
   async sendSnapshot() {
     if (!this.pubPc) return [];
@@ -885,6 +908,7 @@ class Session {
         encoder: s.encoderImplementation ?? null,
         frameWidth: s.frameWidth ?? 0,
         framesEncoded: s.framesEncoded ?? 0,
+        active: s.active ?? null,
         scalabilityMode: s.scalabilityMode ?? null,
       });
     });

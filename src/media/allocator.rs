@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::simulcast::{MAX_LAYERS, MAX_TEMPORAL};
 
 /// The estimate has to carry a higher layer this long before we switch up.
-pub const CLIMB_HOLD: Duration = Duration::from_millis(1500);
+pub const CLIMB_HOLD: Duration = Duration::from_millis(1000);
 /// A layer above the current one must fit with this margin on its extra cost (headroom for
 /// keyframes and estimate noise). Keeping the current layer needs only the estimate itself:
 /// GCC's estimate wobbles by 10–20 % on a healthy link, and a drop must mean congestion.
@@ -24,6 +24,11 @@ const CLIMB_MARGIN: f64 = 1.25;
 /// str0m paces at 1.1× the estimate, so that still leaves without queueing, and a dip of a few
 /// percent (GCC wobbles on a healthy link) does not cost a picture a layer.
 const KEEP_TOLERANCE: f64 = 1.1;
+/// The budget is never taken as less than this. On overuse GCC sets its estimate to 0.85×
+/// what it saw carried, so a subscriber receiving only a few tens of kbit/s would spiral down
+/// to a pause on one noisy reading; a real thin link is still caught, as a 720p simulcast's
+/// lowest layer alone costs more than this.
+const BUDGET_FLOOR_BPS: u64 = 100_000;
 /// What an audio track costs before it has been measured.
 const AUDIO_DEFAULT_BPS: u64 = 48_000;
 
@@ -124,6 +129,8 @@ pub enum Reason {
     Congestion,
     /// The estimate has carried more for [`CLIMB_HOLD`].
     Recovered,
+    /// The subscriber raised its preferred layer while the estimate had room: at once.
+    Preference,
 }
 
 impl Reason {
@@ -132,6 +139,7 @@ impl Reason {
             Reason::Initial => "initial",
             Reason::Congestion => "congestion",
             Reason::Recovered => "recovered",
+            Reason::Preference => "preference",
         }
     }
 }
@@ -143,6 +151,8 @@ pub struct TrackState {
     pub allocation: Option<Allocation>,
     /// Since when the estimate has carried more than `allocation`.
     climb_since: Option<Instant>,
+    /// `allocation` was the track's top step: the subscriber's cap held it, not the estimate.
+    at_top: bool,
 }
 
 /// A change the caller has to apply.
@@ -182,6 +192,10 @@ pub fn allocate(
 ) -> Vec<Change> {
     debug_assert_eq!(tracks.len(), states.len());
     let ideal = ideal_allocations(estimate_bps, tracks, states);
+    let tops: Vec<Option<Allocation>> = tracks
+        .iter()
+        .map(|t| t.steps().last().map(|(step, _)| *step))
+        .collect();
     let mut changes = Vec::new();
     for (i, (track, state)) in tracks.iter().zip(states.iter_mut()).enumerate() {
         let proposed = ideal[i];
@@ -189,7 +203,18 @@ pub fn allocate(
             None => Some((proposed, Reason::Initial)),
             Some(_) if !track.measured => None,
             Some(current) if proposed < current || !fits_layer(track, current) => {
-                Some((proposed, Reason::Congestion))
+                // The subscriber lowered its cap below what it gets: its choice, not the link's.
+                let capped = matches!(current, Allocation::Layer(l, _) if l > track.max_layer);
+                let reason = if capped {
+                    Reason::Preference
+                } else {
+                    Reason::Congestion
+                };
+                Some((proposed, reason))
+            }
+            // Held by the cap, not by the estimate: a raised cap needs no proof of bandwidth.
+            Some(current) if proposed > current && state.at_top => {
+                Some((proposed, Reason::Preference))
             }
             Some(current) if proposed > current => {
                 let since = *state.climb_since.get_or_insert(now);
@@ -203,6 +228,7 @@ pub fn allocate(
         };
         if let Some((allocation, reason)) = decided {
             state.climb_since = None;
+            state.at_top = !track.audio && tops[i] == Some(allocation);
             if state.allocation != Some(allocation) {
                 state.allocation = Some(allocation);
                 changes.push(Change {
@@ -230,7 +256,7 @@ fn ideal_allocations(
     tracks: &[TrackDemand],
     states: &[TrackState],
 ) -> Vec<Allocation> {
-    let mut budget = estimate_bps as i64;
+    let mut budget = estimate_bps.max(BUDGET_FLOOR_BPS) as i64;
     let mut out = vec![Allocation::Paused; tracks.len()];
     for (i, track) in tracks.iter().enumerate().filter(|(_, t)| t.audio) {
         // Audio is never paused: it is cheap and a frozen voice is worse than a frozen face.
@@ -508,6 +534,24 @@ mod tests {
         run(1_300_000, &[track], &mut states, t0 + CLIMB_HOLD);
         run(1_300_000, &[track], &mut states, t0 + CLIMB_HOLD * 2);
         assert_eq!(allocation(&states, 0), Allocation::Layer(2, 0));
+    }
+
+    #[test]
+    fn raising_the_preferred_layer_climbs_at_once_when_it_fits() {
+        let t0 = Instant::now();
+        let mut track = video(0);
+        track.max_layer = 0;
+        let mut states = [TrackState::default()];
+        run(5_000_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::full(0));
+        track.max_layer = 2;
+        let changes = allocate(5_000_000, &[track], &mut states, t0);
+        assert_eq!(changes[0].reason, Reason::Preference);
+        assert_eq!(allocation(&states, 0), Allocation::full(2));
+        // Held by the estimate instead: the hold applies.
+        let mut states = [TrackState::default()];
+        run(300_000, &[track], &mut states, t0);
+        assert!(allocate(5_000_000, &[track], &mut states, t0).is_empty());
     }
 
     #[test]

@@ -118,6 +118,13 @@ pub enum MediaEvent {
         /// Highest temporal layer forwarded, for streams with temporal layers.
         temporal: Option<u8>,
     },
+    /// Dynacast: which simulcast layers (by rid) of a producer some subscriber needs; the
+    /// publisher (on `transport`) may stop the others.
+    LayersWanted {
+        transport: TransportId,
+        producer: ProducerId,
+        layers: Vec<(String, bool)>,
+    },
     /// ICE or DTLS ended; the transport was removed from its worker.
     TransportClosed {
         transport: TransportId,
@@ -168,6 +175,7 @@ pub struct WorkerStats {
     pub allocations_initial: u64,
     pub allocations_congestion: u64,
     pub allocations_recovered: u64,
+    pub allocations_preference: u64,
     /// Video consumers paused now because their link is too thin (a gauge).
     pub paused_for_bandwidth: usize,
 }
@@ -188,6 +196,7 @@ impl std::ops::AddAssign for WorkerStats {
         self.allocations_initial += o.allocations_initial;
         self.allocations_congestion += o.allocations_congestion;
         self.allocations_recovered += o.allocations_recovered;
+        self.allocations_preference += o.allocations_preference;
         self.paused_for_bandwidth += o.paused_for_bandwidth;
     }
 }

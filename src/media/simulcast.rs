@@ -71,6 +71,19 @@ impl LayerSelector {
         }
     }
 
+    /// The layer this consumer would take if every layer in `available` were sent (dynacast:
+    /// which layers the publisher must keep sending). `None` while paused for bandwidth.
+    pub fn wanted_layer(&self, available: &[bool]) -> Option<u8> {
+        if self.bandwidth == BandwidthLimit::Paused {
+            return None;
+        }
+        cap_layer(
+            pick_layer(self.preference, available),
+            self.bandwidth,
+            available,
+        )
+    }
+
     /// Recompute the target from the active layers. Returns the new target if it changed,
     /// so the caller can ask the publisher for a keyframe on it.
     pub fn update_target(&mut self, active: &[bool]) -> Option<u8> {

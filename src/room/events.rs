@@ -74,6 +74,12 @@ pub enum Notice {
         spatial_layer: Option<u8>,
         temporal_layer: Option<u8>,
     },
+    /// Dynacast, to a publisher: which of its simulcast layers (rid, wanted) some subscriber
+    /// needs; it may stop sending the others.
+    LayersWanted {
+        producer_id: ProducerId,
+        layers: Vec<(String, bool)>,
+    },
     Kicked {
         room_id: String,
         reason: String,

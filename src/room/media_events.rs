@@ -13,6 +13,7 @@ impl Rooms {
         let transport = match &event {
             MediaEvent::SubscriberOffer { transport, .. }
             | MediaEvent::LayerChanged { transport, .. }
+            | MediaEvent::LayersWanted { transport, .. }
             | MediaEvent::TransportClosed { transport, .. } => *transport,
         };
         let mut state = self.lock();
@@ -43,6 +44,17 @@ impl Rooms {
                     .collect();
                 if let Some(p) = room.participants.get(&participant_id) {
                     p.notifier.notify(Notice::SubscriberOffer { sdp, tracks });
+                }
+                Vec::new()
+            }
+            MediaEvent::LayersWanted {
+                producer, layers, ..
+            } => {
+                if let Some(p) = room.participants.get(&participant_id) {
+                    p.notifier.notify(Notice::LayersWanted {
+                        producer_id: producer,
+                        layers,
+                    });
                 }
                 Vec::new()
             }

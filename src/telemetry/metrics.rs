@@ -62,6 +62,7 @@ pub async fn render(ctx: &Arc<AppContext>) -> String {
         ("initial", media.allocations_initial),
         ("congestion", media.allocations_congestion),
         ("recovered", media.allocations_recovered),
+        ("preference", media.allocations_preference),
     ] {
         metrics::counter!("sfu_bwe_allocation_changes_total", "reason" => reason).absolute(count);
     }

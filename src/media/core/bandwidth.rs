@@ -37,7 +37,7 @@ impl Default for BweSettings {
 /// A drop of this share or more re-allocates at once instead of at the next tick.
 const SUDDEN_DROP: f64 = 0.85;
 /// While a track is held below what it wants, ask str0m for a probe this often.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
 /// Layer bitrates are re-measured over windows of this length.
 const METER_WINDOW: Duration = Duration::from_millis(500);
 
@@ -52,6 +52,8 @@ pub(super) struct LayerMeter {
     pub(super) bps: u64,
     /// The same per TID; all zero for a layer without temporal ids.
     pub(super) bps_by_tid: [u64; TEMPORAL_SLOTS],
+    /// The last rate measured while the layer was active (what a suspended layer costs).
+    pub(super) last_bps: u64,
 }
 
 const TEMPORAL_SLOTS: usize = MAX_TEMPORAL as usize + 1;
@@ -95,6 +97,9 @@ impl LayerMeter {
             return;
         }
         self.bps = smoothed(self.bps, self.bytes, elapsed, active);
+        if self.bps > 0 {
+            self.last_bps = self.bps;
+        }
         for (bps, bytes) in self.bps_by_tid.iter_mut().zip(self.bytes_by_tid) {
             *bps = smoothed(*bps, bytes, elapsed, active);
         }
@@ -282,6 +287,8 @@ impl WorkerCore {
         for (i, layer) in producer.layers.iter().enumerate().take(MAX_LAYERS) {
             // A layer that just started has no full window yet: assume a typical ladder.
             layer_bps[i] = match (layer.active, layer.meter.bps) {
+                // Stopped by dynacast, not by the publisher: still on offer at its old rate.
+                (false, _) if layer.suspended => layer.meter.last_bps,
                 (false, _) => 0,
                 (true, 0) if producer.kind == Kind::Audio => 0,
                 (true, 0) => {
@@ -318,6 +325,7 @@ impl WorkerCore {
             Reason::Initial => self.stats.allocations_initial += 1,
             Reason::Congestion => self.stats.allocations_congestion += 1,
             Reason::Recovered => self.stats.allocations_recovered += 1,
+            Reason::Preference => self.stats.allocations_preference += 1,
         }
         let (limit, temporal) = match allocation {
             Allocation::Paused => (BandwidthLimit::Paused, MAX_TEMPORAL),

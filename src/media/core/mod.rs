@@ -12,6 +12,7 @@ mod bandwidth;
 mod control;
 mod demux;
 mod drain;
+mod dynacast;
 mod forward;
 mod keyframes;
 mod ortc;
@@ -37,6 +38,7 @@ use self::arena::Arena;
 use self::arena::{ConsumerKey, ProducerKey, TransportKey};
 pub use self::bandwidth::BweSettings;
 use self::bandwidth::{LayerMeter, SubscriberBwe};
+use self::dynacast::Dynacast;
 use self::keyframes::KeyframeRequests;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
 use super::allocator::TrackState;
@@ -128,6 +130,8 @@ struct Layer {
     active: bool,
     last_packet: Option<Instant>,
     meter: LayerMeter,
+    /// Dynacast told the publisher to stop it (see `dynacast`).
+    suspended: bool,
 }
 
 impl Layer {
@@ -137,6 +141,7 @@ impl Layer {
             active: false,
             last_packet: None,
             meter: LayerMeter::default(),
+            suspended: false,
         }
     }
 }
@@ -156,6 +161,7 @@ struct Producer {
     mime_type: Option<String>,
     paused: bool,
     consumers: Vec<ConsumerKey>,
+    dynacast: Dynacast,
 }
 
 struct Consumer {

@@ -152,6 +152,7 @@ impl WorkerCore {
             mime_type: None,
             paused: false,
             consumers: Vec::new(),
+            dynacast: Default::default(),
         });
         self.producer_by_id.insert(id, pk);
         self.transports[key].producers_by_mid.insert(mid, pk);

@@ -71,6 +71,7 @@ impl WorkerCore {
             self.retarget_consumers(pk, now);
         }
         self.allocate_all(now);
+        self.update_dynacast(now);
         self.retry_pending_switches(now);
         self.after_drain(now, egress);
     }

@@ -223,6 +223,19 @@ pub fn notification(notice: Notice) -> OutboundEnvelope {
                 }),
             },
         ),
+        Notice::LayersWanted {
+            producer_id,
+            layers,
+        } => {
+            let layers: Vec<serde_json::Value> = layers
+                .into_iter()
+                .map(|(rid, active)| json!({ "rid": rid, "active": active }))
+                .collect();
+            (
+                "layersWanted",
+                json!({ "producerId": producer_id.to_string(), "layers": layers }),
+            )
+        }
         Notice::Kicked { room_id, reason } => {
             ("kicked", json!({ "roomId": room_id, "reason": reason }))
         }
