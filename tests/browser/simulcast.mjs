@@ -6,7 +6,8 @@
 // Two headless Chromium contexts open the web demo in the same room. Alice publishes the fake
 // camera at exactly 1280x720 (three simulcast layers: 320, 640 and 1280 wide); Bob checks that
 // he decodes her video and audio, that 'auto' ramps up to at least the middle layer, and that
-// setPreferredLayer switches him to the low and then the high layer.
+// setPreferredLayer switches him to the low and then the high layer; while he is on low, Alice
+// is told (dynacast) to stop her two upper layers, and resumes them when he asks for high.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
 import { createRun, CheckFailed, sleep, withTimeout } from './harness.mjs';
@@ -144,6 +145,16 @@ await run.main(async () => {
     await withTimeout(B.page.evaluate((id) => window.sfuDemo.setLayer(id, 'low'), videoId), 10_000, 'setLayer low');
     const v = await waitWidth(B, videoId, 'width <= 400 after low', 15_000, (w) => w > 0 && w <= 400);
     return `frameWidth=${v.stats.frameWidth}, layer=${v.layer}`;
+  });
+
+  // Dynacast: B, the only subscriber, takes the low layer, so A is told to stop the others.
+  await check('A stops sending the layers nobody receives', async () => {
+    const sent = await waitFor('h and f inactive at A', 10_000, async () => {
+      const layers = await A.page.evaluate(() => window.sfuDemo.sent());
+      const off = layers.filter((l) => (l.rid === 'h' || l.rid === 'f') && l.active === false);
+      return { done: off.length === 2, value: layers, last: JSON.stringify(layers.map((l) => [l.rid, l.active])) };
+    });
+    return sent.map((l) => `${l.rid}:${l.active ? 'on' : 'off'}`).join(' ');
   });
 
   await check("B's setLayer('high') gives >= 960 wide", async () => {
