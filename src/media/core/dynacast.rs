@@ -2,7 +2,9 @@
 //! every consumer of a track is served from lower layers (by preference or bandwidth) for a
 //! while, the publisher is told to stop the layer (`layersWanted`: the demo sets
 //! `encodings[i].active = false`); as soon as some consumer wants it again, to resume it.
-//! The lowest layer is always wanted, so a new subscriber gets a picture at once.
+//! The lowest layer is always wanted, so a new subscriber gets a picture at once; a track
+//! nobody consumes yet keeps every layer (the first subscriber gets its layer without
+//! waiting for the publisher's encoder to restart one).
 //!
 //! A suspended layer goes idle like any stopped layer, but the allocator keeps counting it
 //! at its last measured bitrate, so a subscriber's link can still ask for it back.
@@ -48,6 +50,9 @@ impl WorkerCore {
         }
         let mut wanted = [false; MAX_LAYERS];
         wanted[0] = true;
+        if producer.consumers.is_empty() {
+            return [true; MAX_LAYERS];
+        }
         for ck in &producer.consumers {
             let consumer = &self.consumers[*ck];
             if consumer.paused || consumer.tx_ssrc.is_none() {
