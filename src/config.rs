@@ -120,7 +120,9 @@ pub struct Config {
 
     /// Send-side bandwidth estimation (GCC on TWCC feedback) on every subscriber transport;
     /// its estimate picks each subscriber's simulcast layers and pauses video that does not fit.
-    #[arg(long, env = "BWE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Off by default until str0m's probes are counted by Chromium (README, "Bandwidth
+    /// estimation").
+    #[arg(long, env = "BWE_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub bwe_enabled: bool,
 
     /// What a new subscriber's link is assumed to carry before feedback arrives, in kbit/s.

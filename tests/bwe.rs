@@ -89,7 +89,7 @@ async fn set_link(peer: &Peer, rate_bps: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscriber_gets_what_its_own_link_carries() {
-    let server = start_server().await;
+    let server = start_server_with(&["--bwe-enabled", "true"]).await;
     let shared = Shared::new();
     shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
     let load_peer = |subscriber| {

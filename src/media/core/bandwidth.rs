@@ -26,6 +26,7 @@ pub struct BweSettings {
 }
 
 impl Default for BweSettings {
+    /// On, as the benches and core tests exercise it (the server's default is BWE_ENABLED).
     fn default() -> Self {
         BweSettings {
             enabled: true,

@@ -1,0 +1,424 @@
+//! Bandwidth estimation with real browsers on a real shaped link (the browser side is
+//! tests/browser/bwe.mjs; tests/bwe.rs is the same story with str0m peers).
+//!
+//! A network namespace is joined to the host by a veth pair on a private /30; the server (in
+//! process) listens, and announces its ICE candidate, on the host-side address. `tc tbf` on the
+//! host-side veth shapes everything the SFU sends to the namespace. One Chromium runs on the
+//! host (the publisher: 1280x720 three-layer simulcast from a generated clip with motion and
+//! noise, plus an unshaped second subscriber); another runs inside the namespace (the shaped
+//! subscriber), launched through a wrapper script that does `ip netns exec`.
+//!
+//! Checks (numbers of the issue; details in bwe.mjs): at 700 kbit/s the shaped subscriber
+//! settles within 5 s on a layer <= 640 wide and then for 20 s decodes >= 15 fps with < 2 % loss
+//! and no freeze over 1 s; raised to 20 Mbit/s it is back at 1280 wide within 15 s; at
+//! 150 kbit/s its video is paused and announced while audio keeps arriving without loss; the
+//! unshaped subscriber stays at 1280 wide throughout. Every measurement and timing is printed
+//! (`-- --nocapture`); `TEST_LOG=error,sfu::media::core::bandwidth=trace` adds the server's
+//! estimates and allocations.
+//!
+//! Needs root (namespaces, tc), Chromium and `npm ci --prefix tests/browser` (tests/run.sh).
+//! The namespace, the veth pair and the clip are removed when the test ends, also on failure.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Queue of the shaper: what tbf holds before it drops (bufferbloat a home link might have).
+const TBF_LATENCY: &str = "100ms";
+/// The first rate and its bucket; bwe.mjs changes both later (20 Mbit/s, then 150 kbit/s).
+const TBF_FIRST_RATE: &str = "700kbit";
+const TBF_FIRST_BURST: &str = "2kb";
+
+/// Runs `program args`, panicking with its stderr when it fails.
+fn sh(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Like [`sh`] but for cleanup: failures are only printed.
+fn sh_quiet(program: &str, args: &[&str]) {
+    match Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "cleanup: {program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => eprintln!("cleanup: {program} {args:?}: {e}"),
+    }
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A namespace `ns` with one end of a veth pair in it (`ns_ip`) and the other on the host
+/// (`host_dev`, `host_ip`), a /30 picked from the pid so parallel runs do not clash.
+/// Dropping it deletes both (also when the test panics).
+struct ShapedLink {
+    ns: String,
+    host_dev: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl ShapedLink {
+    fn create() -> Self {
+        let pid = std::process::id();
+        // Names stay under IFNAMSIZ (15) for any pid up to 2^22 (7 digits).
+        let link = ShapedLink {
+            ns: format!("sfubwe{pid}"),
+            host_dev: format!("bweh{pid}"),
+            host_ip: format!("10.77.{}.{}", (pid >> 6) & 0xff, (pid & 0x3f) * 4 + 1),
+            ns_ip: format!("10.77.{}.{}", (pid >> 6) & 0xff, (pid & 0x3f) * 4 + 2),
+        };
+        let ns_dev = format!("bwen{pid}");
+        Self::remove_stale();
+        // From here on `link` is dropped (and cleans up) whatever fails.
+        sh("ip", &["netns", "add", &link.ns]);
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &link.host_dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns_dev,
+            ],
+        );
+        sh("ip", &["link", "set", &ns_dev, "netns", &link.ns]);
+        let host_cidr = format!("{}/30", link.host_ip);
+        let ns_cidr = format!("{}/30", link.ns_ip);
+        sh("ip", &["addr", "add", &host_cidr, "dev", &link.host_dev]);
+        sh("ip", &["link", "set", &link.host_dev, "up"]);
+        sh(
+            "ip",
+            &["-n", &link.ns, "addr", "add", &ns_cidr, "dev", &ns_dev],
+        );
+        sh("ip", &["-n", &link.ns, "link", "set", &ns_dev, "up"]);
+        sh("ip", &["-n", &link.ns, "link", "set", "lo", "up"]);
+        // SFU -> subscriber only: the host side's egress. The subscriber's uplink (feedback,
+        // signaling) is not shaped.
+        sh(
+            "tc",
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &link.host_dev,
+                "root",
+                "tbf",
+                "rate",
+                TBF_FIRST_RATE,
+                "burst",
+                TBF_FIRST_BURST,
+                "latency",
+                TBF_LATENCY,
+            ],
+        );
+        link
+    }
+}
+
+impl ShapedLink {
+    /// Namespaces (and their host-side veth) of earlier runs killed before their Drop ran
+    /// (SIGINT, SIGKILL): ours by name, and their process is gone.
+    fn remove_stale() {
+        let list = Command::new("ip").args(["netns", "list"]).output();
+        let list = list.map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+        for name in list.unwrap_or_default().lines() {
+            let name = name.split_whitespace().next().unwrap_or_default();
+            let Some(pid) = name.strip_prefix("sfubwe") else {
+                continue;
+            };
+            let mine = pid == std::process::id().to_string();
+            if mine || (pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists())
+            {
+                eprintln!("removing namespace {name} left by an earlier run");
+                let _ = Command::new("ip")
+                    .args(["link", "del", &format!("bweh{pid}")])
+                    .stderr(Stdio::null())
+                    .status();
+                sh_quiet("ip", &["netns", "del", name]);
+            }
+        }
+    }
+}
+
+impl Drop for ShapedLink {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth pair (and the qdisc with it) once nothing
+        // runs inside any more; deleting the host end directly does it at once.
+        sh_quiet("ip", &["link", "del", &self.host_dev]);
+        sh_quiet("ip", &["netns", "del", &self.ns]);
+    }
+}
+
+/// A temporary directory removed on drop (the clip is ~80 MB).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("sfu-bwe-browser-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            eprintln!("cleanup: {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A 2 s, 30 fps, 1280x720 YUV4MPEG2 clip that is expensive to encode, so every simulcast
+/// layer runs at its bitrate cap: a drifting diagonal gradient, fresh luma noise on every frame
+/// and a textured, coloured block crossing the picture. (Chromium's built-in fake camera is
+/// so cheap to encode that its top layer stays near 700 kbit/s; GUIDE.md §2.)
+fn write_clip(path: &Path) {
+    const W: usize = 1280;
+    const H: usize = 720;
+    const FRAMES: usize = 60;
+    const BLOCK: usize = 240;
+    const NOISE: usize = 8;
+    let mut out = Vec::with_capacity(64 + FRAMES * (6 + W * H * 3 / 2));
+    out.extend_from_slice(format!("YUV4MPEG2 W{W} H{H} F30:1 Ip A1:1 C420jpeg\n").as_bytes());
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = vec![0u8; W * H];
+    for frame in 0..FRAMES {
+        // xorshift64*, eight noise bytes per step (the test crate is built without optimisation).
+        for chunk in noise.chunks_exact_mut(8) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            chunk.copy_from_slice(&rng.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        let bx = (frame * (W - BLOCK)) / FRAMES;
+        let by = (H - BLOCK) / 2 + (frame % 20) * 6;
+        out.extend_from_slice(b"FRAME\n");
+        for y in 0..H {
+            let row = &noise[y * W..(y + 1) * W];
+            let in_block_rows = (by..by + BLOCK).contains(&y);
+            for (x, n) in row.iter().enumerate() {
+                let base = if in_block_rows && (bx..bx + BLOCK).contains(&x) {
+                    // 16x16 checkerboard moving with the block.
+                    if ((x - bx) / 16 + (y - by) / 16).is_multiple_of(2) {
+                        40
+                    } else {
+                        210
+                    }
+                } else {
+                    64 + ((x + y + frame * 4) % 256) / 2
+                };
+                // +-NOISE around the base.
+                out.push(
+                    (base + (*n as usize % (2 * NOISE)))
+                        .saturating_sub(NOISE)
+                        .min(255) as u8,
+                );
+            }
+        }
+        for (plane, block_value) in [(0usize, 90u8), (1, 200)] {
+            for y in 0..H / 2 {
+                for x in 0..W / 2 {
+                    let in_block = (by / 2..(by + BLOCK) / 2).contains(&y)
+                        && (bx / 2..(bx + BLOCK) / 2).contains(&x);
+                    out.push(if in_block {
+                        block_value
+                    } else {
+                        (112 + plane * 16 + ((x + frame) % 64) / 4) as u8
+                    });
+                }
+            }
+        }
+    }
+    fs::write(path, out).expect("clip written");
+}
+
+/// Jiffies (busy, all) of every CPU since boot, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn browser_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run `npm ci --prefix tests/browser` (tests/run.sh does)"
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium missing: `apt-get install chromium` (tests/run.sh does)"
+    );
+    dir
+}
+
+// Tracks issue 13, not yet passing: with Chromium receivers str0m's estimate swings between
+// ~120 kbit/s and 1.6 Mbit/s on the 700 kbit/s link (probes come back far too low), and while
+// video is paused NACK retransmissions and probe padding overflow the 150 kbit/s queue and
+// cost audio packets. Passed 2 of 17 runs; README "Bandwidth estimation". Run it with
+// `cargo test --test bwe_browser -- --ignored --nocapture`.
+#[ignore = "BWE with Chromium receivers is not reliable yet (issue 13); run with --ignored"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() {
+    assert!(
+        is_root(),
+        "this test needs root: it creates a network namespace and shapes a veth with tc"
+    );
+    let dir = browser_dir();
+    let started = Instant::now();
+    // Everything here competes for the machine's cores (encoder, two decoders, the server):
+    // the run's CPU load goes into the report, to tell a busy machine from a regression.
+    let (busy_before, all_before) = cpu_jiffies();
+    let load_before = load_average();
+
+    let tmp = TempDir::new();
+    let clip = tmp.0.join("clip.y4m");
+    write_clip(&clip);
+    let clip_time = started.elapsed();
+
+    let link = ShapedLink::create();
+    let wrapper = tmp.0.join("chromium-in-netns.sh");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} /usr/bin/chromium \"$@\"\n",
+            link.ns
+        ),
+    )
+    .expect("wrapper written");
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
+
+    // HTTP, WebSocket, WebTransport and media all on the host-side veth address: the publisher
+    // and the unshaped subscriber reach it locally, the namespace through the veth.
+    let server = common::start_server_with(&[
+        "--bwe-enabled",
+        "true",
+        "--host",
+        &link.host_ip,
+        "--rtc-listen-ip",
+        &link.host_ip,
+        "--announced-ip",
+        &link.host_ip,
+    ])
+    .await;
+    println!(
+        "clip {} MB written in {:.1?}; namespace {} ({}) <- {} {} ({TBF_FIRST_RATE}); server {}",
+        fs::metadata(&clip).map(|m| m.len() >> 20).unwrap_or(0),
+        clip_time,
+        link.ns,
+        link.ns_ip,
+        link.host_dev,
+        link.host_ip,
+        server.http_addr,
+    );
+
+    // The server's own view while the browsers run: did it pause anything for bandwidth?
+    let max_paused = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let media = server.ctx.media.clone();
+        let max_paused = Arc::clone(&max_paused);
+        tokio::spawn(async move {
+            loop {
+                let paused = media.stats().await.paused_for_bandwidth;
+                max_paused.fetch_max(paused, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let node = tokio::process::Command::new("node")
+        .arg(dir.join("bwe.mjs"))
+        .arg(format!("http://{}", server.http_addr))
+        .arg(&clip)
+        .arg(&wrapper)
+        .arg(&link.host_dev)
+        .arg(TBF_LATENCY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(150), node)
+        .await
+        .expect("bwe.mjs finishes within 150 s")
+        .expect("node runs");
+    sampler.abort();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stats = server.ctx.media.stats().await;
+    let max_paused = max_paused.load(Ordering::Relaxed);
+    let (busy_after, all_after) = cpu_jiffies();
+    println!(
+        "server: allocations initial {} congestion {} recovered {}, layer switches {}, \
+         keyframe requests {}, NACKs {}, most video paused for bandwidth at once {max_paused}; \
+         whole test {:.1?}; machine: CPU {}% busy ({} cores), load average {load_before} -> {}",
+        stats.allocations_initial,
+        stats.allocations_congestion,
+        stats.allocations_recovered,
+        stats.layer_switches,
+        stats.keyframe_requests,
+        stats.nacks_received,
+        started.elapsed(),
+        (busy_after - busy_before) * 100 / (all_after - all_before).max(1),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+    );
+    assert!(output.status.success(), "bwe.mjs failed (output above)");
+    assert!(stdout.contains(" passed, 0 failed"), "no summary line");
+    assert!(
+        max_paused >= 1,
+        "the page saw a bandwidth pause but the server never counted one"
+    );
+    assert!(
+        stats.allocations_congestion >= 1 && stats.allocations_recovered >= 1,
+        "{stats:?}"
+    );
+    server.stop().await;
+    drop(link);
+    drop(tmp);
+}
