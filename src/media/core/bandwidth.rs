@@ -361,6 +361,7 @@ impl WorkerCore {
         match (was, limit) {
             (_, BandwidthLimit::Paused) => {
                 self.retarget_consumer(ck, now);
+                self.forget_resends(ck);
                 let _ = self.events.send(MediaEvent::LayerChanged {
                     transport,
                     producer,
@@ -370,6 +371,21 @@ impl WorkerCore {
             }
             (BandwidthLimit::Paused, _) => self.start_at_keyframe(ck, now),
             _ => self.retarget_consumer(ck, now),
+        }
+    }
+
+    /// Drop what str0m keeps to answer NACKs for a consumer just paused for bandwidth: on a
+    /// link too thin for its lowest layer, resending its old frames would only take the
+    /// audio's room (the picture restarts at a keyframe anyway).
+    fn forget_resends(&mut self, ck: ConsumerKey) {
+        let consumer = &self.consumers[ck];
+        let Some(ssrc) = consumer.tx_ssrc else {
+            return;
+        };
+        let transport = &mut self.transports[consumer.transport];
+        if let Some(stream) = transport.rtc.direct_api().stream_tx(&ssrc) {
+            // str0m's defaults; setting the cache replaces (empties) it.
+            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.15));
         }
     }
 
