@@ -182,6 +182,8 @@ async fn each_subscriber_gets_what_its_own_link_carries() {
         |w| w.video() == 0,
     )
     .await;
+    // The link's queue empties of what was sent before the pause; then the steady state.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..2 {
         let w = window(&thin, Duration::from_secs(1)).await;
         // At most a straggler that str0m had already paced before the pause (its resend

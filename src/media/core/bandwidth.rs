@@ -234,7 +234,13 @@ impl WorkerCore {
                 now,
             );
         }
-        self.update_estimator(key, allocator::targets(&demands, &states), estimate, now);
+        // A link too thin for some video is left to str0m's own (rarer) probes: ours would
+        // push bursts through a queue the audio needs.
+        let paused = states
+            .iter()
+            .any(|s| s.allocation == Some(Allocation::Paused));
+        let targets = allocator::targets(&demands, &states);
+        self.update_estimator(key, targets, estimate, !paused, now);
     }
 
     /// Tell str0m what this subscriber wants (see [`allocator::Targets`]).
@@ -243,6 +249,7 @@ impl WorkerCore {
         key: TransportKey,
         targets: allocator::Targets,
         estimate: u64,
+        may_probe: bool,
         now: Instant,
     ) {
         let transport = &mut self.transports[key];
@@ -254,7 +261,8 @@ impl WorkerCore {
         // below its layer gets a probe by nudging the desired rate up every PROBE_INTERVAL
         // (each probe may double the estimate: a recovered link is found in seconds, not
         // at AIMD's few percent a second).
-        let probe = targets.wants_more(estimate)
+        let probe = may_probe
+            && targets.wants_more(estimate)
             && bwe
                 .last_probe
                 .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_INTERVAL);
