@@ -12,22 +12,8 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-fn browser_dir() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run `npm ci --prefix tests/browser` (tests/run.sh does)"
-    );
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Chromium missing: `apt-get install chromium` (tests/run.sh does)"
-    );
-    dir
-}
 
 /// Run one browser script against `server`; it prints `N passed, M failed` and exits 0 on success.
 /// One browser script at a time: two of them (four Chromium pages encoding 720p simulcast) on
@@ -37,7 +23,7 @@ static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 
 async fn run_script(server: &sfu::ServerHandle, script: &str, args: &[&str]) {
     let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
-    let dir = browser_dir();
+    let dir = common::browser_dir();
     let url = format!("http://{}", server.http_addr);
     let run = tokio::process::Command::new("node")
         .arg(dir.join(script))

@@ -285,19 +285,6 @@ fn load_average() -> String {
         .to_string()
 }
 
-fn browser_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run `npm ci --prefix tests/browser` (tests/run.sh does)"
-    );
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Chromium missing: `apt-get install chromium` (tests/run.sh does)"
-    );
-    dir
-}
-
 // Tracks issue 13, not yet passing: with Chromium receivers str0m's estimate swings between
 // ~120 kbit/s and 1.6 Mbit/s on the 700 kbit/s link (probes come back far too low), and while
 // video is paused NACK retransmissions and probe padding overflow the 150 kbit/s queue and
@@ -310,7 +297,7 @@ async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() 
         is_root(),
         "this test needs root: it creates a network namespace and shapes a veth with tc"
     );
-    let dir = browser_dir();
+    let dir = common::browser_dir();
     let started = Instant::now();
     // Everything here competes for the machine's cores (encoder, two decoders, the server):
     // the run's CPU load goes into the report, to tell a busy machine from a regression.

@@ -165,3 +165,20 @@ impl Drop for RestartPostgres {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Headless Chromium: the scripts' directory, once its prerequisites are there.
+
+/// `tests/browser`, after checking that `npm ci` ran there and Chromium is installed.
+pub fn browser_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run `npm ci --prefix tests/browser` (tests/run.sh does)"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Chromium missing: `apt-get install chromium` (tests/run.sh does)"
+    );
+    dir
+}
