@@ -191,10 +191,11 @@ pub fn allocate(
     now: Instant,
 ) -> Vec<Change> {
     debug_assert_eq!(tracks.len(), states.len());
-    let ideal = ideal_allocations(estimate_bps, tracks, states);
-    let tops: Vec<Option<Allocation>> = tracks
+    let steps: Vec<Vec<(Allocation, u64)>> = tracks.iter().map(TrackDemand::steps).collect();
+    let ideal = ideal_allocations(estimate_bps, tracks, &steps, states);
+    let tops: Vec<Option<Allocation>> = steps
         .iter()
-        .map(|t| t.steps().last().map(|(step, _)| *step))
+        .map(|s| s.last().map(|(step, _)| *step))
         .collect();
     let mut changes = Vec::new();
     for (i, (track, state)) in tracks.iter().zip(states.iter_mut()).enumerate() {
@@ -254,6 +255,7 @@ fn fits_layer(track: &TrackDemand, allocation: Allocation) -> bool {
 fn ideal_allocations(
     estimate_bps: u64,
     tracks: &[TrackDemand],
+    steps: &[Vec<(Allocation, u64)>],
     states: &[TrackState],
 ) -> Vec<Allocation> {
     let mut budget = estimate_bps.max(BUDGET_FLOOR_BPS) as i64;
@@ -264,7 +266,6 @@ fn ideal_allocations(
         budget -= audio_cost(track) as i64;
     }
     let order = video_order(tracks);
-    let steps: Vec<Vec<(Allocation, u64)>> = tracks.iter().map(TrackDemand::steps).collect();
     let current = |i: usize| states[i].allocation.unwrap_or(Allocation::Paused);
     // Everyone's cheapest step first.
     for &i in &order {

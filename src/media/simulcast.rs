@@ -93,7 +93,7 @@ impl LayerSelector {
             self.current = None;
             return None;
         }
-        let wanted = cap_layer(pick_layer(self.preference, active), self.bandwidth, active);
+        let wanted = self.wanted_layer(active);
         if wanted.is_some() && wanted != self.target {
             self.target = wanted;
             if self.target != self.current {

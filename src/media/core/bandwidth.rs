@@ -174,23 +174,19 @@ impl WorkerCore {
     /// allocation choose its layer (the initial estimate until feedback arrives).
     pub(super) fn allocate_for_new_consumer(&mut self, ck: ConsumerKey, now: Instant) {
         let key = self.consumers[ck].transport;
-        if self.transports[key].bwe.is_none() || !self.consumer_has_twcc(ck) {
+        if !self.consumer_has_twcc(ck) {
             return;
         }
-        if let Some(bwe) = self.transports[key].bwe.as_mut() {
-            bwe.active = true;
-        }
+        let Some(bwe) = self.transports[key].bwe.as_mut() else {
+            return;
+        };
+        bwe.active = true;
         self.allocate(key, now);
     }
 
-    /// Housekeeping: measure layers, then re-allocate every governed subscriber (climbs
-    /// wait for a hold, so they need a clock even when the estimate is steady).
+    /// Housekeeping (after the layer meters rolled): re-allocate every governed subscriber
+    /// (climbs wait for a hold, so they need a clock even when the estimate is steady).
     pub(super) fn allocate_all(&mut self, now: Instant) {
-        for (_, producer) in self.producers.iter_mut() {
-            for layer in producer.layers.iter_mut() {
-                layer.meter.roll(now, layer.active);
-            }
-        }
         let governed: Vec<TransportKey> = self
             .transports
             .iter()

@@ -37,7 +37,7 @@ impl WorkerCore {
         let Some((pk, layer)) = self.resolve_route(key, &packet) else {
             return;
         };
-        if !self.note_packet(key, pk, layer, &packet, now) {
+        if !self.note_packet(key, pk, layer, packet.header.payload_type, now) {
             return;
         }
         let producer = &self.producers[pk];
@@ -82,10 +82,9 @@ impl WorkerCore {
         key: TransportKey,
         pk: ProducerKey,
         layer: u8,
-        packet: &RtpPacket,
+        pt: Pt,
         now: Instant,
     ) -> bool {
-        let pt = packet.header.payload_type;
         let producer = &mut self.producers[pk];
         let Some(layer_state) = producer.layers.get_mut(layer as usize) else {
             return false;

@@ -62,6 +62,7 @@ impl WorkerCore {
                     layer.active = false;
                     any = true;
                 }
+                layer.meter.roll(now, layer.active);
             }
             if any {
                 changed.push(pk);
