@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 /// Run one browser script against `server`; it prints `N passed, M failed` and exits 0 on success.
@@ -23,28 +22,16 @@ static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 
 async fn run_script(server: &sfu::ServerHandle, script: &str, args: &[&str]) {
     let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
-    let dir = common::browser_dir();
     let url = format!("http://{}", server.http_addr);
-    let run = tokio::process::Command::new("node")
-        .arg(dir.join(script))
-        .arg(&url)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(150), run)
-        .await
-        .expect("browser script finishes within 150 s")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (status, stdout) = common::run_browser_script(
+        script,
+        std::iter::once(url.as_str()).chain(args.iter().copied()),
+        Duration::from_secs(150),
+    )
+    .await;
     let stats = server.ctx.media.stats().await;
     println!("server media stats: {stats:?}");
-    assert!(
-        output.status.success(),
-        "{script} {args:?} failed (output above)"
-    );
+    assert!(status.success(), "{script} {args:?} failed (output above)");
     assert!(stdout.contains(" passed, 0 failed"), "no summary line");
     assert!(stats.rtp_packets_forwarded > 0);
 }

@@ -297,7 +297,8 @@ async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() 
         is_root(),
         "this test needs root: it creates a network namespace and shapes a veth with tc"
     );
-    let dir = common::browser_dir();
+    // Fail before building the namespace when Chromium or the npm packages are missing.
+    common::browser_dir();
     let started = Instant::now();
     // Everything here competes for the machine's cores (encoder, two decoders, the server):
     // the run's CPU load goes into the report, to tell a busy machine from a regression.
@@ -359,24 +360,17 @@ async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() 
         })
     };
 
-    let node = tokio::process::Command::new("node")
-        .arg(dir.join("bwe.mjs"))
-        .arg(format!("http://{}", server.http_addr))
-        .arg(&clip)
-        .arg(&wrapper)
-        .arg(&link.host_dev)
-        .arg(TBF_LATENCY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(150), node)
-        .await
-        .expect("bwe.mjs finishes within 150 s")
-        .expect("node runs");
+    let base = format!("http://{}", server.http_addr);
+    let args: [&std::ffi::OsStr; 5] = [
+        base.as_ref(),
+        clip.as_ref(),
+        wrapper.as_ref(),
+        link.host_dev.as_ref(),
+        TBF_LATENCY.as_ref(),
+    ];
+    let (status, stdout) =
+        common::run_browser_script("bwe.mjs", args, Duration::from_secs(150)).await;
     sampler.abort();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let stats = server.ctx.media.stats().await;
     let max_paused = max_paused.load(Ordering::Relaxed);
     let (busy_after, all_after) = cpu_jiffies();
@@ -395,7 +389,7 @@ async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() 
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
     );
-    assert!(output.status.success(), "bwe.mjs failed (output above)");
+    assert!(status.success(), "bwe.mjs failed (output above)");
     assert!(stdout.contains(" passed, 0 failed"), "no summary line");
     assert!(
         max_paused >= 1,

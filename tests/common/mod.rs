@@ -182,3 +182,30 @@ pub fn browser_dir() -> std::path::PathBuf {
     );
     dir
 }
+
+/// `node tests/browser/<script> <args…>` (after [`browser_dir`]'s checks): its output echoed,
+/// its exit status and stdout returned. Panics if it runs longer than `limit`.
+pub async fn run_browser_script<I, S>(
+    script: &str,
+    args: I,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let run = tokio::process::Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{script} finishes within {limit:?}"))
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    (output.status, stdout)
+}
