@@ -7,7 +7,7 @@
 #     -e DJANGO_JWT_SECRET=change-me-at-least-16-chars -e ANNOUNCED_IP=<address clients reach> sfu
 #
 # Without --network host, publish every port and still set ANNOUNCED_IP to the host's address:
-#   -p 3000:3000 -p 9090:9090 -p 3001:3001/udp -p 10000-10100:10000-10100/udp
+#   -p 3000:3000 -p 9090:9090 -p 3001:3001/udp -p 10000-10100:10000-10100/udp -p 7881:7881
 # (ANNOUNCED_IP goes into ICE candidates; the default 127.0.0.1 only works for a browser on the
 # same machine.) NODE_ENV=production is baked in, so DJANGO_JWT_SECRET (or JWT_PUBLIC_KEY) must
 # be given or the server refuses to start. Kubernetes manifests: k8s/README.md.
@@ -94,13 +94,15 @@ ENV NODE_ENV=production \
     RTC_LISTEN_IP=0.0.0.0 \
     MEDIASOUP_WORKER_RTC_MIN_PORT=10000 \
     MEDIASOUP_WORKER_RTC_MAX_PORT=10100 \
+    ICE_TCP_PORT=7881 \
     WEB_DEMO_DIR=/app/web-demo \
     LOG_LEVEL=info
 
 USER 10001:10001
 
-# HTTP + WebSocket, Prometheus metrics, WebTransport (QUIC), media (worker i binds 10000 + i).
-EXPOSE 3000/tcp 9090/tcp 3001/udp 10000-10100/udp
+# HTTP + WebSocket, Prometheus metrics, WebTransport (QUIC), media (worker i binds 10000 + i),
+# ICE-TCP (one port for all workers).
+EXPOSE 3000/tcp 9090/tcp 3001/udp 10000-10100/udp 7881/tcp
 
 # The slim image has no curl/wget, and `sfu` itself has no probe subcommand (it would also need
 # the production secret just to parse its configuration). bash is always present on Debian, so

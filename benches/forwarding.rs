@@ -31,6 +31,11 @@ impl Egress for Wire {
     fn send(&mut self, destination: SocketAddr, payload: &[u8]) {
         self.0.push((destination, payload.to_vec()));
     }
+
+    // The in-memory network has no TCP; the bench's peers only have UDP candidates.
+    fn send_tcp(&mut self, destination: SocketAddr, payload: &[u8]) {
+        self.send(destination, payload);
+    }
 }
 
 /// Counts and discards: the timed loop must not measure our own copying.
@@ -39,6 +44,10 @@ struct Sink(u64);
 impl Egress for Sink {
     fn send(&mut self, _destination: SocketAddr, payload: &[u8]) {
         self.0 += payload.len() as u64;
+    }
+
+    fn send_tcp(&mut self, destination: SocketAddr, payload: &[u8]) {
+        self.send(destination, payload);
     }
 }
 

@@ -125,6 +125,15 @@ pub struct Config {
     #[arg(long, env = "BWE_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub bwe_enabled: bool,
 
+    /// ICE-TCP (RFC 6544 passive candidates on one TCP port) for clients whose networks drop
+    /// UDP. Every answer and ORTC transport then carries a TCP candidate beside the UDP one.
+    #[arg(long, env = "ICE_TCP_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ice_tcp_enabled: bool,
+
+    /// The node's one ICE-TCP port, bound on RTC_LISTEN_IP. 0 picks a free port.
+    #[arg(long, env = "ICE_TCP_PORT", default_value_t = 7881)]
+    pub ice_tcp_port: u16,
+
     /// What a new subscriber's link is assumed to carry before feedback arrives, in kbit/s.
     #[arg(long, env = "BWE_INITIAL_KBPS", default_value_t = 1000)]
     pub bwe_initial_kbps: u64,
@@ -305,6 +314,7 @@ impl Config {
                 enabled: self.bwe_enabled,
                 initial_bps: self.bwe_initial_kbps.saturating_mul(1000),
             },
+            ice_tcp_port: self.ice_tcp_enabled.then_some(self.ice_tcp_port),
         };
         Ok(Settings {
             config: self,

@@ -22,12 +22,12 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::netns::{is_root, sh, VethNamespace};
 
 /// Queue of the shaper: what tbf holds before it drops (bufferbloat a home link might have).
 const TBF_LATENCY: &str = "100ms";
@@ -35,145 +35,28 @@ const TBF_LATENCY: &str = "100ms";
 const TBF_FIRST_RATE: &str = "700kbit";
 const TBF_FIRST_BURST: &str = "2kb";
 
-/// Runs `program args`, panicking with its stderr when it fails.
-fn sh(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
+/// The namespace of the shaped subscriber, with `tc tbf` on the host side's egress: SFU ->
+/// subscriber only. The subscriber's uplink (feedback, signaling) is not shaped.
+fn shaped_link() -> VethNamespace {
+    let link = VethNamespace::create("bwe", 77);
+    sh(
+        "tc",
+        &[
+            "qdisc",
+            "add",
+            "dev",
+            &link.host_dev,
+            "root",
+            "tbf",
+            "rate",
+            TBF_FIRST_RATE,
+            "burst",
+            TBF_FIRST_BURST,
+            "latency",
+            TBF_LATENCY,
+        ],
     );
-}
-
-/// Like [`sh`] but for cleanup: failures are only printed.
-fn sh_quiet(program: &str, args: &[&str]) {
-    match Command::new(program).args(args).output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "cleanup: {program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => eprintln!("cleanup: {program} {args:?}: {e}"),
-    }
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A namespace `ns` with one end of a veth pair in it (`ns_ip`) and the other on the host
-/// (`host_dev`, `host_ip`), a /30 picked from the pid so parallel runs do not clash.
-/// Dropping it deletes both (also when the test panics).
-struct ShapedLink {
-    ns: String,
-    host_dev: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-impl ShapedLink {
-    fn create() -> Self {
-        let pid = std::process::id();
-        // Names stay under IFNAMSIZ (15) for any pid up to 2^22 (7 digits).
-        let link = ShapedLink {
-            ns: format!("sfubwe{pid}"),
-            host_dev: format!("bweh{pid}"),
-            host_ip: format!("10.77.{}.{}", (pid >> 6) & 0xff, (pid & 0x3f) * 4 + 1),
-            ns_ip: format!("10.77.{}.{}", (pid >> 6) & 0xff, (pid & 0x3f) * 4 + 2),
-        };
-        let ns_dev = format!("bwen{pid}");
-        Self::remove_stale();
-        // From here on `link` is dropped (and cleans up) whatever fails.
-        sh("ip", &["netns", "add", &link.ns]);
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &link.host_dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &ns_dev,
-            ],
-        );
-        sh("ip", &["link", "set", &ns_dev, "netns", &link.ns]);
-        let host_cidr = format!("{}/30", link.host_ip);
-        let ns_cidr = format!("{}/30", link.ns_ip);
-        sh("ip", &["addr", "add", &host_cidr, "dev", &link.host_dev]);
-        sh("ip", &["link", "set", &link.host_dev, "up"]);
-        sh(
-            "ip",
-            &["-n", &link.ns, "addr", "add", &ns_cidr, "dev", &ns_dev],
-        );
-        sh("ip", &["-n", &link.ns, "link", "set", &ns_dev, "up"]);
-        sh("ip", &["-n", &link.ns, "link", "set", "lo", "up"]);
-        // SFU -> subscriber only: the host side's egress. The subscriber's uplink (feedback,
-        // signaling) is not shaped.
-        sh(
-            "tc",
-            &[
-                "qdisc",
-                "add",
-                "dev",
-                &link.host_dev,
-                "root",
-                "tbf",
-                "rate",
-                TBF_FIRST_RATE,
-                "burst",
-                TBF_FIRST_BURST,
-                "latency",
-                TBF_LATENCY,
-            ],
-        );
-        link
-    }
-}
-
-impl ShapedLink {
-    /// Namespaces (and their host-side veth) of earlier runs killed before their Drop ran
-    /// (SIGINT, SIGKILL): ours by name, and their process is gone.
-    fn remove_stale() {
-        let list = Command::new("ip").args(["netns", "list"]).output();
-        let list = list.map(|o| String::from_utf8_lossy(&o.stdout).to_string());
-        for name in list.unwrap_or_default().lines() {
-            let name = name.split_whitespace().next().unwrap_or_default();
-            let Some(pid) = name.strip_prefix("sfubwe") else {
-                continue;
-            };
-            let mine = pid == std::process::id().to_string();
-            if mine || (pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists())
-            {
-                eprintln!("removing namespace {name} left by an earlier run");
-                let _ = Command::new("ip")
-                    .args(["link", "del", &format!("bweh{pid}")])
-                    .stderr(Stdio::null())
-                    .status();
-                sh_quiet("ip", &["netns", "del", name]);
-            }
-        }
-    }
-}
-
-impl Drop for ShapedLink {
-    fn drop(&mut self) {
-        // Deleting the namespace destroys the veth pair (and the qdisc with it) once nothing
-        // runs inside any more; deleting the host end directly does it at once.
-        sh_quiet("ip", &["link", "del", &self.host_dev]);
-        sh_quiet("ip", &["netns", "del", &self.ns]);
-    }
+    link
 }
 
 /// A temporary directory removed on drop (the clip is ~80 MB).
@@ -310,17 +193,8 @@ async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() 
     write_clip(&clip);
     let clip_time = started.elapsed();
 
-    let link = ShapedLink::create();
-    let wrapper = tmp.0.join("chromium-in-netns.sh");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec ip netns exec {} /usr/bin/chromium \"$@\"\n",
-            link.ns
-        ),
-    )
-    .expect("wrapper written");
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
+    let link = shaped_link();
+    let wrapper = link.chromium_wrapper(&tmp.0);
 
     // HTTP, WebSocket, WebTransport and media all on the host-side veth address: the publisher
     // and the unshaped subscriber reach it locally, the namespace through the veth.

@@ -434,6 +434,10 @@ fn deployment_ports_probes_user_and_grace_period() {
         has(config_number(&docs, "WEBTRANSPORT_PORT"), "UDP"),
         "WEBTRANSPORT_PORT"
     );
+    assert!(
+        has(config_number(&docs, "ICE_TCP_PORT"), "TCP"),
+        "ICE_TCP_PORT is a containerPort/TCP"
+    );
     // One UDP port per media worker, inside the configured range.
     let min = config_number(&docs, "MEDIASOUP_WORKER_RTC_MIN_PORT");
     let max = config_number(&docs, "MEDIASOUP_WORKER_RTC_MAX_PORT");
@@ -955,6 +959,10 @@ fn dockerfile_runs_non_root_with_healthcheck_ports_and_known_env() {
     assert!(exposes(3000, "tcp"), "EXPOSE 3000/tcp: {exposed:?}");
     assert!(exposes(3001, "udp"), "EXPOSE 3001/udp: {exposed:?}");
     assert!(exposes(9090, "tcp"), "EXPOSE 9090/tcp: {exposed:?}");
+    assert!(
+        exposes(7881, "tcp"),
+        "EXPOSE 7881/tcp (ICE-TCP): {exposed:?}"
+    );
     let docs = manifests();
     let min = config_number(&docs, "MEDIASOUP_WORKER_RTC_MIN_PORT");
     let max = config_number(&docs, "MEDIASOUP_WORKER_RTC_MAX_PORT");

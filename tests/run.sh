@@ -4,6 +4,7 @@
 #   playwright-core, mediasoup-client and esbuild (bundles it at test time): npm ci in tests/browser.
 #   Janus (Debian package): the load runner's side-by-side target.
 #   coturn (Debian package): the TURN server tests/turn.rs starts on loopback.
+#   nftables (Debian package): drops UDP in the namespace of tests/ice_tcp_browser.rs.
 #   Redis (multi-node tests) and PostgreSQL (audit tests): started on 127.0.0.1 when down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,11 @@ if [ ! -x /usr/bin/turnserver ]; then
   echo "== installing coturn (apt; tests/turn.rs checks TURN credentials against it)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq coturn >/dev/null || { apt-get update -qq && apt-get install -y -qq coturn >/dev/null; }
+fi
+if [ ! -x /usr/sbin/nft ]; then
+  echo "== installing nftables (apt; tests/ice_tcp_browser.rs blocks UDP in a namespace)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq nftables >/dev/null || { apt-get update -qq && apt-get install -y -qq nftables >/dev/null; }
 fi
 if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/mediasoup-client ] \
   || [ ! -d tests/browser/node_modules/esbuild ]; then

@@ -1046,16 +1046,24 @@ window.sfuDemo = {
   /** Closes the signaling connection abruptly, as a network drop would; true if one was open. */
   dropSignaling: () => app.session?.dropSignaling() ?? false,
   /** Local candidate type ('host' | 'srflx' | 'relay') of the publisher's selected pair, or null. */
-  publisherCandidateType: async () => selectedLocalCandidateType(app.session?.pubPc),
+  publisherCandidateType: async () => (await selectedLocalCandidate(app.session?.pubPc))?.candidateType ?? null,
+  /** The selected pair's local candidate of each connection: {publisher, subscriber}, each
+   * {candidateType, protocol ('udp' | 'tcp'), relayProtocol} or null. */
+  selectedCandidates: async () => ({
+    publisher: pick(await selectedLocalCandidate(app.session?.pubPc)),
+    subscriber: pick(await selectedLocalCandidate(app.session?.subPc)),
+  }),
 };
 
-async function selectedLocalCandidateType(pc) {
+const pick = (c) => (c ? { candidateType: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol ?? null } : null);
+
+async function selectedLocalCandidate(pc) {
   if (!pc) return null;
   const stats = [...(await pc.getStats()).values()];
   const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
   const pair = stats.find((s) => s.id === transport?.selectedCandidatePairId)
     ?? stats.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
-  return stats.find((s) => s.id === pair?.localCandidateId)?.candidateType ?? null;
+  return stats.find((s) => s.id === pair?.localCandidateId) ?? null;
 }
 
 // ---------------------------------------------------------------------------------------------

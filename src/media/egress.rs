@@ -1,4 +1,4 @@
-//! Batched UDP egress: datagrams written through [`Egress`] are copied into a fixed ring of
+//! Batched UDP egress: datagrams pushed here are copied into a fixed ring of
 //! slots and handed to the kernel with one `sendmmsg(2)` per batch instead of one `sendto(2)`
 //! per datagram. str0m has no GSO/sendmmsg of its own (one `Transmit` per datagram) and every
 //! subscriber has its own destination, so GSO (one destination per call) does not apply.
@@ -9,8 +9,6 @@
 //! datagram, as UDP would. Linux only (`sendmmsg`), like the rest of the media path.
 
 use std::net::SocketAddr;
-
-use crate::media::core::Egress;
 
 /// Datagrams per `sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -184,8 +182,9 @@ fn write_sockaddr(
     }
 }
 
-impl Egress for BatchEgress {
-    fn send(&mut self, destination: SocketAddr, payload: &[u8]) {
+impl BatchEgress {
+    /// Queue one datagram; a full batch goes out at once.
+    pub fn push(&mut self, destination: SocketAddr, payload: &[u8]) {
         if payload.len() > SLOT {
             self.flush();
             self.send_alone(destination, payload);
@@ -222,9 +221,9 @@ mod tests {
         for i in 0..total {
             let to = receivers[i % 3].local_addr().unwrap();
             if i == 20 {
-                egress.send(to, &vec![7u8; SLOT + 100]);
+                egress.push(to, &vec![7u8; SLOT + 100]);
             }
-            egress.send(to, &(i as u32).to_be_bytes());
+            egress.push(to, &(i as u32).to_be_bytes());
         }
         egress.flush();
         assert_eq!(egress.queued, 0);

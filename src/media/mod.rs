@@ -14,6 +14,7 @@ pub mod core;
 mod egress;
 pub mod ortc;
 pub mod simulcast;
+mod tcp;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ pub struct MediaConfig {
     pub announced_ip: std::net::IpAddr,
     pub codecs: Vec<CodecName>,
     pub bwe: BweSettings,
+    /// The node's one ICE-TCP port (bound on `listen_ip`, 0 picks a free one); `None` is off.
+    pub ice_tcp_port: Option<u16>,
 }
 
 /// A producer created from a publisher offer.
@@ -201,10 +204,23 @@ impl std::ops::AddAssign for WorkerStats {
     }
 }
 
+/// ICE-TCP at a glance: where it listens, links open and opened, connections ended by reason.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IceTcpStats {
+    pub addr: Option<SocketAddr>,
+    pub links: u64,
+    /// Connections tied to a transport since start.
+    pub opened: u64,
+    pub closed: std::collections::BTreeMap<&'static str, u64>,
+}
+
 /// Front door to all workers. Cheap to clone.
 #[derive(Clone)]
 pub struct MediaRouter {
     workers: Arc<Vec<WorkerHandle>>,
+    /// Where the ICE-TCP listener is bound, when it is on.
+    tcp_addr: Option<SocketAddr>,
+    tcp_counters: Arc<tcp::TcpCounters>,
     next_transport: Arc<AtomicU64>,
     capabilities: Arc<RtpCapabilities>,
 }
@@ -215,11 +231,45 @@ impl MediaRouter {
         config: MediaConfig,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> anyhow::Result<Self> {
+        // Bound first: with port 0 the candidates need the port the kernel picked.
+        let tcp_listener = match config.ice_tcp_port {
+            Some(port) => {
+                let bind = SocketAddr::new(config.listen_ip, port);
+                let listener = std::net::TcpListener::bind(bind).map_err(|e| {
+                    anyhow::anyhow!("ICE-TCP: cannot bind TCP {bind}: {e} (ICE_TCP_PORT)")
+                })?;
+                // std listens with a backlog of 128; a burst of clients (or of junk) should
+                // wait in the kernel's queue rather than time out their SYNs.
+                // SAFETY: listen(2) on a socket we own; a second call only resizes the queue.
+                unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 1024) };
+                Some(listener)
+            }
+            None => None,
+        };
+        let tcp_port = match &tcp_listener {
+            Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        };
+        let tcp_counters = Arc::new(tcp::TcpCounters::default());
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
-            workers.push(WorkerHandle::spawn(index, &config, events.clone())?);
+            workers.push(WorkerHandle::spawn(
+                index,
+                &config,
+                tcp_port,
+                tcp_counters.clone(),
+                events.clone(),
+            )?);
+        }
+        if let Some(listener) = tcp_listener {
+            let addr = listener.local_addr()?;
+            let commands = workers.iter().map(|w| w.commands.clone()).collect();
+            tcp::spawn_listener(listener, commands, tcp_counters.clone())?;
+            tracing::info!(%addr, "ICE-TCP listening");
         }
         Ok(MediaRouter {
+            tcp_counters,
+            tcp_addr: tcp_port.map(|port| SocketAddr::new(config.listen_ip, port)),
             workers: Arc::new(workers),
             next_transport: Arc::new(AtomicU64::new(1)),
             capabilities: Arc::new(self::core::router_capabilities(&config.codecs)),
@@ -228,6 +278,25 @@ impl MediaRouter {
 
     pub fn worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// The ICE-TCP listener's local address, when ICE-TCP is on.
+    pub fn ice_tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// ICE-TCP links open now and connections closed by reason (`/status`, metrics).
+    pub fn ice_tcp_stats(&self) -> IceTcpStats {
+        let counters = &self.tcp_counters;
+        IceTcpStats {
+            addr: self.tcp_addr,
+            links: counters.links(),
+            opened: counters.opened(),
+            closed: tcp::CloseReason::ALL
+                .iter()
+                .map(|r| (r.label(), counters.closed(*r)))
+                .collect(),
+        }
     }
 
     /// Local UDP address of each worker (what the sockets are bound to).

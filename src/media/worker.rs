@@ -2,6 +2,7 @@
 //! socket and one [`WorkerCore`]. Signaling reaches it only through the command channel.
 
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -9,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Egress, WorkerCore};
 use super::egress::BatchEgress;
+use super::tcp::{Adoption, LinkInput, Links, TcpCounters, WORKER_INBOX};
 use super::{
     MediaConfig, MediaError, MediaEvent, NewProducer, Preference, ProducerId, TransportId,
     WorkerStats,
@@ -52,6 +54,14 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<WorkerStats>,
     },
+    /// An ICE-TCP connection whose first frame was read by the accept thread: take it if
+    /// that frame claims one of this worker's transports, else give it back.
+    AdoptTcp {
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        first_frame: Vec<u8>,
+        reply: oneshot::Sender<Adoption>,
+    },
     /// Any other operation on the core (ORTC, WHEP, pause...): the closure replies itself.
     Run(CoreTask),
 }
@@ -67,6 +77,8 @@ impl WorkerHandle {
     pub fn spawn(
         index: usize,
         config: &MediaConfig,
+        ice_tcp_port: Option<u16>,
+        tcp_counters: Arc<TcpCounters>,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> anyhow::Result<Self> {
         let port = if config.port_min == 0 {
@@ -80,6 +92,8 @@ impl WorkerHandle {
         socket.set_nonblocking(true)?;
         let local_addr = socket.local_addr()?;
         let candidate_addr = SocketAddr::new(config.announced_ip, local_addr.port());
+        let tcp_candidate_addr =
+            ice_tcp_port.map(|port| SocketAddr::new(config.announced_ip, port));
         let codecs = config.codecs.clone();
         let bwe = config.bwe;
         let (commands, rx) = mpsc::unbounded_channel();
@@ -92,8 +106,11 @@ impl WorkerHandle {
                     .expect("worker runtime");
                 runtime.block_on(async move {
                     let socket = UdpSocket::from_std(socket).expect("register UDP socket");
-                    let core = WorkerCore::new(candidate_addr, &codecs, bwe, events);
-                    run(index, socket, core, rx).await;
+                    let mut core = WorkerCore::new(candidate_addr, &codecs, bwe, events);
+                    if let Some(addr) = tcp_candidate_addr {
+                        core = core.with_tcp_candidate(addr);
+                    }
+                    run(index, socket, core, rx, tcp_counters).await;
                 });
             })?;
         tracing::info!(worker = index, %local_addr, %candidate_addr, "media worker started");
@@ -112,13 +129,19 @@ async fn run(
     socket: UdpSocket,
     mut core: WorkerCore,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    tcp_counters: Arc<TcpCounters>,
 ) {
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Everything one wake-up produces (a publisher packet fans out to every subscriber) is
     // queued here and leaves in `sendmmsg` batches; the queue is empty whenever we wait.
-    let mut egress = BatchEgress::new(&socket);
+    // ICE-TCP links' readers run on this thread too and deliver through `tcp_inbox`.
+    let (inbox, mut tcp_inbox) = mpsc::channel(WORKER_INBOX);
+    let mut egress = WorkerEgress {
+        udp: BatchEgress::new(&socket),
+        tcp: Links::new(inbox, tcp_counters),
+    };
     let mut dropped_reported = 0;
     loop {
         let deadline = core.next_deadline(Instant::now());
@@ -143,6 +166,14 @@ async fn run(
                     }
                 }
             }
+            Some(input) = tcp_inbox.recv() => {
+                on_link_input(&mut core, input, &mut egress);
+                // A burst from several links is served in one wake-up, as UDP's is.
+                for _ in 0..RECV_BURST {
+                    let Ok(input) = tcp_inbox.try_recv() else { break };
+                    on_link_input(&mut core, input, &mut egress);
+                }
+            }
             command = commands.recv() => {
                 let Some(command) = command else {
                     tracing::info!(worker = index, "media worker stopping");
@@ -153,22 +184,71 @@ async fn run(
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = housekeeping.tick() => {
                 core.tick(Instant::now(), &mut egress);
-                if egress.dropped > dropped_reported {
+                egress.tcp.retain_transports(|id| core.has_transport(id));
+                if egress.udp.dropped > dropped_reported {
                     tracing::debug!(
                         worker = index,
-                        dropped = egress.dropped - dropped_reported,
+                        dropped = egress.udp.dropped - dropped_reported,
                         "egress datagrams dropped (socket buffer full)"
                     );
-                    dropped_reported = egress.dropped;
+                    dropped_reported = egress.udp.dropped;
                 }
             }
         }
         core.handle_timeouts(Instant::now(), &mut egress);
-        egress.flush();
+        egress.udp.flush();
     }
 }
 
-fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut dyn Egress) {
+/// The worker's two ways out: batched UDP and its ICE-TCP links.
+struct WorkerEgress {
+    udp: BatchEgress,
+    tcp: Links,
+}
+
+impl Egress for WorkerEgress {
+    fn send(&mut self, destination: SocketAddr, payload: &[u8]) {
+        self.udp.push(destination, payload);
+    }
+
+    fn send_tcp(&mut self, destination: SocketAddr, payload: &[u8]) {
+        self.tcp.send(destination, payload);
+    }
+}
+
+fn on_link_input(core: &mut WorkerCore, input: LinkInput, egress: &mut WorkerEgress) {
+    match input {
+        LinkInput::Frame { peer, link, data } => {
+            if let Some(transport) = egress.tcp.transport_of(peer, link) {
+                core.handle_tcp_frame(Instant::now(), transport, peer, &data, egress);
+            }
+        }
+        LinkInput::Ended { peer, link, reason } => egress.tcp.close(peer, link, reason),
+    }
+}
+
+/// Take an ICE-TCP connection if its first frame claims one of our transports.
+fn adopt_tcp(
+    core: &mut WorkerCore,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    first_frame: Vec<u8>,
+    egress: &mut WorkerEgress,
+) -> Adoption {
+    let Some(transport) = core.claim_tcp(&first_frame) else {
+        return Adoption::NotMine {
+            stream,
+            first_frame,
+        };
+    };
+    if let Err(reason) = egress.tcp.adopt(transport, stream, peer) {
+        return Adoption::Refused(reason);
+    }
+    core.handle_tcp_frame(Instant::now(), transport, peer, &first_frame, egress);
+    Adoption::Adopted
+}
+
+fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut WorkerEgress) {
     let now = Instant::now();
     match command {
         Command::PublisherOffer {
@@ -211,6 +291,14 @@ fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut dyn Egre
         }
         Command::Stats { reply } => {
             let _ = reply.send(core.stats());
+        }
+        Command::AdoptTcp {
+            stream,
+            peer,
+            first_frame,
+            reply,
+        } => {
+            let _ = reply.send(adopt_tcp(core, stream, peer, first_frame, egress));
         }
         Command::Run(task) => task(core, now, egress),
     }

@@ -67,6 +67,12 @@ pub async fn render(ctx: &Arc<AppContext>) -> String {
         metrics::counter!("sfu_bwe_allocation_changes_total", "reason" => reason).absolute(count);
     }
     metrics::gauge!("sfu_bwe_paused_tracks").set(media.paused_for_bandwidth as f64);
+    let tcp = ctx.media.ice_tcp_stats();
+    metrics::gauge!("sfu_ice_tcp_links").set(tcp.links as f64);
+    metrics::counter!("sfu_ice_tcp_links_opened_total").absolute(tcp.opened);
+    for (reason, count) in tcp.closed {
+        metrics::counter!("sfu_ice_tcp_closed_total", "reason" => reason).absolute(count);
+    }
     if let Some(p) = process_stats() {
         metrics::counter!("process_cpu_seconds_total").absolute(p.cpu_seconds as u64);
         metrics::gauge!("process_cpu_seconds").set(p.cpu_seconds);

@@ -234,6 +234,7 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "rooms": ctx.rooms.counts(),
         "media": media,
         "workers": ctx.media.worker_addrs(),
+        "iceTcp": ctx.media.ice_tcp_stats(),
     }))
 }
 

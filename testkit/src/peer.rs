@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -115,6 +115,8 @@ pub enum Poll {
 pub struct PeerState {
     pub rtc: Rtc,
     pub local: SocketAddr,
+    /// What its one candidate is: UDP, or the client end of an ICE-TCP connection.
+    proto: Protocol,
     pub connected: bool,
     pub received: Vec<Received>,
     pub raw: Vec<RawReceived>,
@@ -140,8 +142,33 @@ struct PendingPublish {
 impl PeerState {
     /// An endpoint whose only candidate is `local`.
     pub fn new(options: PeerOptions, local: SocketAddr) -> anyhow::Result<Self> {
+        Self::with_candidate(
+            options,
+            local,
+            Candidate::host(local, "udp")?,
+            Protocol::Udp,
+        )
+    }
+
+    /// An endpoint whose only candidate is an active ICE-TCP one at `local`, the local end of
+    /// a connection to the server's passive candidate (RFC 6544).
+    pub fn new_tcp(options: PeerOptions, local: SocketAddr) -> anyhow::Result<Self> {
+        let candidate = Candidate::builder()
+            .tcp()
+            .host(local)
+            .tcptype(TcpType::Active)
+            .build()?;
+        Self::with_candidate(options, local, candidate, Protocol::Tcp)
+    }
+
+    fn with_candidate(
+        options: PeerOptions,
+        local: SocketAddr,
+        candidate: Candidate,
+        proto: Protocol,
+    ) -> anyhow::Result<Self> {
         let mut rtc = options.config.set_rtp_mode(true).build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        rtc.add_local_candidate(candidate);
         let epoch = options
             .measure
             .as_ref()
@@ -149,6 +176,7 @@ impl PeerState {
         Ok(PeerState {
             rtc,
             local,
+            proto,
             connected: false,
             received: Vec::new(),
             raw: Vec::new(),
@@ -262,7 +290,7 @@ impl PeerState {
     }
 
     fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
-        if let Ok(rx) = Receive::new(Protocol::Udp, source, self.local, data) {
+        if let Ok(rx) = Receive::new(self.proto, source, self.local, data) {
             let _ = self.rtc.handle_input(Input::Receive(now, rx));
         }
     }
@@ -382,6 +410,28 @@ impl Peer {
         let state = PeerState::new(options, socket.local_addr()?)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_peer(socket, state, rx));
+        Ok(Peer { jobs })
+    }
+
+    /// Connect to the server's ICE-TCP candidate `server` and run the peer over that one
+    /// connection, RFC 4571-framed. Setting `stop_reading` makes it stop reading the socket
+    /// (a client too slow for what it is sent), with a small receive buffer so it shows soon.
+    pub async fn spawn_tcp(
+        options: PeerOptions,
+        server: SocketAddr,
+        stop_reading: Arc<std::sync::atomic::AtomicBool>,
+    ) -> anyhow::Result<Peer> {
+        let socket = match server {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_recv_buffer_size(16 * 1024)?;
+        socket.bind(SocketAddr::new(options.ip, 0))?;
+        let stream = socket.connect(server).await?;
+        stream.set_nodelay(true)?;
+        let state = PeerState::new_tcp(options, stream.local_addr()?)?;
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_tcp_peer(stream, state, rx, stop_reading));
         Ok(Peer { jobs })
     }
 
@@ -580,6 +630,79 @@ async fn run_peer(socket: UdpSocket, mut state: PeerState, mut jobs: mpsc::Unbou
                 }
             }
             // Only publishers need the media clock.
+            _ = media.tick(), if state.publishes() => state.write_media(Instant::now()),
+            _ = tokio::time::sleep(wait) => state.timeout(Instant::now()),
+        }
+    }
+}
+
+/// [`run_peer`] over one ICE-TCP connection: every transmit is a frame on it, whatever its
+/// destination (the connection is the candidate pair).
+async fn run_tcp_peer(
+    stream: tokio::net::TcpStream,
+    mut state: PeerState,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    stop_reading: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = stream.peer_addr() else {
+        return;
+    };
+    let (mut read_half, mut write_half) = stream.into_split();
+    let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(256);
+    tokio::spawn(async move {
+        loop {
+            if stop_reading.load(Ordering::Relaxed) {
+                // Hold the socket open, unread, until the server gives up on us.
+                let mut probe = [0u8; 0];
+                let _ = read_half.peek(&mut probe).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let mut len = [0u8; 2];
+            if read_half.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut frame = vec![0u8; u16::from_be_bytes(len) as usize];
+            if read_half.read_exact(&mut frame).await.is_err()
+                || frames_tx.send(frame).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut media = tokio::time::interval(Duration::from_millis(10));
+    media.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let deadline = loop {
+            match state.poll() {
+                Poll::Timeout(t) => break t,
+                Poll::Transmit(t) => {
+                    let mut frame = (t.contents.len() as u16).to_be_bytes().to_vec();
+                    frame.extend_from_slice(&t.contents);
+                    if write_half.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+                Poll::Closed => return,
+            }
+        };
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job(&mut state),
+                None => return,
+            },
+            frame = frames.recv() => match frame {
+                Some(frame) => state.receive(server, &frame),
+                // The server closed the connection: the peer is disconnected.
+                None => {
+                    state.connected = false;
+                    return;
+                }
+            },
             _ = media.tick(), if state.publishes() => state.write_media(Instant::now()),
             _ = tokio::time::sleep(wait) => state.timeout(Instant::now()),
         }

@@ -51,6 +51,7 @@ pub async fn spawn_server_binary(binary: &Path, env: &[(&str, &str)]) -> ServerP
         .env("METRICS_PORT", "0")
         .env("WEBTRANSPORT_PORT", "0")
         .env("MEDIASOUP_WORKER_RTC_MIN_PORT", "0")
+        .env("ICE_TCP_PORT", "0")
         .env("RTC_LISTEN_IP", "127.0.0.1")
         .env("SFU_WORKERS", "1")
         .env("DJANGO_JWT_SECRET", SECRET)

@@ -18,7 +18,7 @@
 //    then one layer is expected and the switch checks are skipped, saying so.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { createRun, CheckFailed, sleep, withTimeout } from './harness.mjs';
+import { createRun, demoState, remotes, CheckFailed, sleep, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
 const codec = (process.argv[3] ?? '').toLowerCase();
@@ -32,29 +32,14 @@ const WIDTH = 640;
 const HEIGHT = 360;
 
 const run = createRun({ budgetMs: 110_000, pollMs: 500 });
-const { check, waitFor } = run;
+const { check, waitFor, waitJoined } = run;
 
 function demoUrl(room, name, extra = {}) {
   const q = new URLSearchParams({ room, name, autojoin: '1', ...extra });
   return `${base}/?${q}`;
 }
 
-const demoState = (p) =>
-  p.page.evaluate(() => (window.sfuDemo
-    ? { state: window.sfuDemo.state, lastError: window.sfuDemo.lastError, participantId: window.sfuDemo.participantId }
-    : null));
-
-const remotes = (p) => p.page.evaluate(() => window.sfuDemo.remotes());
 const sent = (p) => p.page.evaluate(() => window.sfuDemo.sent());
-
-async function waitJoined(p, timeoutMs) {
-  return waitFor(`${p.label} joins`, timeoutMs, async () => {
-    const s = await demoState(p);
-    if (!s) return { last: 'window.sfuDemo not defined yet' };
-    if (s.state === 'error') return { fatal: `page is in state error: ${s.lastError}` };
-    return s.state === 'joined' ? { done: true, value: s } : { last: `state=${s.state}` };
-  });
-}
 
 async function findVideo(p) {
   return (await remotes(p)).find((r) => r.kind === 'video');

@@ -31,6 +31,15 @@ export const CHROMIUM_ARGS = [
 export const PROBE_TIMEOUT_MS = 5_000; // one page.evaluate must not eat the whole budget
 const WATCHDOG_GRACE_MS = 30_000;
 
+/** The web demo's state on page `p` (`window.sfuDemo`), or null before it loaded. */
+export const demoState = (p) =>
+  p.page.evaluate(() => (window.sfuDemo
+    ? { state: window.sfuDemo.state, lastError: window.sfuDemo.lastError, participantId: window.sfuDemo.participantId }
+    : null));
+
+/** Every remote track of the demo on page `p`, with fresh inbound-rtp stats. */
+export const remotes = (p) => p.page.evaluate(() => window.sfuDemo.remotes());
+
 /** Thrown (and recognised) for a failure that has already been reported as `not ok`. */
 export class CheckFailed extends Error {}
 
@@ -48,10 +57,15 @@ export function withTimeout(promise, ms, what) {
  * State of one run: pass/fail counters, the overall deadline (every waitFor is capped by it,
  * counted from this call), the watchdog, the browser and the pages opened in it.
  */
-export function createRun({ budgetMs = 90_000, pollMs = 500 } = {}) {
+// `extraArgs` go to every Chromium this run launches (after CHROMIUM_ARGS).
+export function createRun({ budgetMs = 90_000, pollMs = 500, extraArgs = [] } = {}) {
+  const args = [...CHROMIUM_ARGS, ...extraArgs];
   const deadline = Date.now() + budgetMs;
   const pages = [];
   let browser;
+  // Browsers other than the default one, by executable (e.g. a wrapper running Chromium in a
+  // network namespace), launched on first use.
+  const others = new Map();
   let passed = 0;
   let failed = 0;
 
@@ -110,9 +124,29 @@ export function createRun({ budgetMs = 90_000, pollMs = 500 } = {}) {
     }
   }
 
-  /** A fresh browser context with one page, collecting its console; listed for diagnostics. */
-  async function openPage(label) {
-    const context = await browser.newContext();
+  /** Waits until the demo on page `p` has joined its room; fails at once on its error state. */
+  async function waitJoined(p, timeoutMs) {
+    return waitFor(`${p.label} joins`, timeoutMs, async () => {
+      const s = await demoState(p);
+      if (!s) return { last: 'window.sfuDemo not defined yet' };
+      if (s.state === 'error') return { fatal: `page is in state error: ${s.lastError}` };
+      return s.state === 'joined' ? { done: true, value: s } : { last: `state=${s.state}` };
+    });
+  }
+
+  /**
+   * A fresh browser context with one page, collecting its console; listed for diagnostics.
+   * `executablePath` runs it in a Chromium of its own (launched once per path, same args).
+   */
+  async function openPage(label, { executablePath } = {}) {
+    let owner = browser;
+    if (executablePath) {
+      if (!others.has(executablePath)) {
+        others.set(executablePath, await chromium.launch({ executablePath, headless: true, args }));
+      }
+      owner = others.get(executablePath);
+    }
+    const context = await owner.newContext();
     const page = await context.newPage();
     const messages = [];
     page.on('console', (m) => messages.push({ error: m.type() === 'error', text: `[${m.type()}] ${m.text()}` }));
@@ -160,7 +194,7 @@ export function createRun({ budgetMs = 90_000, pollMs = 500 } = {}) {
    */
   async function main(body, diagnostics = {}) {
     try {
-      browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+      browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args });
       await body();
     } catch (err) {
       if (!(err instanceof CheckFailed)) {
@@ -169,6 +203,7 @@ export function createRun({ budgetMs = 90_000, pollMs = 500 } = {}) {
       }
       await dumpDiagnostics(diagnostics);
     } finally {
+      for (const b of others.values()) await b.close().catch(() => {});
       await browser?.close().catch(() => {});
     }
   }
@@ -182,6 +217,7 @@ export function createRun({ budgetMs = 90_000, pollMs = 500 } = {}) {
   return {
     check,
     waitFor,
+    waitJoined,
     openPage,
     dumpDiagnostics,
     main,

@@ -10,7 +10,7 @@
 // is told (dynacast) to stop her two upper layers, and resumes them when he asks for high.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { createRun, CheckFailed, sleep, withTimeout } from './harness.mjs';
+import { createRun, demoState, remotes, CheckFailed, sleep, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
 // Optional: page B opens the demo on another node (multi-node redirect check).
@@ -21,7 +21,7 @@ if (!/^https?:\/\//.test(base)) {
 }
 
 const run = createRun({ budgetMs: 90_000, pollMs: 500 });
-const { check, waitFor } = run;
+const { check, waitFor, waitJoined } = run;
 
 // ---------------------------------------------------------------------------------------------
 // Page helpers
@@ -29,22 +29,6 @@ const { check, waitFor } = run;
 function demoUrl(room, name, extra = {}, origin = base) {
   const q = new URLSearchParams({ room, name, autojoin: '1', ...extra });
   return `${origin}/?${q}`;
-}
-
-const demoState = (p) =>
-  p.page.evaluate(() => (window.sfuDemo
-    ? { state: window.sfuDemo.state, lastError: window.sfuDemo.lastError, participantId: window.sfuDemo.participantId }
-    : null));
-
-const remotes = (p) => p.page.evaluate(() => window.sfuDemo.remotes());
-
-async function waitJoined(p, timeoutMs) {
-  return waitFor(`${p.label} joins`, timeoutMs, async () => {
-    const s = await demoState(p);
-    if (!s) return { last: 'window.sfuDemo not defined yet' };
-    if (s.state === 'error') return { fatal: `page is in state error: ${s.lastError}` };
-    return s.state === 'joined' ? { done: true, value: s } : { last: `state=${s.state}` };
-  });
 }
 
 /** The remote video with `producerId` (the first video if undefined), or undefined. */

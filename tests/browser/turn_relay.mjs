@@ -8,7 +8,7 @@
 // candidate. Page B, a normal page, decodes A's video and receives its audio.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { createRun, sleep, withTimeout } from './harness.mjs';
+import { createRun, demoState, remotes, sleep, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
 if (!/^https?:\/\//.test(base)) {
@@ -17,26 +17,10 @@ if (!/^https?:\/\//.test(base)) {
 }
 
 const run = createRun({ budgetMs: 60_000, pollMs: 500 });
-const { check, waitFor } = run;
+const { check, waitFor, waitJoined } = run;
 
 const demoUrl = (room, name, extra = {}) =>
   `${base}/?${new URLSearchParams({ room, name, autojoin: '1', ...extra })}`;
-
-const demoState = (p) =>
-  p.page.evaluate(() => (window.sfuDemo
-    ? { state: window.sfuDemo.state, lastError: window.sfuDemo.lastError, participantId: window.sfuDemo.participantId }
-    : null));
-
-const remotes = (p) => p.page.evaluate(() => window.sfuDemo.remotes());
-
-async function waitJoined(p, timeoutMs) {
-  return waitFor(`${p.label} joins`, timeoutMs, async () => {
-    const s = await demoState(p);
-    if (!s) return { last: 'window.sfuDemo not defined yet' };
-    if (s.state === 'error') return { fatal: `page is in state error: ${s.lastError}` };
-    return s.state === 'joined' ? { done: true, value: s } : { last: `state=${s.state}` };
-  });
-}
 
 async function printPageState(p) {
   const s = await withTimeout(demoState(p), 3000, 'state');

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 
+pub mod netns;
+
 pub use testkit::*;
 
 pub async fn start_server() -> sfu::ServerHandle {
@@ -22,6 +24,8 @@ pub async fn start_server_with(extra: &[&str]) -> sfu::ServerHandle {
         "--port",
         "0",
         "--rtc-min-port",
+        "0",
+        "--ice-tcp-port",
         "0",
         "--rtc-listen-ip",
         "127.0.0.1",

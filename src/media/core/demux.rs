@@ -10,6 +10,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{IceCreds, Input};
 
 use super::{Egress, Negotiation, TransportKey, WorkerCore};
+use crate::media::TransportId;
 
 /// Most remote addresses one transport keeps (a client's host, reflexive and relayed
 /// candidates, v4 and v6, with room to roam); beyond this the oldest is forgotten.
@@ -63,6 +64,53 @@ impl WorkerCore {
         }
         if let Route::Ufrag(key) = route {
             self.learn_address(key, source);
+        }
+        self.drain(key, now, egress);
+        self.after_drain(now, egress);
+    }
+
+    /// The transport an ICE-TCP connection's first frame asks for: a STUN binding request
+    /// naming one of our local ufrags and signed with that transport's password. A link is
+    /// only ever tied to a transport this way, so a TCP client cannot claim someone else's.
+    pub fn claim_tcp(&mut self, first_frame: &[u8]) -> Option<TransportId> {
+        let stun = StunMessage::parse(first_frame).ok()?;
+        if !stun.is_binding_request() {
+            return None;
+        }
+        let (local_ufrag, _remote) = stun.split_username()?;
+        let key = *self.by_ufrag.get(local_ufrag)?;
+        self.tcp_candidate_addr?;
+        self.passes_integrity(key, first_frame)
+            .then(|| self.transports[key].id)
+    }
+
+    /// One RFC 4571 frame from an ICE-TCP link already tied to `transport` (by
+    /// [`WorkerCore::claim_tcp`]); the link, not the address, routes it.
+    pub fn handle_tcp_frame(
+        &mut self,
+        now: Instant,
+        transport: TransportId,
+        source: SocketAddr,
+        data: &[u8],
+        egress: &mut dyn Egress,
+    ) {
+        let (Some(&key), Some(local)) = (self.by_id.get(&transport), self.tcp_candidate_addr)
+        else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        if data.first().is_some_and(|b| *b < 2) {
+            self.learn_remote_ufrag(key, data);
+        }
+        let Ok(receive) = Receive::new(Protocol::Tcp, source, local, data) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let transport = &mut self.transports[key];
+        if let Err(e) = transport.rtc.handle_input(Input::Receive(now, receive)) {
+            tracing::debug!(transport = transport.id.0, error = %e, "rejected TCP frame");
+            self.stats.datagrams_dropped += 1;
+            return;
         }
         self.drain(key, now, egress);
         self.after_drain(now, egress);

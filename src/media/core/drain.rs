@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use str0m::bwe::BweKind;
 use str0m::media::Direction;
+use str0m::net::{Protocol, Transmit};
 use str0m::{Event, IceConnectionState, Output};
 
 use super::{Deferred, Egress, Role, TransportKey, WorkerCore};
@@ -24,7 +25,7 @@ impl WorkerCore {
                 }
             };
             match output {
-                Output::Transmit(t) => egress.send(t.destination, &t.contents),
+                Output::Transmit(t) => transmit(egress, &t),
                 Output::Timeout(at) => {
                     self.schedule(key, at);
                     return;
@@ -110,5 +111,15 @@ impl WorkerCore {
                 });
             }
         }
+    }
+}
+
+/// Hand one of str0m's transmits to the egress of its protocol.
+pub(super) fn transmit(egress: &mut dyn Egress, t: &Transmit) {
+    match t.proto {
+        Protocol::Udp => egress.send(t.destination, &t.contents),
+        // Only passive TCP candidates are offered, so every TCP transmit answers a link the
+        // client opened; TLS/SSL-TCP candidates are never created.
+        _ => egress.send_tcp(t.destination, &t.contents),
     }
 }

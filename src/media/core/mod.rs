@@ -47,9 +47,12 @@ use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
 use super::simulcast::{LayerSelector, Munger, Preference};
 use super::{Kind, MediaError, MediaEvent, NewProducer, ProducerId, TransportId, WorkerStats};
 
-/// Where the core writes outgoing datagrams.
+/// Where the core writes what str0m transmits.
 pub trait Egress {
+    /// A UDP datagram from this worker's socket.
     fn send(&mut self, destination: SocketAddr, payload: &[u8]);
+    /// One RFC 4571 frame on the ICE-TCP connection whose remote end is `destination`.
+    fn send_tcp(&mut self, destination: SocketAddr, payload: &[u8]);
 }
 
 /// A layer with no packet for this long counts as stopped (publisher dropped it).
@@ -199,6 +202,8 @@ pub struct WorkerCore {
     rtc_template: RtcConfig,
     bwe: BweSettings,
     candidate_addr: SocketAddr,
+    /// The node's passive ICE-TCP candidate (announced IP + ICE_TCP_PORT), when enabled.
+    tcp_candidate_addr: Option<SocketAddr>,
     transports: Arena<TransportKey, Transport>,
     producers: Arena<ProducerKey, Producer>,
     consumers: Arena<ConsumerKey, Consumer>,
@@ -239,6 +244,7 @@ impl WorkerCore {
             rtc_template: apply_codecs(template, codecs),
             bwe,
             candidate_addr,
+            tcp_candidate_addr: None,
             transports: Arena::new(),
             producers: Arena::new(),
             consumers: Arena::new(),
@@ -253,6 +259,17 @@ impl WorkerCore {
             dead: Vec::new(),
             stats: WorkerStats::default(),
         }
+    }
+
+    /// Also offer a passive ICE-TCP candidate at `addr` on every transport made from now on.
+    pub fn with_tcp_candidate(mut self, addr: SocketAddr) -> Self {
+        self.tcp_candidate_addr = Some(addr);
+        self
+    }
+
+    /// Whether transport `id` still exists (ICE-TCP links of a closed transport are dropped).
+    pub fn has_transport(&self, id: TransportId) -> bool {
+        self.by_id.contains_key(&id)
     }
 
     pub fn stats(&self) -> WorkerStats {

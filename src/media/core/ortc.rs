@@ -51,21 +51,37 @@ impl WorkerCore {
 
     pub(super) fn transport_parameters(&mut self, key: TransportKey) -> TransportParameters {
         let addr = self.candidate_addr;
+        let tcp = self.tcp_candidate();
         let api = self.transports[key].rtc.direct_api();
         let creds = api.local_ice_credentials();
         let fingerprint = api.local_dtls_fingerprint().to_string();
         let (algorithm, value) = fingerprint.split_once(' ').unwrap_or(("sha-256", ""));
+        let mut ice_candidates = vec![serde_json::json!({
+            "foundation": "udpcandidate",
+            "priority": 1_076_302_079u32,
+            "ip": addr.ip().to_string(),
+            "address": addr.ip().to_string(),
+            "port": addr.port(),
+            "type": "host",
+            "protocol": "udp",
+        })];
+        // mediasoup's IceCandidate shape and priorities for ICE-TCP: `tcpType` beside
+        // `protocol: "tcp"`, ranked just below the UDP candidate so clients try UDP first.
+        if let Some(tcp) = tcp {
+            ice_candidates.push(serde_json::json!({
+                "foundation": "tcpcandidate",
+                "priority": 1_076_276_479u32,
+                "ip": tcp.addr().ip().to_string(),
+                "address": tcp.addr().ip().to_string(),
+                "port": tcp.addr().port(),
+                "type": "host",
+                "protocol": "tcp",
+                "tcpType": "passive",
+            }));
+        }
         TransportParameters {
             ice_parameters: ice_parameters(&creds),
-            ice_candidates: vec![serde_json::json!({
-                "foundation": "udpcandidate",
-                "priority": 1_076_302_079u32,
-                "ip": addr.ip().to_string(),
-                "address": addr.ip().to_string(),
-                "port": addr.port(),
-                "type": "host",
-                "protocol": "udp",
-            })],
+            ice_candidates,
             dtls_parameters: serde_json::json!({
                 "role": "auto",
                 "fingerprints": [{ "algorithm": algorithm, "value": value }],

@@ -8,6 +8,7 @@ use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
+use str0m::net::TcpType;
 use str0m::Candidate;
 use uuid::Uuid;
 
@@ -36,6 +37,11 @@ impl WorkerCore {
         if let Ok(candidate) = Candidate::host(self.candidate_addr, "udp") {
             rtc.add_local_candidate(candidate);
         }
+        // RFC 6544 passive: clients whose networks drop UDP connect to us. Its type preference
+        // (90 against UDP host's 126) makes every client prefer UDP when both work.
+        if let Some(candidate) = self.tcp_candidate() {
+            rtc.add_local_candidate(candidate);
+        }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let key = self.transports.insert(Transport {
             id,
@@ -57,6 +63,17 @@ impl WorkerCore {
         self.by_id.insert(id, key);
         self.by_ufrag.insert(ufrag, key);
         key
+    }
+
+    /// The passive ICE-TCP host candidate, when ICE-TCP is on.
+    pub(super) fn tcp_candidate(&self) -> Option<Candidate> {
+        let addr = self.tcp_candidate_addr?;
+        Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(TcpType::Passive)
+            .build()
+            .ok()
     }
 
     pub fn publisher_offer(

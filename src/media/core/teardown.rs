@@ -52,7 +52,7 @@ impl WorkerCore {
         if transport.rtc.is_connected() && transport.rtc.close().is_ok() {
             for _ in 0..32 {
                 match transport.rtc.poll_output() {
-                    Ok(Output::Transmit(t)) => egress.send(t.destination, &t.contents),
+                    Ok(Output::Transmit(t)) => super::drain::transmit(egress, &t),
                     Ok(Output::Event(_)) => {}
                     _ => break,
                 }

@@ -8,19 +8,27 @@ use str0m::ice::{StunMessage, TransId};
 use super::demux::{stun_integrity_ok, MAX_REMOTE_ADDRS};
 use super::*;
 
+/// Destinations written: UDP datagrams in `.0`, ICE-TCP frames in `.1`.
 #[derive(Default)]
-struct Wire(Vec<SocketAddr>);
+struct Wire(Vec<SocketAddr>, Vec<SocketAddr>);
 
 impl Egress for Wire {
     fn send(&mut self, destination: SocketAddr, _payload: &[u8]) {
         self.0.push(destination);
     }
+
+    fn send_tcp(&mut self, destination: SocketAddr, _payload: &[u8]) {
+        self.1.push(destination);
+    }
 }
+
+const TCP_CANDIDATE: &str = "127.0.0.1:7881";
 
 fn core_with_subscriber() -> (WorkerCore, TransportKey, String, String) {
     let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let mut core = WorkerCore::new(addr, &CodecName::ALL, BweSettings::default(), events);
+    let mut core = WorkerCore::new(addr, &CodecName::ALL, BweSettings::default(), events)
+        .with_tcp_candidate(TCP_CANDIDATE.parse().unwrap());
     core.create_subscriber(TransportId(1), Instant::now());
     let key = core.by_id[&TransportId(1)];
     let creds = core.transports[key]
@@ -157,4 +165,52 @@ fn unparsable_offers_and_answers_get_a_bounded_human_message() {
     }
     // Nothing was created for the refused offers.
     assert_eq!(core.stats().transports, 1);
+}
+
+#[test]
+fn a_tcp_link_is_claimed_only_with_the_transports_password() {
+    let (mut core, _key, ufrag, pass) = core_with_subscriber();
+    assert_eq!(
+        core.claim_tcp(&binding_request(&ufrag, "not-the-password-at-all!")),
+        None
+    );
+    assert_eq!(core.claim_tcp(&binding_request("nosuchufrag", &pass)), None);
+    assert_eq!(core.claim_tcp(b"GET / HTTP/1.1\r\n\r\n"), None);
+    assert_eq!(
+        core.claim_tcp(&binding_request(&ufrag, &pass)),
+        Some(TransportId(1))
+    );
+}
+
+#[test]
+fn a_binding_request_over_tcp_is_taken_without_touching_udp_demux() {
+    let (mut core, _key, ufrag, pass) = core_with_subscriber();
+    let mut wire = Wire::default();
+    let client = from_port(50_123);
+    core.handle_tcp_frame(
+        Instant::now(),
+        TransportId(1),
+        client,
+        &binding_request(&ufrag, &pass),
+        &mut wire,
+    );
+    // str0m took it (an answer needs the remote credentials from SDP; tests/ice_tcp.rs has
+    // the whole exchange), and nothing went out over UDP.
+    assert_eq!(core.stats().datagrams_dropped, 0);
+    assert!(wire.0.is_empty(), "nothing leaks onto UDP");
+    // A TCP link never ties the address for UDP demux.
+    assert!(core.by_addr.is_empty());
+}
+
+#[test]
+fn the_tcp_candidate_is_passive_and_ranked_below_udp() {
+    let (core, _, _, _) = core_with_subscriber();
+    let tcp = core.tcp_candidate().expect("ICE-TCP on");
+    let line = tcp.to_sdp_string();
+    assert!(
+        line.contains(" tcp ") && line.contains("7881 typ host tcptype passive"),
+        "{line}"
+    );
+    let udp = str0m::Candidate::host("127.0.0.1:40000".parse().unwrap(), "udp").unwrap();
+    assert!(tcp.prio() < udp.prio(), "UDP must be preferred");
 }
