@@ -13,7 +13,7 @@ const BENCH_SERVER: &[&str] = &["--bwe-enabled", "false"];
 use std::path::Path;
 use std::time::Duration;
 
-use loadrun::{BenchConfig, Layer, Report, Scenario};
+use loadrun::{BenchConfig, Layer, MediaTransport, Report, Scenario};
 
 /// A config against `server` with tokens signed by the test secret, ramping 50/s.
 fn bench_config(server: &sfu::ServerHandle, scenario: Scenario) -> BenchConfig {
@@ -30,6 +30,25 @@ async fn run_scenario(
     layer: Layer,
     dev_tokens: bool,
 ) -> Report {
+    run_scenario_over(
+        scenario,
+        publishers,
+        subscribers,
+        layer,
+        dev_tokens,
+        MediaTransport::Udp,
+    )
+    .await
+}
+
+async fn run_scenario_over(
+    scenario: Scenario,
+    publishers: usize,
+    subscribers: usize,
+    layer: Layer,
+    dev_tokens: bool,
+    subscriber_transport: MediaTransport,
+) -> Report {
     let server = common::start_server_with(BENCH_SERVER).await;
     let json_path = common::scratch_dir().join("report.json");
     let mut config = bench_config(&server, scenario);
@@ -39,6 +58,7 @@ async fn run_scenario(
     config.settle = Duration::from_millis(300);
     config.ready_timeout = Duration::from_secs(10);
     config.layer = layer;
+    config.subscriber_transport = subscriber_transport;
     // In-process server: its CPU is this process's (an upper bound, runner included).
     config.server_pid = Some(std::process::id());
     // One scenario exercises `/dev/token` (the test server is not in production mode).
@@ -78,6 +98,14 @@ async fn run_scenario(
             .expect("JSON parses");
     assert_eq!(written.packets, report.packets);
     assert_eq!(written.scenario, scenario);
+    assert_eq!(written.subscriber_transport, subscriber_transport);
+    if subscriber_transport == MediaTransport::Tcp {
+        assert_eq!(
+            server.ctx.media.ice_tcp_stats().opened as usize,
+            subscribers,
+            "every subscriber received over its own ICE-TCP link"
+        );
+    }
     server.stop().await;
     report
 }
@@ -91,6 +119,24 @@ async fn livestream_one_publisher_three_subscribers() {
         report.mbit_per_sec > 3.0 * 0.5,
         "{} Mbit/s",
         report.mbit_per_sec
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livestream_with_subscribers_over_ice_tcp() {
+    let report = run_scenario_over(
+        Scenario::Livestream,
+        1,
+        3,
+        Layer::High,
+        false,
+        MediaTransport::Tcp,
+    )
+    .await;
+    assert!(
+        report.table().contains("subscribers over tcp"),
+        "{}",
+        report.table()
     );
 }
 

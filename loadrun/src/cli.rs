@@ -11,7 +11,7 @@ use super::capacity::{self, CapacityConfig, CapacityReport};
 use super::chart::{self, Series};
 use super::janus::{self, JanusProcess};
 use super::readme;
-use super::{BenchConfig, Layer, Report, Scenario, Target};
+use super::{BenchConfig, Layer, MediaTransport, Report, Scenario, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetKind {
@@ -50,6 +50,9 @@ pub struct BenchArgs {
     pub ramp_per_sec: f64,
     #[arg(long, value_enum, default_value = "auto")]
     pub layer: Layer,
+    /// How subscribers receive media: UDP, or ICE-TCP through the server's `ICE_TCP_PORT`.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub subscriber_transport: MediaTransport,
     /// Read this process's CPU time and RSS from /proc (our SFU's pid).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -114,6 +117,7 @@ impl BenchArgs {
         config.duration = Duration::from_secs(self.duration_secs);
         config.ramp_per_sec = self.ramp_per_sec;
         config.layer = self.layer;
+        config.subscriber_transport = self.subscriber_transport;
         config.server_pid = self.server_pid;
         config.jwt_secret = self.jwt_secret.clone();
         config
@@ -528,7 +532,13 @@ pub fn columns_markdown(
         out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
     };
     row("scenario", &|r| {
-        format!("{:?}, layer {}", r.scenario, r.layer.as_str()).to_lowercase()
+        format!(
+            "{:?}, layer {}, subscribers over {}",
+            r.scenario,
+            r.layer.as_str(),
+            r.subscriber_transport.as_str()
+        )
+        .to_lowercase()
     });
     row("publishers × subscribers", &|r| {
         format!("{} × {}", r.publishers, r.subscribers)

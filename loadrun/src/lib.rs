@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -61,6 +61,25 @@ impl Layer {
     }
 }
 
+/// How subscribers reach the server's media: UDP (the default path) or ICE-TCP (RFC 6544,
+/// the fallback for networks without UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaTransport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+impl MediaTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaTransport::Udp => "udp",
+            MediaTransport::Tcp => "tcp",
+        }
+    }
+}
+
 /// Which server a run drives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +107,8 @@ pub struct BenchConfig {
     /// Participants started per second.
     pub ramp_per_sec: f64,
     pub layer: Layer,
+    /// How subscribers receive (publishers always use UDP).
+    pub subscriber_transport: MediaTransport,
     pub server_pid: Option<u32>,
     /// HS256 secret to mint tokens with; without it tokens come from `GET /dev/token`.
     pub jwt_secret: Option<String>,
@@ -109,6 +130,7 @@ impl BenchConfig {
             duration: Duration::from_secs(30),
             ramp_per_sec: 10.0,
             layer: Layer::Auto,
+            subscriber_transport: MediaTransport::Udp,
             server_pid: None,
             jwt_secret: None,
             json: None,
@@ -196,6 +218,8 @@ pub(crate) struct RunContext {
     room: String,
     participants: usize,
     local_ip: std::net::IpAddr,
+    /// The server's ICE-TCP address, when subscribers use TCP.
+    ice_tcp: Option<std::net::SocketAddr>,
     joined: AtomicUsize,
     failed: AtomicUsize,
 }
@@ -203,12 +227,13 @@ pub(crate) struct RunContext {
 impl RunContext {
     /// A measuring peer of this run; `subscriber` ones count towards "ready".
     async fn peer(&self, subscriber: bool) -> anyhow::Result<Peer> {
-        Peer::spawn_opts(PeerOptions::load(
-            self.local_ip,
-            self.shared.clone(),
-            subscriber,
-        ))
-        .await
+        let options = PeerOptions::load(self.local_ip, self.shared.clone(), subscriber);
+        match self.ice_tcp {
+            Some(server) if subscriber => {
+                Peer::spawn_tcp(options, server, Default::default()).await
+            }
+            _ => Peer::spawn_opts(options).await,
+        }
     }
 }
 
@@ -243,6 +268,23 @@ fn roles(config: &BenchConfig) -> Vec<Role> {
         }
     }
     out
+}
+
+/// The server's ICE-TCP address from its `/status` (its port, at the address we reach it on).
+async fn ice_tcp_addr(
+    base: &str,
+    server_ip: std::net::IpAddr,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let status: Value = reqwest::get(format!("{base}/status"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let addr: std::net::SocketAddr = status["iceTcp"]["addr"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server has ICE-TCP off (ICE_TCP_ENABLED=false)"))?
+        .parse()?;
+    Ok(std::net::SocketAddr::new(server_ip, addr.port()))
 }
 
 /// Run one benchmark and return its report (also written to `config.json` when set).
@@ -293,8 +335,16 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         probe.connect((server_ip, 9))?;
         probe.local_addr()?.ip()
     };
+    let ice_tcp = match config.subscriber_transport {
+        MediaTransport::Udp => None,
+        MediaTransport::Tcp if janus.is_some() => {
+            bail!("--subscriber-transport tcp needs our SFU (Janus is not set up for ICE-TCP)")
+        }
+        MediaTransport::Tcp => Some(ice_tcp_addr(&base, server_ip).await?),
+    };
     let roles = roles(&config);
     let ctx = Arc::new(RunContext {
+        ice_tcp,
         target,
         endpoint,
         tokens,
@@ -375,6 +425,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         target: config.target.clone(),
         scenario: config.scenario,
         layer: config.layer,
+        subscriber_transport: config.subscriber_transport,
         ramp_per_sec: config.ramp_per_sec,
         publishers,
         subscribers,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::stats::Percentiles;
-use crate::{Layer, Scenario, Target};
+use crate::{Layer, MediaTransport, Scenario, Target};
 
 /// Server-side cost over the measured window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct Report {
     pub target: Target,
     pub scenario: Scenario,
     pub layer: Layer,
+    /// How subscribers received: UDP or ICE-TCP.
+    #[serde(default)]
+    pub subscriber_transport: MediaTransport,
     pub ramp_per_sec: f64,
     pub publishers: usize,
     /// Participants that subscribe (every participant in `meeting`).
@@ -107,7 +110,13 @@ impl Report {
             ),
             (
                 "scenario",
-                format!("{:?} (layer {})", self.scenario, self.layer.as_str()).to_lowercase(),
+                format!(
+                    "{:?} (layer {}, subscribers over {})",
+                    self.scenario,
+                    self.layer.as_str(),
+                    self.subscriber_transport.as_str()
+                )
+                .to_lowercase(),
             ),
             (
                 "participants",
