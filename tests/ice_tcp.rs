@@ -154,6 +154,35 @@ async fn str0m_peers_publish_and_subscribe_over_ice_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_answers_carry_the_tcp_candidate() {
+    let server = start_server().await;
+    let port = tcp_addr(&server).port();
+    for (path, direction) in [
+        ("/whip/tcp-whip", str0m::media::Direction::SendOnly),
+        ("/whep/tcp-whip", str0m::media::Direction::RecvOnly),
+    ] {
+        let mut rtc = str0m::RtcConfig::new().build(std::time::Instant::now());
+        let mut api = rtc.sdp_api();
+        api.add_media(str0m::media::MediaKind::Audio, direction, None, None, None);
+        let offer = api.apply().expect("offer").0.to_sdp_string();
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path}", server.http_addr))
+            .bearer_auth(token(&server, "whip-user"))
+            .header("content-type", "application/sdp")
+            .body(offer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{path}");
+        let answer = response.text().await.unwrap();
+        assert!(
+            answer.contains(&format!(" {port} typ host tcptype passive")),
+            "{path} answer:\n{answer}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_that_stops_reading_is_dropped_and_others_keep_their_media() {
     let server = start_server().await;
     let mut publisher_ws = joined(&server, "slow", "pub", true).await;

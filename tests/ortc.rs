@@ -80,6 +80,20 @@ async fn ortc_messages_answer_in_the_seed_shapes_and_refuse_bad_parameters() {
         "sha-256"
     );
     assert!(send["iceCandidates"][0]["port"].as_u64().unwrap() > 0);
+    // mediasoup's shape for ICE-TCP: a passive TCP candidate on the node's ICE-TCP port,
+    // ranked below UDP.
+    let candidates = send["iceCandidates"].as_array().unwrap();
+    let udp = candidates.iter().find(|c| c["protocol"] == "udp").unwrap();
+    let tcp = candidates
+        .iter()
+        .find(|c| c["protocol"] == "tcp")
+        .expect("an ICE-TCP candidate");
+    assert_eq!(tcp["tcpType"], "passive");
+    assert_eq!(
+        tcp["port"].as_u64().unwrap(),
+        u64::from(server.ctx.media.ice_tcp_addr().unwrap().port())
+    );
+    assert!(tcp["priority"].as_u64() < udp["priority"].as_u64());
 
     // Every malformed request has its own code and a message naming the problem.
     let publish = |params: Value, kind: &str| json!({ "roomId": "ortc-a", "kind": kind, "transportId": transport_id, "rtpParameters": params });
