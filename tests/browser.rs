@@ -43,6 +43,15 @@ async fn chromium_publishes_simulcast_and_subscriber_switches_layers() {
     server.stop().await;
 }
 
+/// Join → first remote video frame in the demo, publisher already live (issue 16's goal is
+/// 250 ms; the bound here is what a loaded two-core CI machine keeps, the figure is printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_join_to_first_remote_frame_is_quick() {
+    let server = common::start_server().await;
+    run_script(&server, "join_latency.mjs", &["1000"]).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_signals_over_webtransport_and_resumes_after_a_drop() {
     let server = common::start_server().await;

@@ -116,7 +116,9 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     }
 
     let video = video_of(&sub1.received().await, &video_mid);
-    assert!(video.len() > 30, "too few video packets: {}", video.len());
+    // Each switch waits only for its keyframe (the synthetic publisher answers PLIs at once),
+    // so the whole sequence is about half a second of video: enough to check continuity.
+    assert!(video.len() > 20, "too few video packets: {}", video.len());
     assert!(video[0].keyframe, "stream must start with a keyframe");
     let mut runs = vec![video[0].layer];
     for pair in video.windows(2) {

@@ -69,7 +69,18 @@ const app = {
   signaling: 'closed', // 'connecting' | 'connected' | 'reconnecting' | 'closed'
   resumes: 0, // sessions resumed after a signaling drop
   rejoins: 0, // full rejoins after a resume failed
+  // Milliseconds from the last Join to: media (camera open), authenticated, room (joined on the
+  // server), joined (publishing too), subscriberConnected, firstRemoteFrame.
+  timeline: null,
 };
+
+/** Record how long after Join `step` happened (first time only); logs the first frame. */
+function markTimeline(step) {
+  const t = app.timeline;
+  if (!t || t[step] !== undefined) return;
+  t[step] = Math.round(performance.now() - t.start);
+  if (step === 'firstRemoteFrame') log(`first remote video frame ${t[step]} ms after Join`);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -514,15 +525,23 @@ class Session {
   async join(roomName, displayName) {
     this.roomName = roomName;
     this.displayName = displayName;
-    this.localStream = await this.getLocalMedia();
-    this.assertOpen();
+    // Camera and signaling start together: the room (and the subscriptions the server starts
+    // on join) need not wait for the camera, only publishing does.
+    const media = this.getLocalMedia().then((stream) => {
+      markTimeline('media');
+      return stream;
+    });
     const { token } = await fetchDevToken(displayName);
     this.token = token;
     this.assertOpen();
     await this.connectAndAuthenticate();
+    markTimeline('authenticated');
 
     const roomId = sanitizeRoomId(roomName);
     const joined = await this.joinOrCreate(roomId, roomName.trim() || roomId, displayName);
+    markTimeline('room');
+    this.localStream = await media;
+    this.assertOpen();
     this.participantId = joined.participantId;
     this.iceServers = Array.isArray(joined.iceServers) ? joined.iceServers : [];
     if (this.iceServers.length) log(`TURN: ${this.iceServers.flatMap((s) => s.urls).join(', ')}`);
@@ -661,7 +680,10 @@ class Session {
     if (this.subPc) return this.subPc;
     const pc = new RTCPeerConnection(this.pcConfig());
     this.subPc = pc;
-    pc.onconnectionstatechange = () => log(`subscriber connection: ${pc.connectionState}`);
+    pc.onconnectionstatechange = () => {
+      log(`subscriber connection: ${pc.connectionState}`);
+      if (pc.connectionState === 'connected') markTimeline('subscriberConnected');
+    };
     pc.ontrack = (ev) => {
       const info = this.subTracks.get(ev.transceiver.mid);
       if (info) this.attachRemote(info, ev.transceiver.receiver);
@@ -671,6 +693,7 @@ class Session {
 
   async handleSubscriberOffer({ sdp, tracks = [] }) {
     if (this.closed) return;
+    if (tracks.length) markTimeline('subscriberOffer');
     const pc = this.subscriberPc();
     // Set before applying the offer: ontrack fires inside setRemoteDescription.
     this.subTracks = new Map(tracks.map((t) => [t.mid, t]));
@@ -680,6 +703,7 @@ class Session {
     if (this.closed) return;
     this.reconcileRemotes();
     await this.request('subscriberAnswer', { sdp: answer.sdp });
+    if (tracks.length) markTimeline('subscriberAnswered');
     log(`subscribed to ${tracks.length} track(s)`);
   }
 
@@ -714,6 +738,7 @@ class Session {
     if (kind === 'video') {
       const video = el('video', { autoplay: true, muted: true, playsInline: true });
       video.srcObject = stream;
+      video.requestVideoFrameCallback?.(() => markTimeline('firstRemoteFrame'));
       const picker = el('select', { class: 'layer-picker', title: 'Preferred simulcast layer' },
         LAYER_CHOICES.map((l) => el('option', { value: l, text: l })));
       picker.addEventListener('change', () => {
@@ -964,13 +989,17 @@ async function join(roomName, displayName) {
     return;
   }
   clearError();
+  app.timeline = { start: performance.now() };
   const session = new Session();
   app.session = session;
   setState('joining');
   setSignaling('connecting');
   try {
     await session.join(roomName, displayName);
-    if (app.session === session) setState('joined');
+    if (app.session === session) {
+      setState('joined');
+      markTimeline('joined');
+    }
   } catch (err) {
     if (app.session === session) fail(err);
   }
@@ -1032,6 +1061,13 @@ window.sfuDemo = {
   get resumes() { return app.resumes; },
   /** Full rejoins after a resume was refused or the grace period ran out. */
   get rejoins() { return app.rejoins; },
+  /** Milliseconds from the last Join to each step: {media, authenticated, room, joined,
+   * subscriberConnected, firstRemoteFrame}. */
+  get timeline() {
+    if (!app.timeline) return null;
+    const { start, ...steps } = app.timeline;
+    return steps;
+  },
   /** Highest server `seq` handled by the current session. */
   get lastSeq() { return app.session?.lastSeq ?? 0; },
   /** Every remote track with fresh inbound-rtp stats. */

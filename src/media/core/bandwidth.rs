@@ -388,8 +388,7 @@ impl WorkerCore {
         };
         let transport = &mut self.transports[consumer.transport];
         if let Some(stream) = transport.rtc.direct_api().stream_tx(&ssrc) {
-            // str0m's defaults; setting the cache replaces (empties) it.
-            stream.set_rtx_cache(1024, Duration::from_secs(3), Some(0.15));
+            super::keep_resends(stream);
         }
     }
 

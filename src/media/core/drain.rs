@@ -78,6 +78,9 @@ impl WorkerCore {
             Event::Closed => self.dead.push((key, "dtls closed".into())),
             Event::Connected => {
                 tracing::debug!(transport = self.transports[key].id.0, "transport connected");
+                if self.transports[key].role == Role::Subscriber {
+                    self.subscriber_connected(key);
+                }
             }
             _ => {}
         }

@@ -127,6 +127,7 @@ impl WorkerCore {
             Decision::Drop => return,
             Decision::Forward => {}
             Decision::SwitchAndForward => {
+                tracing::trace!(consumer = ?ck, layer, "switched at keyframe");
                 consumer.munger.switch_layer(incoming.ids, now);
                 self.stats.layer_switches += 1;
                 let _ = self.events.send(MediaEvent::LayerChanged {

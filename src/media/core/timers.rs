@@ -34,6 +34,9 @@ impl WorkerCore {
             if let Err(e) = transport.rtc.handle_input(Input::Timeout(now)) {
                 tracing::debug!(transport = transport.id.0, error = %e, "timeout input failed");
             }
+            if !transport.producers_by_mid.is_empty() {
+                self.send_due_keyframe_requests(key, now);
+            }
             self.drain(key, now, egress);
         }
         self.after_drain(now, egress);
