@@ -89,6 +89,10 @@ async fn run_scenario_over(
     assert!(latency.p99 < 2_000_000, "latency p99 {} µs", latency.p99);
     let join = report.join_ms.expect("join-time percentiles");
     assert_eq!(join.samples as usize, report.subscribers);
+    // The machine's floor was measured in the same run, and our cost is quoted against it.
+    let floor = report.floor.expect("floor measured");
+    assert!(floor.sendmmsg_us > 0.0 && floor.aes_gcm_us > 0.0, "{floor:?}");
+    assert!(report.cpu_times_floor().is_some_and(|x| x > 0.0));
     let usage = report.server.as_ref().expect("server usage");
     assert!(usage.cpu_seconds >= 0.0);
     assert!(usage.rss_bytes.unwrap_or(0) > 0);

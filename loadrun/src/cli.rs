@@ -561,6 +561,13 @@ pub fn columns_markdown(
     row("**server CPU µs / forwarded packet**", &|r| {
         format!("**{}**", opt(r.cpu_us_per_packet()))
     });
+    row(
+        "machine floor µs / packet (sendmmsg + AES-GCM, same run)",
+        &|r| opt(r.floor.map(|f| f.total_us)),
+    );
+    row("**server CPU ÷ floor**", &|r| {
+        format!("**{}**", opt(r.cpu_times_floor()))
+    });
     row("loss", &|r| format!("{:.3} %", r.loss_percent));
     row("latency publisher → subscriber p50 / p99 (ms)", &|r| {
         pct(&r.latency_us, 1000.0)

@@ -10,6 +10,7 @@
 pub mod capacity;
 pub mod chart;
 pub mod cli;
+pub mod floor;
 pub mod janus;
 pub mod readme;
 mod report;
@@ -109,6 +110,8 @@ pub struct BenchConfig {
     pub layer: Layer,
     /// How subscribers receive (publishers always use UDP).
     pub subscriber_transport: MediaTransport,
+    /// Measure the machine's floor (`floor.rs`) for this long before the run; `None`: skip.
+    pub floor_budget: Option<Duration>,
     pub server_pid: Option<u32>,
     /// HS256 secret to mint tokens with; without it tokens come from `GET /dev/token`.
     pub jwt_secret: Option<String>,
@@ -131,6 +134,7 @@ impl BenchConfig {
             ramp_per_sec: 10.0,
             layer: Layer::Auto,
             subscriber_transport: MediaTransport::Udp,
+            floor_budget: Some(Duration::from_secs(1)),
             server_pid: None,
             jwt_secret: None,
             json: None,
@@ -342,6 +346,13 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         }
         MediaTransport::Tcp => Some(ice_tcp_addr(&base, server_ip).await?),
     };
+    // Before any load, so both measure an idle machine.
+    let floor = match config.floor_budget {
+        Some(budget) => {
+            Some(tokio::task::spawn_blocking(move || floor::Floor::measure(budget)).await??)
+        }
+        None => None,
+    };
     let roles = roles(&config);
     let ctx = Arc::new(RunContext {
         ice_tcp,
@@ -457,6 +468,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         keyframe_requests_at_publishers: 0,
         packets_by_layer: LayerPackets::default(),
         server: None,
+        floor,
     };
     for outcome in &outcomes {
         report.keyframe_requests_at_publishers += outcome.keyframe_requests;

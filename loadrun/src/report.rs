@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::floor::Floor;
 use crate::stats::Percentiles;
 use crate::{Layer, MediaTransport, Scenario, Target};
 
@@ -68,6 +69,9 @@ pub struct Report {
     #[serde(default)]
     pub packets_by_layer: LayerPackets,
     pub server: Option<ServerUsage>,
+    /// The machine's floor per packet, measured before the run (`floor.rs`).
+    #[serde(default)]
+    pub floor: Option<Floor>,
 }
 
 fn default_target() -> Target {
@@ -80,6 +84,12 @@ impl Report {
         self.server
             .as_ref()
             .and_then(|s| s.cpu_us_per_forwarded_packet)
+    }
+
+    /// Server CPU per forwarded packet as a multiple of the machine's floor.
+    pub fn cpu_times_floor(&self) -> Option<f64> {
+        let floor = self.floor?.total_us;
+        (floor > 0.0).then(|| self.cpu_us_per_packet().map(|c| c / floor))?
     }
 }
 
@@ -173,6 +183,20 @@ impl Report {
                 self.keyframe_requests_at_publishers.to_string(),
             ),
         ];
+        if let Some(floor) = &self.floor {
+            rows.push((
+                "floor",
+                format!(
+                    "{:.2} µs/packet (sendmmsg {:.2} + AES-128-GCM {:.2}); server at {}",
+                    floor.total_us,
+                    floor.sendmmsg_us,
+                    floor.aes_gcm_us,
+                    self.cpu_times_floor()
+                        .map(|x| format!("{x:.2}× the floor"))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            ));
+        }
         if let Some(server) = &self.server {
             rows.push((
                 "server cpu",
