@@ -5,12 +5,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sfu::config::{Config, Environment};
 
-/// mimalloc instead of glibc malloc: media workers, the signaling runtime and str0m's resend
-/// caches allocate and free on different threads, and glibc's per-thread arenas kept about as
-/// much freed memory resident as was live (README, "Memory per subscriber").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "sfu", version, about = "WebRTC selective forwarding unit")]
 struct Cli {
