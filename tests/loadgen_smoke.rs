@@ -91,7 +91,10 @@ async fn run_scenario_over(
     assert_eq!(join.samples as usize, report.subscribers);
     // The machine's floor was measured in the same run, and our cost is quoted against it.
     let floor = report.floor.expect("floor measured");
-    assert!(floor.sendmmsg_us > 0.0 && floor.aes_gcm_us > 0.0, "{floor:?}");
+    assert!(
+        floor.sendmmsg_us > 0.0 && floor.aes_gcm_us > 0.0,
+        "{floor:?}"
+    );
     assert!(report.cpu_times_floor().is_some_and(|x| x > 0.0));
     let usage = report.server.as_ref().expect("server usage");
     assert!(usage.cpu_seconds >= 0.0);
