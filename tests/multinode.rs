@@ -316,3 +316,71 @@ async fn redis_outage_leaves_running_rooms_alone_and_the_node_re_registers() {
     let still = subscriber.received().await.len();
     wait_media(&subscriber, still + 10, "after the outage").await;
 }
+
+/// A WHEP/WHIP offer of one m-line (`direction` is the client's side).
+fn http_offer(direction: str0m::media::Direction, kind: str0m::media::MediaKind) -> String {
+    let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(kind, direction, None, None, None);
+    api.apply().expect("offer").0.to_sdp_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_on_a_node_that_does_not_own_the_room_redirect_to_its_owner() {
+    let _serial = SERIAL.lock().await;
+    let a = spawn_node("a").await;
+    let b = spawn_node("b").await;
+    let room = unique_room("whipredirect");
+    // A WHIP publisher creates the room on A.
+    let whip = reqwest::Client::new()
+        .post(format!("http://{}/whip/{room}", a.addr))
+        .bearer_auth(token_for("whip-pub"))
+        .header("content-type", "application/sdp")
+        .body(http_offer(
+            str0m::media::Direction::SendOnly,
+            str0m::media::MediaKind::Audio,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whip.status(), 201, "WHIP on the owner");
+
+    // Redirects are followed by hand below: reqwest (like curl) drops the Bearer token when a
+    // redirect changes the origin, a WHIP client re-posts its offer with it (RFC 9725 §4.5).
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let owner = format!("http://127.0.0.1:{}", a.addr.port());
+    for (endpoint, direction) in [
+        ("whep", str0m::media::Direction::RecvOnly),
+        ("whip", str0m::media::Direction::SendOnly),
+    ] {
+        let token = token_for(&format!("{endpoint}-user"));
+        let post = |url: String| {
+            client
+                .post(url)
+                .bearer_auth(&token)
+                .header("content-type", "application/sdp")
+                .body(http_offer(direction, str0m::media::MediaKind::Audio))
+                .send()
+        };
+        // B answers 307 to the same endpoint on A (a JSON body still says why).
+        let redirected = post(format!("http://{}/{endpoint}/{room}", b.addr))
+            .await
+            .unwrap();
+        assert_eq!(redirected.status(), 307, "{endpoint} on B");
+        let location = redirected.headers()["location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(location, format!("{owner}/{endpoint}/{room}"));
+        let body: serde_json::Value = redirected.json().await.unwrap();
+        assert_eq!(body["code"], "ROOM_ON_OTHER_NODE");
+        // Posting the offer again at the Location gets the session from A.
+        let followed = post(location).await.unwrap();
+        assert_eq!(followed.status(), 201, "{endpoint} at the owner");
+        let answer = followed.text().await.unwrap();
+        assert!(answer.starts_with("v=0"), "{answer}");
+    }
+}

@@ -76,6 +76,33 @@ fn room_error(e: RoomError) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Why a WHIP/WHEP POST was refused. A room owned by another node is a `307 Temporary
+/// Redirect` to the same endpoint there (RFC 9725 §4.5 lets clients follow it, and OBS,
+/// GStreamer and ffmpeg do; a 409 with a JSON body is something they cannot act on). The
+/// method and body are kept by 307, so the offer is simply posted again to the owner.
+fn post_refused(entry: Entry, room: &str, e: RoomError) -> Response {
+    let owner = match (&e.kind, &e.detail) {
+        (RoomErrorKind::OnOtherNode, Some(("nodeUrl", serde_json::Value::String(url)))) => {
+            Some(url.trim_end_matches('/').to_string())
+        }
+        _ => None,
+    };
+    let Some(owner) = owner else {
+        return room_error(e);
+    };
+    let location = format!(
+        "{owner}/{}/{}",
+        entry.name(),
+        url::form_urlencoded::byte_serialize(room.as_bytes()).collect::<String>()
+    );
+    let mut response = room_error(e);
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(value) = header::HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 /// The Bearer token and who it names; 401 otherwise.
 fn bearer(ctx: &AppContext, headers: &HeaderMap) -> Result<(Identity, String), Box<Response>> {
     let token = headers
@@ -170,7 +197,7 @@ fn turn_links(ctx: &AppContext, identity: &Identity) -> Vec<String> {
 }
 
 /// WHIP into a room that does not exist yet creates it when the token may create rooms.
-async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Result<(), Response> {
+async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Result<(), RoomError> {
     if ctx.rooms.room_exists(room) || !identity.grants.create_room {
         return Ok(());
     }
@@ -188,7 +215,7 @@ async fn ensure_room(ctx: &AppContext, room: &str, identity: &Identity) -> Resul
     {
         Ok(_) => Ok(()),
         Err(e) if e.kind == RoomErrorKind::RoomExists => Ok(()),
-        Err(e) => Err(room_error(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -222,8 +249,8 @@ async fn whip_post(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if let Err(r) = ensure_room(&ctx, &room, &identity).await {
-        return r;
+    if let Err(e) = ensure_room(&ctx, &room, &identity).await {
+        return post_refused(Entry::Whip, &room, e);
     }
     let started = ctx
         .rooms
@@ -252,7 +279,7 @@ fn answer_post(
                 links,
             )
         }
-        Err(e) => room_error(e),
+        Err(e) => post_refused(entry, room, e),
     }
 }
 
