@@ -569,6 +569,10 @@ pub fn columns_markdown(
         format!("**{}**", opt(r.cpu_times_floor()))
     });
     row("loss", &|r| format!("{:.3} %", r.loss_percent));
+    row("UDP receive-buffer drops (machine)", &|r| {
+        r.udp_rcvbuf_errors
+            .map_or_else(|| "-".into(), |n| n.to_string())
+    });
     row("latency publisher → subscriber p50 / p99 (ms)", &|r| {
         pct(&r.latency_us, 1000.0)
     });

@@ -412,12 +412,16 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
 
     // Steady state.
     let cpu_start = config.server_pid.and_then(stats::process_cpu_seconds);
+    let rcvbuf_start = stats::udp_rcvbuf_errors();
     let measure_start = Instant::now();
     ctx.shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
     tokio::time::sleep(config.duration).await;
     ctx.shared.phase.store(PHASE_DONE, Ordering::Relaxed);
     let measured_secs = measure_start.elapsed().as_secs_f64();
     let cpu_end = config.server_pid.and_then(stats::process_cpu_seconds);
+    let rcvbuf_errors = rcvbuf_start
+        .zip(stats::udp_rcvbuf_errors())
+        .map(|(start, end)| end.saturating_sub(start));
     let rss = config.server_pid.and_then(stats::process_rss_bytes);
 
     let _ = stop_tx.send(true);
@@ -469,6 +473,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         packets_by_layer: LayerPackets::default(),
         server: None,
         floor,
+        udp_rcvbuf_errors: rcvbuf_errors,
     };
     for outcome in &outcomes {
         report.keyframe_requests_at_publishers += outcome.keyframe_requests;

@@ -72,6 +72,10 @@ pub struct Report {
     /// The machine's floor per packet, measured before the run (`floor.rs`).
     #[serde(default)]
     pub floor: Option<Floor>,
+    /// UDP datagrams the kernel dropped for a full socket receive buffer while measuring,
+    /// machine-wide: tells a stall upstream of the fan-out from loss in the server.
+    #[serde(default)]
+    pub udp_rcvbuf_errors: Option<u64>,
 }
 
 fn default_target() -> Target {
@@ -175,6 +179,12 @@ impl Report {
                     "audio {}  low {}  medium {}  high {}",
                     l.audio, l.low, l.medium, l.high
                 ),
+            ),
+            (
+                "UDP receive-buffer drops",
+                self.udp_rcvbuf_errors
+                    .map(|n| format!("{n} (machine-wide, while measuring)"))
+                    .unwrap_or_else(|| "-".into()),
             ),
             ("latency", fmt_percentiles(&self.latency_us, 1000.0, " ms")),
             ("join time", fmt_percentiles(&self.join_ms, 1.0, " ms")),

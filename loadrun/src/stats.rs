@@ -22,6 +22,16 @@ pub fn process_rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The machine's UDP datagrams dropped because a socket's receive buffer was full
+/// (`RcvbufErrors` of `/proc/net/snmp`; all sockets, the server's and the runner's).
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
 fn clock_ticks() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -45,5 +55,9 @@ mod tests {
         let pid = std::process::id();
         assert!(process_cpu_seconds(pid).is_some());
         assert!(process_rss_bytes(pid).unwrap() > 0);
+        assert!(
+            udp_rcvbuf_errors().is_some(),
+            "/proc/net/snmp has Udp RcvbufErrors"
+        );
     }
 }

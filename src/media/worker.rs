@@ -90,6 +90,7 @@ impl WorkerHandle {
         let socket = StdUdpSocket::bind(bind)
             .map_err(|e| anyhow::anyhow!("media worker {index}: cannot bind UDP {bind}: {e}"))?;
         socket.set_nonblocking(true)?;
+        grow_socket_buffers(&socket);
         let local_addr = socket.local_addr()?;
         let candidate_addr = SocketAddr::new(config.announced_ip, local_addr.port());
         let tcp_candidate_addr =
@@ -118,6 +119,37 @@ impl WorkerHandle {
             commands,
             local_addr,
         })
+    }
+}
+
+/// Kernel buffers of a worker's UDP socket. Linux's default (≈ 208 KB) holds ≈ 150 datagrams:
+/// a keyframe burst from several publishers arriving while the worker fans out one packet to
+/// hundreds of subscribers overflows it, and every subscriber then loses the same packets.
+/// 4 MB is `net.core.rmem_max` on common distributions; as root it is forced past a lower max.
+const SOCKET_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
+
+fn grow_socket_buffers(socket: &StdUdpSocket) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |option| {
+            // SAFETY: setsockopt(2) on a socket we own, with a pointer to a live c_int.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&SOCKET_BUFFER_BYTES as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                ) == 0
+            }
+        };
+        // FORCE needs CAP_NET_ADMIN; without it the plain option is capped at the sysctl max.
+        if !set(force) && !set(plain) {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "UDP socket buffer not grown");
+        }
     }
 }
 
@@ -301,5 +333,38 @@ fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut WorkerEg
             let _ = reply.send(adopt_tcp(core, stream, peer, first_frame, egress));
         }
         Command::Run(task) => task(core, now, egress),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(socket: &StdUdpSocket, option: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt(2) into a live c_int of the given size.
+        unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::SOL_SOCKET,
+                option,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        value
+    }
+
+    #[test]
+    fn worker_sockets_get_large_buffers() {
+        let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = buffer(&socket, libc::SO_RCVBUF);
+        grow_socket_buffers(&socket);
+        // The kernel reports twice what was set (bookkeeping overhead), capped by rmem_max
+        // unless forced; either way far above its ≈ 208 KB default.
+        let after = buffer(&socket, libc::SO_RCVBUF);
+        assert!(after >= 1 << 20 && after > before, "{before} -> {after}");
+        assert!(buffer(&socket, libc::SO_SNDBUF) >= 1 << 20);
     }
 }
