@@ -126,6 +126,16 @@ impl LayerSelector {
     }
 
     pub fn on_packet(&mut self, layer: u8, starts_keyframe: bool) -> Decision {
+        // Fast start: a consumer with nothing yet takes the first keyframe of any layer up to
+        // its target (a small low-layer keyframe comes sooner) and climbs at the target's.
+        if self.current.is_none()
+            && self.needs_keyframe
+            && starts_keyframe
+            && self.target.is_some_and(|t| layer < t)
+        {
+            self.current = Some(layer);
+            return Decision::SwitchAndForward;
+        }
         if Some(layer) == self.target
             && self.target != self.current
             && (starts_keyframe || !self.needs_keyframe)
@@ -355,9 +365,16 @@ mod tests {
         let mut sel = LayerSelector::new(Preference::Fixed(2), true);
         assert_eq!(sel.update_target(&[true, true, true]), Some(2));
         assert_eq!(sel.on_packet(2, false), Decision::Drop);
-        assert_eq!(sel.on_packet(0, true), Decision::Drop);
+        assert_eq!(sel.on_packet(1, false), Decision::Drop);
+        // Fast start on the first keyframe below the target, then up at the target's.
+        assert_eq!(sel.on_packet(0, true), Decision::SwitchAndForward);
+        assert_eq!(sel.current, Some(0));
+        assert_eq!(sel.on_packet(1, true), Decision::Drop);
+        assert_eq!(sel.on_packet(2, false), Decision::Drop);
+        assert_eq!(sel.on_packet(0, false), Decision::Forward);
         assert_eq!(sel.on_packet(2, true), Decision::SwitchAndForward);
         assert_eq!(sel.on_packet(2, false), Decision::Forward);
+        assert_eq!(sel.on_packet(0, false), Decision::Drop);
         sel.preference = Preference::Fixed(0);
         assert_eq!(sel.update_target(&[true, true, true]), Some(0));
         // Until the low layer's keyframe arrives, the high layer keeps flowing.

@@ -96,6 +96,11 @@ impl WorkerCore {
                         self.request_keyframe_for(consumer, now);
                     }
                 }
+                Deferred::StartKeyframe { consumer } => {
+                    if self.consumers.contains(consumer) {
+                        self.request_start_keyframe(consumer, now);
+                    }
+                }
                 Deferred::Allocate { transport } => {
                     if self.transports.contains(transport) {
                         self.allocate(transport, now);

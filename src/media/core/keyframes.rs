@@ -123,12 +123,47 @@ impl WorkerCore {
     /// A subscriber's DTLS just completed: every consumer still waiting for its first
     /// keyframe asks now (deferred: this runs mid-drain). The ask at subscribe time was held
     /// back for this moment, which saves a join the second a retry would otherwise wait.
+    ///
+    /// Simulcast consumers also ask the lowest active layer: its keyframe is a fraction of the
+    /// top layer's, arrives first, and the selector starts there and climbs at the target's.
     pub(super) fn subscriber_connected(&mut self, key: TransportKey) {
         for &ck in &self.transports[key].consumers {
             if self.consumers[ck].selector.current.is_none() {
                 self.deferred
                     .push(Deferred::KeyframeRequest { consumer: ck });
+                self.deferred.push(Deferred::StartKeyframe { consumer: ck });
             }
+        }
+    }
+
+    /// The fast-start half of [`WorkerCore::subscriber_connected`]: a keyframe of the
+    /// producer's lowest active layer, when that is below the consumer's target.
+    pub(super) fn request_start_keyframe(&mut self, ck: ConsumerKey, now: Instant) {
+        let consumer = &self.consumers[ck];
+        let pk = consumer.producer;
+        let Some(target) = consumer.selector.target else {
+            return;
+        };
+        let producer = &self.producers[pk];
+        if producer.kind != Kind::Video {
+            return;
+        }
+        let Some(lowest) = producer.layers.iter().position(|l| l.active) else {
+            return;
+        };
+        if lowest as u8 >= target {
+            return;
+        }
+        let rid = producer.layers[lowest].rid;
+        let transport = producer.transport;
+        if self.producers[pk]
+            .keyframes
+            .admit(lowest as u8, now)
+            .is_ok()
+        {
+            self.send_pli(pk, lowest as u8, rid);
+            self.timers.push(Reverse((now, transport)));
+            self.transports[transport].next_timeout = now;
         }
     }
 

@@ -192,6 +192,10 @@ enum Deferred {
     KeyframeRequest {
         consumer: ConsumerKey,
     },
+    /// A new consumer's fast-start keyframe on the lowest layer (`keyframes.rs`).
+    StartKeyframe {
+        consumer: ConsumerKey,
+    },
     /// The subscriber's estimate changed enough to re-allocate now.
     Allocate {
         transport: TransportKey,
