@@ -59,3 +59,41 @@ async fn production_has_no_dev_token_endpoint() {
     assert!(body.contains("\"environment\":\"production\""), "{body}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_each_worker_and_their_sum() {
+    // Two workers; one room lives on one of them.
+    let server = common::start_server_with(&["--workers", "2"]).await;
+    let mut ws = common::joined(&server, "status-room", "pub", true).await;
+    let publisher = common::Peer::spawn().await;
+    publisher.publish(&mut ws).await;
+    let (status, body) = get(server.http_addr, "/status").await;
+    assert_eq!(status, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let workers = status["perWorker"].as_array().expect("perWorker");
+    assert_eq!(workers.len(), 2, "{status}");
+    let sum = |field: &str| -> u64 {
+        workers
+            .iter()
+            .map(|w| w["media"][field].as_u64().unwrap())
+            .sum()
+    };
+    for field in ["transports", "producers", "consumers"] {
+        assert_eq!(
+            sum(field),
+            status["media"][field].as_u64().unwrap(),
+            "{field}"
+        );
+    }
+    // The publisher's transport and its two producers are on exactly one worker.
+    let busy: Vec<_> = workers
+        .iter()
+        .filter(|w| w["media"]["producers"] == 2)
+        .collect();
+    assert_eq!(busy.len(), 1, "{status}");
+    assert_eq!(
+        busy[0]["addr"],
+        status["workers"][busy[0]["index"].as_u64().unwrap() as usize]
+    );
+    server.stop().await;
+}

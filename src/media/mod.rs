@@ -548,11 +548,19 @@ impl MediaRouter {
 
     pub async fn stats(&self) -> WorkerStats {
         let mut total = WorkerStats::default();
-        for i in 0..self.workers.len() {
-            if let Ok(s) = self.call(i, |reply| Command::Stats { reply }).await {
-                total += s;
-            }
+        for s in self.worker_stats().await {
+            total += s;
         }
         total
+    }
+
+    /// Each worker's own counters, in worker order (a worker that stopped answers zeros).
+    pub async fn worker_stats(&self) -> Vec<WorkerStats> {
+        let mut out = Vec::with_capacity(self.workers.len());
+        for i in 0..self.workers.len() {
+            let stats = self.call(i, |reply| Command::Stats { reply }).await;
+            out.push(stats.unwrap_or_default());
+        }
+        out
     }
 }

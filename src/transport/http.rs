@@ -224,7 +224,18 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
 }
 
 async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
-    let media = ctx.media.stats().await;
+    let per_worker = ctx.media.worker_stats().await;
+    let mut media = crate::media::WorkerStats::default();
+    for s in &per_worker {
+        media += *s;
+    }
+    let addrs = ctx.media.worker_addrs();
+    let per_worker: Vec<_> = per_worker
+        .iter()
+        .zip(&addrs)
+        .enumerate()
+        .map(|(index, (stats, addr))| json!({ "index": index, "addr": addr, "media": stats }))
+        .collect();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "environment": format!("{:?}", ctx.settings.config.environment).to_lowercase(),
@@ -233,7 +244,8 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "sessions": ctx.sessions.count(),
         "rooms": ctx.rooms.counts(),
         "media": media,
-        "workers": ctx.media.worker_addrs(),
+        "workers": addrs,
+        "perWorker": per_worker,
         "iceTcp": ctx.media.ice_tcp_stats(),
     }))
 }
