@@ -198,17 +198,9 @@ async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() 
 
     // HTTP, WebSocket, WebTransport and media all on the host-side veth address: the publisher
     // and the unshaped subscriber reach it locally, the namespace through the veth.
-    let server = common::start_server_with(&[
-        "--bwe-enabled",
-        "true",
-        "--host",
-        &link.host_ip,
-        "--rtc-listen-ip",
-        &link.host_ip,
-        "--announced-ip",
-        &link.host_ip,
-    ])
-    .await;
+    let mut args = vec!["--bwe-enabled", "true"];
+    args.extend(link.server_args());
+    let server = common::start_server_with(&args).await;
     println!(
         "clip {} MB written in {:.1?}; namespace {} ({}) <- {} {} ({TBF_FIRST_RATE}); server {}",
         fs::metadata(&clip).map(|m| m.len() >> 20).unwrap_or(0),

@@ -28,15 +28,7 @@ async fn chromium_without_udp_publishes_and_subscribes_over_ice_tcp() {
     link.block_udp();
     let dir = testkit::scratch_dir();
     let wrapper = link.chromium_wrapper(&dir);
-    let server = common::start_server_with(&[
-        "--host",
-        &link.host_ip,
-        "--rtc-listen-ip",
-        &link.host_ip,
-        "--announced-ip",
-        &link.host_ip,
-    ])
-    .await;
+    let server = common::start_server_with(&link.server_args()).await;
     let tcp = server.ctx.media.ice_tcp_addr().expect("ICE-TCP on");
     let base = format!("http://{}", server.http_addr);
     let args: [&std::ffi::OsStr; 2] = [base.as_ref(), wrapper.as_ref()];

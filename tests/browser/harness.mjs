@@ -134,6 +134,18 @@ export function createRun({ budgetMs = 90_000, pollMs = 500, extraArgs = [] } = 
     });
   }
 
+  /** Waits until the demo on page `p` decodes more frames of a remote video within a second. */
+  async function decodesVideo(p, timeoutMs) {
+    return waitFor(`${p.label} decodes`, timeoutMs, async () => {
+      const before = (await remotes(p)).find((r) => r.kind === 'video');
+      if (!before) return { last: 'no remote video yet' };
+      await sleep(1000);
+      const after = (await remotes(p)).find((r) => r.kind === 'video');
+      const grew = after && after.stats.framesDecoded > before.stats.framesDecoded;
+      return grew ? { done: true, value: after } : { last: `framesDecoded=${after?.stats.framesDecoded}` };
+    });
+  }
+
   /**
    * A fresh browser context with one page, collecting its console; listed for diagnostics.
    * `executablePath` runs it in a Chromium of its own (launched once per path, same args).
@@ -218,6 +230,7 @@ export function createRun({ budgetMs = 90_000, pollMs = 500, extraArgs = [] } = 
     check,
     waitFor,
     waitJoined,
+    decodesVideo,
     openPage,
     dumpDiagnostics,
     main,

@@ -10,7 +10,7 @@
 // receives B's audio, all through the server's one ICE-TCP port.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { createRun, demoState, remotes, sleep, withTimeout } from './harness.mjs';
+import { createRun, demoState, remotes, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
 const nsChromium = process.argv[3];
@@ -25,24 +25,12 @@ const run = createRun({
   pollMs: 500,
   extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${base}`],
 });
-const { check, waitFor, waitJoined } = run;
+const { check, waitFor, waitJoined, decodesVideo } = run;
 
 const demoUrl = (room, name, extra = {}) =>
   `${base}/?${new URLSearchParams({ room, name, autojoin: '1', layers: '1', ...extra })}`;
 
 const selected = (p) => p.page.evaluate(() => window.sfuDemo.selectedCandidates());
-
-/** Waits until `p` decodes more frames of a remote video within one second. */
-async function decodes(p, timeoutMs) {
-  return waitFor(`${p.label} decodes`, timeoutMs, async () => {
-    const before = (await remotes(p)).find((r) => r.kind === 'video');
-    if (!before) return { last: 'no remote video yet' };
-    await sleep(1000);
-    const after = (await remotes(p)).find((r) => r.kind === 'video');
-    const grew = after && after.stats.framesDecoded > before.stats.framesDecoded;
-    return grew ? { done: true, value: after } : { last: `framesDecoded=${after?.stats.framesDecoded}` };
-  });
-}
 
 async function printPageState(p) {
   const s = await withTimeout(demoState(p), 3000, 'state');
@@ -83,12 +71,12 @@ await run.main(async () => {
   });
 
   await check("B decodes A's video (published over ICE-TCP)", async () => {
-    const v = await decodes(B, 25_000);
+    const v = await decodesVideo(B, 25_000);
     return `framesDecoded=${v.stats.framesDecoded}, ${v.stats.frameWidth}x${v.stats.frameHeight}`;
   });
 
   await check("A decodes B's video over ICE-TCP", async () => {
-    const v = await decodes(A, 25_000);
+    const v = await decodesVideo(A, 25_000);
     const { subscriber } = await selected(A);
     if (subscriber?.protocol !== 'tcp') {
       throw new Error(`subscriber pair is ${JSON.stringify(subscriber)}, not TCP`);

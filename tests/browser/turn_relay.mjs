@@ -8,7 +8,7 @@
 // candidate. Page B, a normal page, decodes A's video and receives its audio.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
-import { createRun, demoState, remotes, sleep, withTimeout } from './harness.mjs';
+import { createRun, demoState, remotes, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
 if (!/^https?:\/\//.test(base)) {
@@ -17,7 +17,7 @@ if (!/^https?:\/\//.test(base)) {
 }
 
 const run = createRun({ budgetMs: 60_000, pollMs: 500 });
-const { check, waitFor, waitJoined } = run;
+const { check, waitFor, waitJoined, decodesVideo } = run;
 
 const demoUrl = (room, name, extra = {}) =>
   `${base}/?${new URLSearchParams({ room, name, autojoin: '1', ...extra })}`;
@@ -55,14 +55,7 @@ await run.main(async () => {
   });
 
   await check("B decodes A's relayed video", async () => {
-    const v = await waitFor('frames decoded', 25_000, async () => {
-      const before = (await remotes(B)).find((r) => r.kind === 'video');
-      if (!before) return { last: 'no remote video yet' };
-      await sleep(1000);
-      const after = (await remotes(B)).find((r) => r.kind === 'video');
-      const grew = after && after.stats.framesDecoded > before.stats.framesDecoded;
-      return grew ? { done: true, value: after } : { last: `framesDecoded=${after?.stats.framesDecoded}` };
-    });
+    const v = await decodesVideo(B, 25_000);
     return `framesDecoded=${v.stats.framesDecoded}, ${v.stats.frameWidth}x${v.stats.frameHeight}`;
   });
 

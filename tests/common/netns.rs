@@ -100,6 +100,19 @@ impl VethNamespace {
         link
     }
 
+    /// Server flags for an in-process server that listens on, and announces, the host-side
+    /// address: the host reaches it locally, the namespace through the veth.
+    pub fn server_args(&self) -> [&str; 6] {
+        [
+            "--host",
+            &self.host_ip,
+            "--rtc-listen-ip",
+            &self.host_ip,
+            "--announced-ip",
+            &self.host_ip,
+        ]
+    }
+
     /// Runs `program args` inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) {
         let mut all = vec!["netns", "exec", &self.ns, program];
