@@ -183,6 +183,15 @@ pub struct WorkerStats {
     pub paused_for_bandwidth: usize,
 }
 
+impl std::iter::Sum for WorkerStats {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(WorkerStats::default(), |mut total, s| {
+            total += s;
+            total
+        })
+    }
+}
+
 impl std::ops::AddAssign for WorkerStats {
     fn add_assign(&mut self, o: Self) {
         self.transports += o.transports;
@@ -547,11 +556,7 @@ impl MediaRouter {
     }
 
     pub async fn stats(&self) -> WorkerStats {
-        let mut total = WorkerStats::default();
-        for s in self.worker_stats().await {
-            total += s;
-        }
-        total
+        self.worker_stats().await.into_iter().sum()
     }
 
     /// Each worker's own counters, in worker order (a worker that stopped answers zeros).

@@ -330,8 +330,6 @@ pub struct Links {
     next_id: u64,
     inbox: mpsc::Sender<LinkInput>,
     counters: Arc<TcpCounters>,
-    /// Frames str0m wanted to send on a link that no longer exists.
-    pub dropped: u64,
 }
 
 impl Links {
@@ -342,7 +340,6 @@ impl Links {
             next_id: 1,
             inbox,
             counters,
-            dropped: 0,
         }
     }
 
@@ -415,11 +412,9 @@ impl Links {
     /// Queue one frame for `peer`; a link whose queue is full is dropped (slow reader).
     pub fn send(&mut self, peer: SocketAddr, payload: &[u8]) {
         let Some(link) = self.by_peer.get(&peer) else {
-            self.dropped += 1;
             return;
         };
         let Ok(len) = u16::try_from(payload.len()) else {
-            self.dropped += 1;
             return;
         };
         let mut frame = Vec::with_capacity(payload.len() + 2);
@@ -431,12 +426,10 @@ impl Links {
                 tracing::debug!(%peer, transport = link.transport.0, "ICE-TCP client too slow, dropped");
                 self.by_peer.remove(&peer);
                 self.counters.record(CloseReason::SlowReader);
-                self.dropped += 1;
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.by_peer.remove(&peer);
                 self.counters.record(CloseReason::Closed);
-                self.dropped += 1;
             }
         }
     }

@@ -225,10 +225,7 @@ async fn health(State(ctx): State<Arc<AppContext>>) -> Response {
 
 async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
     let per_worker = ctx.media.worker_stats().await;
-    let mut media = crate::media::WorkerStats::default();
-    for s in &per_worker {
-        media += *s;
-    }
+    let media: crate::media::WorkerStats = per_worker.iter().copied().sum();
     let addrs = ctx.media.worker_addrs();
     let per_worker: Vec<_> = per_worker
         .iter()

@@ -654,8 +654,6 @@ async fn run_tcp_peer(
         loop {
             if stop_reading.load(Ordering::Relaxed) {
                 // Hold the socket open, unread, until the server gives up on us.
-                let mut probe = [0u8; 0];
-                let _ = read_half.peek(&mut probe).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

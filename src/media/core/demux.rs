@@ -48,18 +48,8 @@ impl WorkerCore {
                 return;
             }
         };
-        // STUN's first two bits are zero; only ORTC transports need to look inside.
-        if data.first().is_some_and(|b| *b < 2) {
-            self.learn_remote_ufrag(key, data);
-        }
-        let Ok(receive) = Receive::new(Protocol::Udp, source, self.candidate_addr, data) else {
-            self.stats.datagrams_dropped += 1;
-            return;
-        };
-        let transport = &mut self.transports[key];
-        if let Err(e) = transport.rtc.handle_input(Input::Receive(now, receive)) {
-            tracing::debug!(transport = transport.id.0, error = %e, "rejected datagram");
-            self.stats.datagrams_dropped += 1;
+        let local = self.candidate_addr;
+        if !self.feed(key, Protocol::Udp, source, local, data, now) {
             return;
         }
         if let Route::Ufrag(key) = route {
@@ -73,13 +63,13 @@ impl WorkerCore {
     /// naming one of our local ufrags and signed with that transport's password. A link is
     /// only ever tied to a transport this way, so a TCP client cannot claim someone else's.
     pub fn claim_tcp(&mut self, first_frame: &[u8]) -> Option<TransportId> {
+        self.tcp_candidate_addr?;
         let stun = StunMessage::parse(first_frame).ok()?;
         if !stun.is_binding_request() {
             return None;
         }
         let (local_ufrag, _remote) = stun.split_username()?;
         let key = *self.by_ufrag.get(local_ufrag)?;
-        self.tcp_candidate_addr?;
         self.passes_integrity(key, first_frame)
             .then(|| self.transports[key].id)
     }
@@ -99,21 +89,38 @@ impl WorkerCore {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        if self.feed(key, Protocol::Tcp, source, local, data, now) {
+            self.drain(key, now, egress);
+            self.after_drain(now, egress);
+        }
+    }
+
+    /// Hand one packet that arrived at `local` over `proto` to transport `key`'s str0m;
+    /// false (and counted as dropped) when str0m refuses it. Shared by UDP and ICE-TCP.
+    fn feed(
+        &mut self,
+        key: TransportKey,
+        proto: Protocol,
+        source: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> bool {
+        // STUN's first two bits are zero; only ORTC transports need to look inside.
         if data.first().is_some_and(|b| *b < 2) {
             self.learn_remote_ufrag(key, data);
         }
-        let Ok(receive) = Receive::new(Protocol::Tcp, source, local, data) else {
+        let Ok(receive) = Receive::new(proto, source, local, data) else {
             self.stats.datagrams_dropped += 1;
-            return;
+            return false;
         };
         let transport = &mut self.transports[key];
         if let Err(e) = transport.rtc.handle_input(Input::Receive(now, receive)) {
-            tracing::debug!(transport = transport.id.0, error = %e, "rejected TCP frame");
+            tracing::debug!(transport = transport.id.0, ?proto, error = %e, "rejected packet");
             self.stats.datagrams_dropped += 1;
-            return;
+            return false;
         }
-        self.drain(key, now, egress);
-        self.after_drain(now, egress);
+        true
     }
 
     /// O(1) demux: a known remote address, else the local ufrag in a STUN binding request.

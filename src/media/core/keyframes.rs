@@ -3,7 +3,6 @@
 //! the asks of every consumer of a track into at most one PLI per layer per interval
 //! (mediasoup's `KeyFrameRequestManager` plays this part).
 
-use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use str0m::media::KeyframeRequestKind;
@@ -144,26 +143,11 @@ impl WorkerCore {
         let Some(target) = consumer.selector.target else {
             return;
         };
-        let producer = &self.producers[pk];
-        if producer.kind != Kind::Video {
-            return;
-        }
-        let Some(lowest) = producer.layers.iter().position(|l| l.active) else {
+        let Some(lowest) = self.producers[pk].layers.iter().position(|l| l.active) else {
             return;
         };
-        if lowest as u8 >= target {
-            return;
-        }
-        let rid = producer.layers[lowest].rid;
-        let transport = producer.transport;
-        if self.producers[pk]
-            .keyframes
-            .admit(lowest as u8, now)
-            .is_ok()
-        {
-            self.send_pli(pk, lowest as u8, rid);
-            self.timers.push(Reverse((now, transport)));
-            self.transports[transport].next_timeout = now;
+        if (lowest as u8) < target {
+            self.request_layer_keyframe(pk, lowest as u8, now);
         }
     }
 
@@ -200,29 +184,33 @@ impl WorkerCore {
             return;
         };
         consumer.last_keyframe_ask = Some(now);
-        let producer = &mut self.producers[consumer.producer];
+        let pk = consumer.producer;
+        self.request_layer_keyframe(pk, layer, now);
+    }
+
+    /// Ask video producer `pk`'s publisher for a keyframe of `layer`: now, or when the
+    /// debounce window opens (the publisher's timer fires then, `send_due_keyframe_requests`).
+    fn request_layer_keyframe(&mut self, pk: ProducerKey, layer: u8, now: Instant) {
+        let producer = &mut self.producers[pk];
         if producer.kind != Kind::Video {
             return;
         }
         let Some(rid) = producer.layers.get(layer as usize).map(|l| l.rid) else {
             return;
         };
+        let publisher = producer.transport;
         match producer.keyframes.admit(layer, now) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.send_pli(pk, layer, rid);
+                // The PLI leaves on the publisher's next poll: drain it now, not at its timeout.
+                self.schedule(publisher, now);
+            }
             Err(Some(due)) => {
                 tracing::trace!(producer = %producer.id, layer, "keyframe request deferred");
-                // The publisher's timer fires then and sends it (`send_due_keyframe_requests`).
-                let publisher = producer.transport;
                 self.schedule(publisher, due);
-                return;
             }
-            Err(None) => return,
+            Err(None) => {}
         }
-        let (pk, transport) = (consumer.producer, producer.transport);
-        self.send_pli(pk, layer, rid);
-        // The PLI leaves on the publisher's next poll; drain it now rather than at its timeout.
-        self.timers.push(Reverse((now, transport)));
-        self.transports[transport].next_timeout = now;
     }
 
     fn send_pli(&mut self, pk: ProducerKey, layer: u8, rid: Option<str0m::media::Rid>) {
