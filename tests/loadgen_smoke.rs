@@ -96,6 +96,8 @@ async fn run_scenario_over(
         "{floor:?}"
     );
     assert!(report.cpu_times_floor().is_some_and(|x| x > 0.0));
+    // Receive-buffer drops over the window are read from /proc/net/snmp (machine-wide).
+    assert!(report.udp_rcvbuf_errors.is_some(), "RcvbufErrors not read");
     let usage = report.server.as_ref().expect("server usage");
     assert!(usage.cpu_seconds >= 0.0);
     assert!(usage.rss_bytes.unwrap_or(0) > 0);
