@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,23 @@ impl Window {
     }
 }
 
+/// Counters every peer of a test adds to, measuring from the start.
+fn measuring() -> Arc<Shared> {
+    let shared = Shared::new();
+    shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
+    shared
+}
+
+/// A str0m peer that stamps what it sends and measures what it receives.
+async fn load_peer(shared: &Arc<Shared>, subscriber: bool) -> anyhow::Result<Peer> {
+    Peer::spawn_opts(PeerOptions::load(
+        [127, 0, 0, 1].into(),
+        Arc::clone(shared),
+        subscriber,
+    ))
+    .await
+}
+
 async fn window(peer: &Peer, length: Duration) -> Window {
     peer.take_stats().await.expect("peer alive");
     tokio::time::sleep(length).await;
@@ -95,15 +113,8 @@ async fn set_link(peer: &Peer, rate_bps: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscriber_gets_what_its_own_link_carries() {
     let server = start_server_with(&["--bwe-enabled", "true"]).await;
-    let shared = Shared::new();
-    shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
-    let load_peer = |subscriber| {
-        Peer::spawn_opts(PeerOptions::load(
-            [127, 0, 0, 1].into(),
-            Arc::clone(&shared),
-            subscriber,
-        ))
-    };
+    let shared = measuring();
+    let load_peer = |subscriber| load_peer(&shared, subscriber);
 
     let mut publisher_ws = joined(&server, "bwe", "pub", true).await;
     let mut thin_ws = joined(&server, "bwe", "thin", false).await;
@@ -228,4 +239,186 @@ async fn each_subscriber_gets_what_its_own_link_carries() {
          (drained {drained:?} later); \
          wide link on top in {wide_top:?}"
     );
+}
+
+/// Video packets per layer (low, medium, high) of each mid over one window.
+async fn layers_by_mid(peer: &Peer, length: Duration) -> HashMap<String, [u64; 3]> {
+    peer.take_stats().await.expect("peer alive");
+    tokio::time::sleep(length).await;
+    let (rx, _) = peer.take_stats().await.expect("peer alive");
+    let mut out: HashMap<String, [u64; 3]> = HashMap::new();
+    for ((mid, layer), stream) in &rx.streams {
+        if usize::from(*layer) < 3 {
+            out.entry(mid.to_string()).or_default()[usize::from(*layer)] += stream.received;
+        }
+    }
+    out
+}
+
+/// One second of the two pictures' video packets per layer: (A's, B's).
+async fn picture_layers(peer: &Peer, a_mid: &str, b_mid: &str) -> ([u64; 3], [u64; 3]) {
+    let w = layers_by_mid(peer, Duration::from_secs(1)).await;
+    (
+        w.get(a_mid).copied().unwrap_or_default(),
+        w.get(b_mid).copied().unwrap_or_default(),
+    )
+}
+
+/// The mid on which the subscriber receives `producer` (from its latest offer).
+fn mid_of(offer: &serde_json::Value, producer: &str) -> String {
+    offer["data"]["tracks"]
+        .as_array()
+        .and_then(|tracks| tracks.iter().find(|t| t["producerId"] == producer))
+        .and_then(|t| t["mid"].as_str())
+        .unwrap_or_else(|| panic!("{producer} not in {offer}"))
+        .to_string()
+}
+
+fn video_producer(publisher_answer: &serde_json::Value) -> String {
+    publisher_answer["producers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["kind"] == "video"))
+        .and_then(|p| p["producerId"].as_str())
+        .unwrap_or_else(|| panic!("no video producer in {publisher_answer}"))
+        .to_string()
+}
+
+/// A link with room for one of two pictures on the middle layer: the one the subscriber pins
+/// (`setConsumerPriority`) gets it. The subscriber hears its estimate (`bandwidthEstimate`)
+/// and `/status` shows the room's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_picture_is_served_first_and_the_estimate_is_reported() {
+    let server = start_server_with(&["--bwe-enabled", "true"]).await;
+    let shared = measuring();
+    let load_peer = |subscriber| load_peer(&shared, subscriber);
+    let mut a_ws = joined(&server, "pin", "a", true).await;
+    let mut b_ws = joined(&server, "pin", "b", false).await;
+    let mut viewer_ws = joined(&server, "pin", "viewer", false).await;
+    let viewer = load_peer(true).await.unwrap();
+    // Audio ~2 × 50 k, two low layers 2 × 150 k, one climb to the middle layer +350 k (with
+    // the allocator's 1.25 margin): about 840 k for one medium picture, 1.3 M for two.
+    viewer
+        .with(|s| s.downlink = Some(Shaper::new(1_150_000, Duration::from_millis(100))))
+        .await;
+    let a = load_peer(false).await.unwrap();
+    let b = load_peer(false).await.unwrap();
+    let a_video = video_producer(
+        &a.publish_spec(&mut a_ws, Publish::load(true, false))
+            .await
+            .unwrap(),
+    );
+    let b_video = video_producer(
+        &b.publish_spec(&mut b_ws, Publish::load(true, false))
+            .await
+            .unwrap(),
+    );
+    let offer = negotiate_subscriber(&mut viewer_ws, &viewer, 4).await;
+    let (a_mid, b_mid) = (mid_of(&offer, &a_video), mid_of(&offer, &b_video));
+
+    // The estimate reaches the subscriber.
+    let estimate = viewer_ws
+        .notification("bandwidthEstimate", Duration::from_secs(10))
+        .await;
+    let bps = estimate["data"]["estimateBps"]
+        .as_u64()
+        .expect("estimateBps");
+    assert!((50_000..20_000_000).contains(&bps), "{estimate}");
+
+    // Bad rankings are refused with a code, and change nothing.
+    for (data, code) in [
+        (
+            serde_json::json!({ "producerId": b_video, "priority": 0 }),
+            "INVALID_PAYLOAD",
+        ),
+        (
+            serde_json::json!({ "producerId": b_video, "priority": 256 }),
+            "INVALID_PAYLOAD",
+        ),
+        (serde_json::json!({ "priority": 3 }), "INVALID_PAYLOAD"),
+        (
+            serde_json::json!({ "producerId": b_video, "consumerId": "c", "priority": 3 }),
+            "INVALID_PAYLOAD",
+        ),
+        (
+            serde_json::json!({ "producerId": uuid::Uuid::new_v4().to_string(), "priority": 3 }),
+            "CONSUMER_NOT_FOUND",
+        ),
+        (
+            serde_json::json!({ "producerId": "not-a-uuid", "priority": 3 }),
+            "CONSUMER_NOT_FOUND",
+        ),
+    ] {
+        let reply = viewer_ws.request("setConsumerPriority", data.clone()).await;
+        assert_eq!(
+            testkit::signal::error_code(&reply),
+            code,
+            "{data} -> {reply}"
+        );
+    }
+
+    // Unpinned, the two rank equal and the first subscribed (A) climbs first.
+    let started = Instant::now();
+    loop {
+        let (a, b) = picture_layers(&viewer, &a_mid, &b_mid).await;
+        if a[1] + a[2] > 0 && b[1] + b[2] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "A never climbed before the pin: A {a:?}, B {b:?}"
+        );
+    }
+
+    // Pin B: B climbs instead, and from then on A stays on the low layer. (On this link a
+    // climb may be undone by the next keyframe's burst and retried; what matters is who.)
+    let reply = viewer_ws
+        .request(
+            "setConsumerPriority",
+            serde_json::json!({ "producerId": b_video, "priority": 255 }),
+        )
+        .await;
+    assert_eq!(reply["type"], "setConsumerPriorityResponse", "{reply}");
+    assert_eq!(reply["data"]["priority"], 255, "{reply}");
+    let pinned = Instant::now();
+    loop {
+        let (a, b) = picture_layers(&viewer, &a_mid, &b_mid).await;
+        if b[1] + b[2] > 0 && a[1] + a[2] == 0 {
+            break;
+        }
+        assert!(
+            pinned.elapsed() < Duration::from_secs(12),
+            "the pinned picture did not take the climb: A {a:?}, B {b:?}"
+        );
+    }
+    let took = pinned.elapsed();
+    let (mut a_total, mut b_total) = ([0u64; 3], [0u64; 3]);
+    for _ in 0..6 {
+        let (a, b) = picture_layers(&viewer, &a_mid, &b_mid).await;
+        for (total, layers) in [(&mut a_total, a), (&mut b_total, b)] {
+            for (t, l) in total.iter_mut().zip(layers) {
+                *t += l;
+            }
+        }
+    }
+    eprintln!(
+        "pinned B took the climb in {took:?}; the next 6 s: A {a_total:?}, B {b_total:?} \
+         (low, medium, high)"
+    );
+    assert_eq!(
+        a_total[1] + a_total[2],
+        0,
+        "the unpinned picture climbed: A {a_total:?}, B {b_total:?}"
+    );
+
+    // `/status` carries the room's estimates.
+    let status = common::status(&server).await;
+    let room = &status["bandwidth"]["pin"];
+    assert!(room["subscribersEstimated"].as_u64() >= Some(1), "{status}");
+    assert!(
+        room["estimateBpsMin"].as_u64() <= room["estimateBpsMax"].as_u64(),
+        "{room}"
+    );
+    // On a dip the unpinned picture is the one paused, so 0 or 1.
+    assert!(room["pausedTracks"].as_u64() <= Some(1), "{room}");
+    eprintln!("first estimate {bps} bit/s; room: {room}");
 }

@@ -31,13 +31,7 @@ async fn tcp_peer(server: &sfu::ServerHandle, stop_reading: Arc<AtomicBool>) -> 
 /// `/status`'s `iceTcp`: this server's links and closed connections by reason (metrics hold
 /// the same numbers, but the recorder is shared by every server of this test process).
 async fn ice_tcp_status(server: &sfu::ServerHandle) -> serde_json::Value {
-    let status: serde_json::Value = reqwest::get(format!("http://{}/status", server.http_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["iceTcp"].clone()
+    common::status(server).await["iceTcp"].clone()
 }
 
 async fn links(server: &sfu::ServerHandle) -> u64 {

@@ -263,6 +263,29 @@ async fn ortc_messages_answer_in_the_seed_shapes_and_refuse_bad_parameters() {
         )
         .await;
     ok(&reply, "setConsumerPreferredLayersResponse");
+    // mediasoup's consumer.setPriority, by consumer id; someone else's id is not found.
+    let reply = bob
+        .request(
+            "setConsumerPriority",
+            json!({ "consumerId": consumer_id, "priority": 200 }),
+        )
+        .await;
+    assert_eq!(
+        ok(&reply, "setConsumerPriorityResponse")["priority"],
+        200,
+        "{reply}"
+    );
+    assert_eq!(
+        ok(&reply, "setConsumerPriorityResponse")["consumerId"],
+        consumer_id.as_str()
+    );
+    let reply = bob
+        .request(
+            "setConsumerPriority",
+            json!({ "consumerId": "nope", "priority": 2 }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "CONSUMER_NOT_FOUND", "{reply}");
     // Bob may not pause or close Alice's producer.
     let reply = bob
         .request("closeProducer", json!({ "producerId": producer_id }))

@@ -243,6 +243,7 @@ class Session {
     this.participants = new Map(); // participantId -> {displayName, producers: Map, tile, media}
     this.remotes = new Map(); // producerId -> remote media entry (see attachRemote)
     this.layers = new Map(); // producerId -> last layerChanged value
+    this.estimateBps = null; // the server's estimate of our downlink (bandwidthEstimate)
     this.pingTimer = null;
     this.statsTimer = null;
     this.refreshing = false;
@@ -494,6 +495,10 @@ class Session {
       case 'layersWanted':
         // Dynacast: no subscriber needs some of our simulcast layers; stop (or resume) them.
         this.applyLayersWanted(data.layers ?? []).catch((err) => log(`layersWanted: ${err.message}`));
+        break;
+      case 'bandwidthEstimate':
+        // What the server's estimator thinks our downlink carries; it picks layers to fit.
+        this.estimateBps = data.estimateBps;
         break;
       case 'layerChanged':
         // The server's bandwidth allocator pauses video the link cannot carry (layer null).
@@ -751,9 +756,21 @@ class Session {
       remote.layerEl = el('span', { class: 'layer-badge' });
       remote.statsEl = el('div', { class: 'stats', text: 'waiting for media…' });
       remote.picker = picker;
+      // Pinned: served first when our link is short (setConsumerPriority 255; unpinned 1).
+      const pin = el('input', { type: 'checkbox', class: 'pin', title: 'Served first when bandwidth is short' });
+      pin.addEventListener('change', () => {
+        this.setPinned(producerId, pin.checked).catch((err) => {
+          reportError(err);
+          pin.checked = !pin.checked;
+        });
+      });
       remote.el = el('div', { class: 'remote-video', 'data-producer-id': producerId, 'data-kind': 'video' }, [
         video,
-        el('div', { class: 'controls' }, [el('label', {}, ['Layer ', picker]), remote.layerEl]),
+        el('div', { class: 'controls' }, [
+          el('label', {}, ['Layer ', picker]),
+          el('label', {}, [pin, ' pin']),
+          remote.layerEl,
+        ]),
         remote.statsEl,
       ]);
       participant.media.append(remote.el);
@@ -834,6 +851,14 @@ class Session {
     return res;
   }
 
+  async setPinned(producerId, pinned) {
+    const res = await this.request('setConsumerPriority', { producerId, priority: pinned ? 255 : 1 });
+    const remote = this.remotes.get(producerId);
+    if (remote) remote.pinned = pinned;
+    log(`${pinned ? 'pinned' : 'unpinned'} ${producerId}`);
+    return res;
+  }
+
   renderLayer(producerId) {
     const remote = this.remotes.get(producerId);
     if (remote?.layerEl) remote.layerEl.textContent = `receiving: ${this.layers.get(producerId) ?? '–'}`;
@@ -880,9 +905,10 @@ class Session {
       remote.prev = s;
       if (remote.kind === 'video') {
         const layer = this.layers.get(remote.producerId) ?? '–';
+        const estimate = this.estimateBps == null ? '' : ` · link ≈ ${Math.round(this.estimateBps / 1000)} kbps`;
         remote.statsEl.textContent =
           `layer ${layer} · ${s.frameWidth}x${s.frameHeight} · ${Math.round(s.framesPerSecond)} fps · ` +
-          `${kbps} kbps · ${s.framesDecoded} frames decoded`;
+          `${kbps} kbps${estimate} · ${s.framesDecoded} frames decoded`;
       } else {
         remote.statsEl.textContent = `audio · ${kbps} kbps · ${s.packetsReceived} packets`;
       }
@@ -898,6 +924,8 @@ class Session {
         kind: r.kind,
         layer: this.layers.get(r.producerId) ?? null,
         preferredLayer: r.preferred,
+        pinned: Boolean(r.pinned),
+        estimateBps: this.estimateBps,
         stats: { codec, framesDecoded, frameWidth, frameHeight, framesPerSecond, packetsReceived, bytesReceived },
       };
     }));

@@ -37,7 +37,7 @@ const AUDIO_DEFAULT_BPS: u64 = 48_000;
 pub struct TrackDemand {
     pub audio: bool,
     /// Served first when bandwidth is short (pinned or speaking tracks rank higher).
-    pub priority: u8,
+    pub priority: u16,
     /// Highest spatial layer the subscriber wants: its preferred layer is a cap.
     pub max_layer: u8,
     /// Measured bitrate of each layer the publisher sends, bits/s; 0 = not received.
@@ -349,7 +349,7 @@ mod tests {
 
     const SIMULCAST: [u64; 3] = [150_000, 500_000, 1_500_000];
 
-    fn video(priority: u8) -> TrackDemand {
+    fn video(priority: u16) -> TrackDemand {
         TrackDemand {
             audio: false,
             priority,

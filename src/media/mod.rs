@@ -14,6 +14,7 @@ pub mod core;
 mod egress;
 pub mod ortc;
 pub mod simulcast;
+mod speaking;
 mod tcp;
 pub mod worker;
 
@@ -127,6 +128,12 @@ pub enum MediaEvent {
         transport: TransportId,
         producer: ProducerId,
         layers: Vec<(String, bool)>,
+    },
+    /// The send-side estimate of a subscriber transport moved (by a tenth or more; at most
+    /// once a second).
+    BandwidthEstimate {
+        transport: TransportId,
+        estimate_bps: u64,
     },
     /// ICE or DTLS ended; the transport was removed from its worker.
     TransportClosed {
@@ -409,6 +416,23 @@ impl MediaRouter {
             transport,
             producer,
             preference,
+            reply,
+        })
+        .await?
+    }
+
+    /// Rank a consumer against the subscriber's others (1–255) when its link is short.
+    pub async fn set_priority(
+        &self,
+        worker: usize,
+        transport: TransportId,
+        producer: ProducerId,
+        priority: u8,
+    ) -> Result<(), MediaError> {
+        self.call(worker, |reply| Command::SetPriority {
+            transport,
+            producer,
+            priority,
             reply,
         })
         .await?

@@ -47,6 +47,12 @@ pub(crate) enum Command {
         preference: Preference,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    SetPriority {
+        transport: TransportId,
+        producer: ProducerId,
+        priority: u8,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
     CloseTransport {
         transport: TransportId,
         reply: oneshot::Sender<()>,
@@ -316,6 +322,14 @@ fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut WorkerEg
             reply,
         } => {
             let _ = reply.send(core.set_preference(transport, producer, preference, now, egress));
+        }
+        Command::SetPriority {
+            transport,
+            producer,
+            priority,
+            reply,
+        } => {
+            let _ = reply.send(core.set_priority(transport, producer, priority, now, egress));
         }
         Command::CloseTransport { transport, reply } => {
             core.close_transport(transport, now, egress);

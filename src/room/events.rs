@@ -74,6 +74,10 @@ pub enum Notice {
         spatial_layer: Option<u8>,
         temporal_layer: Option<u8>,
     },
+    /// The server's estimate of what this participant's downlink carries moved.
+    BandwidthEstimate {
+        estimate_bps: u64,
+    },
     /// Dynacast, to a publisher: which of its simulcast layers (rid, wanted) some subscriber
     /// needs; it may stop sending the others.
     LayersWanted {

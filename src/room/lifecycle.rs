@@ -222,6 +222,7 @@ impl Rooms {
             producers: Vec::new(),
             dialect,
             ortc: OrtcParticipant::default(),
+            downlink: Default::default(),
         };
         let (others, existing) =
             match self.insert_participant(room_id, &participant_id, participant) {

@@ -14,6 +14,7 @@ impl Rooms {
             MediaEvent::SubscriberOffer { transport, .. }
             | MediaEvent::LayerChanged { transport, .. }
             | MediaEvent::LayersWanted { transport, .. }
+            | MediaEvent::BandwidthEstimate { transport, .. }
             | MediaEvent::TransportClosed { transport, .. } => *transport,
         };
         let mut state = self.lock();
@@ -58,15 +59,27 @@ impl Rooms {
                 }
                 Vec::new()
             }
+            MediaEvent::BandwidthEstimate { estimate_bps, .. } => {
+                if let Some(p) = room.participants.get_mut(&participant_id) {
+                    p.downlink.estimate_bps = Some(estimate_bps);
+                    p.notifier
+                        .notify(Notice::BandwidthEstimate { estimate_bps });
+                }
+                Vec::new()
+            }
             MediaEvent::LayerChanged {
                 producer,
                 layer,
                 temporal,
                 ..
             } => {
-                let Some(p) = room.participants.get(&participant_id) else {
+                let Some(p) = room.participants.get_mut(&participant_id) else {
                     return Vec::new();
                 };
+                p.downlink.paused.retain(|paused| *paused != producer);
+                if layer.is_none() {
+                    p.downlink.paused.push(producer);
+                }
                 if p.dialect == Dialect::Ortc {
                     let consumer = p.ortc.consumers.iter().find(|(_, pr)| **pr == producer);
                     if let Some((consumer_id, _)) = consumer {

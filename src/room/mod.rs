@@ -24,10 +24,11 @@ pub use events::{
 pub use http::{HttpMediaSession, HttpSessionRef, Requester};
 pub use lifecycle::{Joined, RoomSpec};
 pub use model::{Dialect, Member, RoomSummary};
-pub use ortc::{ConsumerCreated, ProducerPublished, RemoteDtls, TransportCreated};
+pub use ortc::{ConsumerCreated, ConsumerTarget, ProducerPublished, RemoteDtls, TransportCreated};
 pub use ports::{Directory, EventSink, Notifier, RoomCatalog};
 pub use validate::{sdp_sending_kinds, DEFAULT_MAX_PARTICIPANTS, MAX_PARTICIPANTS_LIMIT};
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,18 @@ pub struct Rooms {
     media: MediaRouter,
     limits: RoomLimits,
     ports: RoomPorts,
+}
+
+/// A room's subscriber links as their estimators see them (`/status` `bandwidth`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomBandwidth {
+    pub subscribers_estimated: usize,
+    pub estimate_bps_min: u64,
+    pub estimate_bps_median: u64,
+    pub estimate_bps_max: u64,
+    /// Video tracks paused because a subscriber's link cannot carry their lowest layer.
+    pub paused_tracks: usize,
 }
 
 /// Counts for `/status`.
@@ -107,6 +120,41 @@ impl Rooms {
             producers: participants().map(|p| p.producers.len()).sum(),
             http_sessions: participants().filter(|p| p.dialect.is_http()).count(),
         }
+    }
+
+    /// Per room, what the estimators say of its subscribers' links (`/status`): rooms with at
+    /// least one estimate only.
+    pub fn bandwidth(&self) -> BTreeMap<String, RoomBandwidth> {
+        let state = self.lock();
+        let mut out = BTreeMap::new();
+        for (room_id, room) in &state.rooms {
+            let mut estimates: Vec<u64> = room
+                .participants
+                .values()
+                .filter_map(|p| p.downlink.estimate_bps)
+                .collect();
+            if estimates.is_empty() {
+                continue;
+            }
+            estimates.sort_unstable();
+            let paused_tracks = room
+                .participants
+                .values()
+                .flat_map(|p| &p.downlink.paused)
+                .filter(|producer| room.owner_of(**producer).is_some())
+                .count();
+            out.insert(
+                room_id.clone(),
+                RoomBandwidth {
+                    subscribers_estimated: estimates.len(),
+                    estimate_bps_min: estimates[0],
+                    estimate_bps_median: estimates[estimates.len() / 2],
+                    estimate_bps_max: estimates[estimates.len() - 1],
+                    paused_tracks,
+                },
+            );
+        }
+        out
     }
 
     pub fn room_exists(&self, room_id: &str) -> bool {

@@ -75,6 +75,16 @@ pub(super) struct Participant {
     pub producers: Vec<ProducerView>,
     pub dialect: Dialect,
     pub ortc: OrtcParticipant,
+    pub downlink: Downlink,
+}
+
+/// What the media worker last said about this participant's subscriber link.
+#[derive(Default)]
+pub(super) struct Downlink {
+    /// The send-side estimate (None until the estimator reported one).
+    pub estimate_bps: Option<u64>,
+    /// Producers whose video is paused for bandwidth.
+    pub paused: Vec<ProducerId>,
 }
 
 /// ORTC ids this participant handed out: opaque strings, mapped to ours.

@@ -337,6 +337,29 @@ impl Rooms {
             .map_err(|_| RoomError::consumer_not_found())
     }
 
+    /// Rank one of the participant's consumers (1–255) for the bandwidth allocator.
+    pub async fn set_consumer_priority(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        target: &ConsumerTarget,
+        priority: u8,
+    ) -> Result<(), RoomError> {
+        let (worker, subscriber, producer) = match target {
+            ConsumerTarget::Consumer(id) => self.consumer_producer(room_id, participant_id, id)?,
+            ConsumerTarget::Producer(id) => {
+                let (worker, _, subscriber) =
+                    self.participant_transports(room_id, participant_id)?;
+                let producer = id.parse().map_err(|_| RoomError::consumer_not_found())?;
+                (worker, subscriber, producer)
+            }
+        };
+        self.media
+            .set_priority(worker, subscriber, producer, priority)
+            .await
+            .map_err(|_| RoomError::consumer_not_found())
+    }
+
     /// One of the participant's own producers.
     fn own_producer(
         &self,
@@ -421,4 +444,12 @@ impl Rooms {
             self.ortc_transport(room_id, participant_id, Some(transport_id), None)?;
         Ok(self.media.restart_ice(worker, id).await?)
     }
+}
+
+/// Which consumer a request means: by the id `consume` handed out (ORTC), or by the producer
+/// it shows (the demo's flow, one consumer per producer).
+#[derive(Debug, Clone)]
+pub enum ConsumerTarget {
+    Consumer(String),
+    Producer(String),
 }

@@ -240,6 +240,7 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "draining": ctx.is_draining(),
         "sessions": ctx.sessions.count(),
         "rooms": ctx.rooms.counts(),
+        "bandwidth": ctx.rooms.bandwidth(),
         "media": media,
         "workers": addrs,
         "perWorker": per_worker,

@@ -213,3 +213,14 @@ where
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     (output.status, stdout)
 }
+
+/// The server's `GET /status` document.
+#[allow(dead_code)]
+pub async fn status(server: &sfu::ServerHandle) -> serde_json::Value {
+    reqwest::get(format!("http://{}/status", server.http_addr))
+        .await
+        .expect("GET /status")
+        .json()
+        .await
+        .expect("/status is JSON")
+}

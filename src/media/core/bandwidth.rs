@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::rtp::Extension;
 
-use super::{ConsumerKey, Deferred, TransportKey, WorkerCore};
+use super::{ConsumerKey, Deferred, ProducerKey, TransportKey, WorkerCore};
 use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
 use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS, MAX_TEMPORAL};
 use crate::media::Kind;
@@ -39,6 +39,8 @@ impl Default for BweSettings {
 const SUDDEN_DROP: f64 = 0.85;
 /// While a track is held below what it wants, ask str0m for a probe this often.
 const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
+/// The subscriber hears of its estimate at most this often.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Layer bitrates are re-measured over windows of this length.
 const METER_WINDOW: Duration = Duration::from_millis(500);
 
@@ -120,6 +122,9 @@ pub(super) struct SubscriberBwe {
     pub(super) active: bool,
     targets: allocator::Targets,
     last_probe: Option<Instant>,
+    /// The estimate last told to the subscriber (`MediaEvent::BandwidthEstimate`), and when.
+    reported_bps: u64,
+    reported_at: Option<Instant>,
 }
 
 impl SubscriberBwe {
@@ -130,6 +135,8 @@ impl SubscriberBwe {
             active: false,
             targets: allocator::Targets::default(),
             last_probe: None,
+            reported_bps: 0,
+            reported_at: None,
         }
     }
 }
@@ -199,7 +206,30 @@ impl WorkerCore {
                 metrics::histogram!("sfu_bwe_estimate_bps").record(bwe.estimate_bps as f64);
             }
             self.allocate(key, now);
+            self.report_estimate(key, now);
         }
+    }
+
+    /// Tell the subscriber its estimate when it moved by a tenth or more, at most once per
+    /// [`REPORT_INTERVAL`] (the demo shows it beside each tile's layer).
+    fn report_estimate(&mut self, key: TransportKey, now: Instant) {
+        let transport = &mut self.transports[key];
+        let Some(bwe) = transport.bwe.as_mut() else {
+            return;
+        };
+        let moved = bwe.estimate_bps.abs_diff(bwe.reported_bps) * 10 >= bwe.reported_bps;
+        let due = bwe
+            .reported_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_INTERVAL);
+        if !(moved && due) {
+            return;
+        }
+        bwe.reported_bps = bwe.estimate_bps;
+        bwe.reported_at = Some(now);
+        let _ = self.events.send(MediaEvent::BandwidthEstimate {
+            transport: transport.id,
+            estimate_bps: bwe.estimate_bps,
+        });
     }
 
     /// Run the allocator for one subscriber and apply its decisions.
@@ -213,7 +243,7 @@ impl WorkerCore {
             .copied()
             .filter(|ck| self.consumers[*ck].tx_ssrc.is_some())
             .collect();
-        let demands: Vec<TrackDemand> = consumers.iter().map(|ck| self.demand(*ck)).collect();
+        let demands: Vec<TrackDemand> = consumers.iter().map(|ck| self.demand(*ck, now)).collect();
         let mut states: Vec<TrackState> = consumers
             .iter()
             .map(|ck| self.consumers[*ck].allocation)
@@ -282,7 +312,25 @@ impl WorkerCore {
         }
     }
 
-    fn demand(&self, ck: ConsumerKey) -> TrackDemand {
+    /// Whether the publisher of `pk` is speaking now (any of its audio tracks).
+    fn publisher_speaking(&self, pk: ProducerKey, now: Instant) -> bool {
+        let publisher = &self.transports[self.producers[pk].transport];
+        publisher.producers_by_mid.values().any(|k| {
+            let p = &self.producers[*k];
+            p.kind == Kind::Audio && p.voice.is_speaking(now)
+        })
+    }
+
+    /// What the subscriber asked for, then whether the publisher speaks: an explicit priority
+    /// (a pinned tile) outranks speech, speech breaks ties.
+    fn priority(&self, ck: ConsumerKey, now: Instant) -> u16 {
+        let consumer = &self.consumers[ck];
+        let speaking = self.producers[consumer.producer].kind == Kind::Video
+            && self.publisher_speaking(consumer.producer, now);
+        u16::from(consumer.priority) * 2 + u16::from(speaking)
+    }
+
+    fn demand(&self, ck: ConsumerKey, now: Instant) -> TrackDemand {
         let consumer = &self.consumers[ck];
         let producer = &self.producers[consumer.producer];
         let mut layer_bps = [0; MAX_LAYERS];
@@ -308,7 +356,7 @@ impl WorkerCore {
         }
         TrackDemand {
             audio: producer.kind == Kind::Audio,
-            priority: 0,
+            priority: self.priority(ck, now),
             max_layer: match consumer.selector.preference {
                 Preference::Auto => MAX_LAYERS as u8 - 1,
                 Preference::Fixed(l) => l,

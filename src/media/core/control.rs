@@ -57,4 +57,24 @@ impl WorkerCore {
         self.after_drain(now, egress);
         Ok(())
     }
+
+    /// The subscriber ranks this consumer (1 lowest, 255 highest); with the estimator on, the
+    /// link is divided again at once.
+    pub fn set_priority(
+        &mut self,
+        id: TransportId,
+        producer: ProducerId,
+        priority: u8,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) -> Result<(), MediaError> {
+        let ck = self.consumer_of(id, producer)?;
+        self.consumers[ck].priority = priority.max(1);
+        let key = self.consumers[ck].transport;
+        if self.transports[key].bwe.as_ref().is_some_and(|b| b.active) {
+            self.allocate(key, now);
+        }
+        self.after_drain(now, egress);
+        Ok(())
+    }
 }

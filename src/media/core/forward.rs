@@ -50,6 +50,11 @@ impl WorkerCore {
         } else {
             inspect_video_payload(None, &[])
         };
+        if !video {
+            self.producers[pk]
+                .voice
+                .on_level(packet.header.ext_vals.audio_level, now);
+        }
         if let Some(layer_state) = self.producers[pk].layers.get_mut(layer as usize) {
             layer_state
                 .meter

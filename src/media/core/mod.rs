@@ -46,6 +46,7 @@ use super::codec::{apply_codecs, CodecName};
 use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
 use super::simulcast::{LayerSelector, Munger, Preference};
 use super::{Kind, MediaError, MediaEvent, NewProducer, ProducerId, TransportId, WorkerStats};
+use crate::media::speaking::VoiceActivity;
 
 /// Where the core writes what str0m transmits.
 pub trait Egress {
@@ -58,6 +59,8 @@ pub trait Egress {
 /// A layer with no packet for this long counts as stopped (publisher dropped it).
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 const FAR_FUTURE: Duration = Duration::from_secs(3600);
+/// A consumer's priority until its subscriber sets one (mediasoup's default).
+pub const DEFAULT_PRIORITY: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -165,6 +168,8 @@ struct Producer {
     paused: bool,
     consumers: Vec<ConsumerKey>,
     dynacast: Dynacast,
+    /// Audio: whether its publisher is speaking (the allocator serves speakers' video first).
+    voice: VoiceActivity,
 }
 
 struct Consumer {
@@ -185,6 +190,9 @@ struct Consumer {
     paused: bool,
     /// The bandwidth allocator's memory of this track.
     allocation: TrackState,
+    /// Set by the subscriber (`setConsumerPriority`, mediasoup's 1–255, default 1): when its
+    /// link is short, higher ones are served first.
+    priority: u8,
 }
 
 /// Effects of subscriber events that touch publishers; applied after the current drain.
@@ -310,6 +318,7 @@ impl WorkerCore {
             nacks_seen: 0,
             paused,
             allocation: TrackState::default(),
+            priority: DEFAULT_PRIORITY,
         });
         self.producers[pk].consumers.push(ck);
         self.transports[key].consumers.push(ck);

@@ -170,6 +170,7 @@ impl WorkerCore {
             paused: false,
             consumers: Vec::new(),
             dynacast: Default::default(),
+            voice: Default::default(),
         });
         self.producer_by_id.insert(id, pk);
         self.transports[key].producers_by_mid.insert(mid, pk);

@@ -61,6 +61,7 @@ impl Session {
             Request::ResumeProducer(r) => self.set_producer_paused(r, false).await,
             Request::CloseProducer(r) => self.close_producer(r).await,
             Request::SetConsumerPreferredLayers(r) => self.set_consumer_layers(r).await,
+            Request::SetConsumerPriority(r) => self.set_consumer_priority(r).await,
             Request::RestartIce(r) => self.restart_ice(r).await,
         }
     }

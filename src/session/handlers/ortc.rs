@@ -6,13 +6,13 @@ use serde_json::{json, Value};
 use super::super::protocol::wire::MediaKindName;
 use super::super::protocol::{
     ConnectWebRtcTransport, Consume, ConsumerRef, CreateWebRtcTransport, ErrorCode, ProducerRef,
-    Publish, SetConsumerPreferredLayers, TransportDirection, TransportRef,
+    Publish, SetConsumerPreferredLayers, SetConsumerPriority, TransportDirection, TransportRef,
 };
 use super::super::{Failure, Reply, Session};
 use super::{publish_denied, subscribe_denied};
 use crate::auth::Identity;
 use crate::media::ortc::kind_str;
-use crate::room::RemoteDtls;
+use crate::room::{ConsumerTarget, RemoteDtls};
 use crate::turn::ice_servers_json;
 
 /// `dtlsParameters` of `connectWebRtcTransport`: the role and one fingerprint str0m can
@@ -205,6 +205,33 @@ impl Session {
             "setConsumerPreferredLayersResponse",
             json!({ "consumerId": r.consumer_id, "spatialLayer": r.spatial_layer, "temporalLayer": r.temporal_layer }),
         ))
+    }
+
+    /// Both dialects: the ORTC one names the consumer, the demo's the producer it shows.
+    pub(super) async fn set_consumer_priority(&mut self, r: SetConsumerPriority) -> Reply {
+        let invalid = |m: &str| Failure::new(ErrorCode::InvalidPayload, m);
+        if r.priority == 0 {
+            return Err(invalid("priority must be 1 to 255"));
+        }
+        let m = self.membership_in(r.room_id.as_deref())?;
+        let (target, echo) = match (r.consumer_id, r.producer_id) {
+            (Some(id), None) => (
+                ConsumerTarget::Consumer(id.clone()),
+                json!({ "consumerId": id }),
+            ),
+            (None, Some(id)) => (
+                ConsumerTarget::Producer(id.clone()),
+                json!({ "producerId": id }),
+            ),
+            _ => return Err(invalid("give exactly one of consumerId and producerId")),
+        };
+        self.ctx
+            .rooms
+            .set_consumer_priority(&m.room_id, &m.participant_id, &target, r.priority)
+            .await?;
+        let mut echo = echo;
+        echo["priority"] = json!(r.priority);
+        Ok(("setConsumerPriorityResponse", echo))
     }
 
     pub(super) async fn restart_ice(&mut self, r: TransportRef) -> Reply {

@@ -173,6 +173,21 @@ pub struct SetConsumerPreferredLayers {
     pub temporal_layer: Option<u8>,
 }
 
+/// `setConsumerPriority`: rank one of my consumers, named by `consumerId` (ORTC, as
+/// mediasoup's `consumer.setPriority`) or by `producerId` (the demo's flow), 1–255.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetConsumerPriority {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
+    #[serde(default)]
+    pub consumer_id: Option<String>,
+    #[serde(default)]
+    pub producer_id: Option<String>,
+    pub priority: u8,
+}
+
 /// `leaveRoom`, `closeRoom`: nothing but the optional room id.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -219,6 +234,7 @@ pub enum Request {
     ResumeProducer(ProducerRef),
     CloseProducer(ProducerRef),
     SetConsumerPreferredLayers(SetConsumerPreferredLayers),
+    SetConsumerPriority(SetConsumerPriority),
     RestartIce(TransportRef),
     SubscriberAnswer(SubscriberAnswer),
     SetPreferredLayer(SetPreferredLayer),
@@ -397,6 +413,7 @@ fn request_of_type(kind: &str, data: Option<Value>) -> Option<Result<Request, St
         "setConsumerPreferredLayers" => {
             payload(kind, data).map(Request::SetConsumerPreferredLayers)
         }
+        "setConsumerPriority" => payload(kind, data).map(Request::SetConsumerPriority),
         "restartIce" => payload(kind, data).map(Request::RestartIce),
         "subscriberAnswer" => payload(kind, data).map(Request::SubscriberAnswer),
         "setPreferredLayer" => payload(kind, data).map(Request::SetPreferredLayer),

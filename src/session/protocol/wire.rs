@@ -223,6 +223,9 @@ pub fn notification(notice: Notice) -> OutboundEnvelope {
                 }),
             },
         ),
+        Notice::BandwidthEstimate { estimate_bps } => {
+            ("bandwidthEstimate", json!({ "estimateBps": estimate_bps }))
+        }
         Notice::LayersWanted {
             producer_id,
             layers,
