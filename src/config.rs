@@ -130,6 +130,12 @@ pub struct Config {
     #[arg(long, env = "ICE_TCP_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub ice_tcp_enabled: bool,
 
+    /// Spread a room's subscribers over the node's workers (the least loaded takes the next
+    /// one; its producers are relayed from the room's worker in process). False keeps every
+    /// room on one worker, so one core.
+    #[arg(long, env = "ROOM_SPREAD_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub room_spread_workers: bool,
+
     /// The node's one ICE-TCP port, bound on RTC_LISTEN_IP. 0 picks a free port.
     #[arg(long, env = "ICE_TCP_PORT", default_value_t = 7881)]
     pub ice_tcp_port: u16,
@@ -315,6 +321,7 @@ impl Config {
                 initial_bps: self.bwe_initial_kbps.saturating_mul(1000),
             },
             ice_tcp_port: self.ice_tcp_enabled.then_some(self.ice_tcp_port),
+            spread_rooms: self.room_spread_workers,
         };
         Ok(Settings {
             config: self,

@@ -18,9 +18,10 @@ mod speaking;
 mod tcp;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -84,6 +85,8 @@ pub struct MediaConfig {
     pub bwe: BweSettings,
     /// The node's one ICE-TCP port (bound on `listen_ip`, 0 picks a free one); `None` is off.
     pub ice_tcp_port: Option<u16>,
+    /// Place subscribers on the least-loaded worker, relaying their room's producers.
+    pub spread_rooms: bool,
 }
 
 /// A producer created from a publisher offer.
@@ -188,6 +191,13 @@ pub struct WorkerStats {
     pub allocations_preference: u64,
     /// Video consumers paused now because their link is too thin (a gauge).
     pub paused_for_bandwidth: usize,
+    /// Producers of other workers mirrored here for this worker's subscribers (a gauge).
+    pub mirrors: usize,
+    /// Packets copied to other workers' mirrors, received from them, and dropped because the
+    /// receiving worker's relay queue was full.
+    pub relay_packets_out: u64,
+    pub relay_packets_in: u64,
+    pub relay_dropped: u64,
 }
 
 impl std::iter::Sum for WorkerStats {
@@ -217,6 +227,10 @@ impl std::ops::AddAssign for WorkerStats {
         self.allocations_recovered += o.allocations_recovered;
         self.allocations_preference += o.allocations_preference;
         self.paused_for_bandwidth += o.paused_for_bandwidth;
+        self.mirrors += o.mirrors;
+        self.relay_packets_out += o.relay_packets_out;
+        self.relay_packets_in += o.relay_packets_in;
+        self.relay_dropped += o.relay_dropped;
     }
 }
 
@@ -239,7 +253,16 @@ pub struct MediaRouter {
     tcp_counters: Arc<tcp::TcpCounters>,
     next_transport: Arc<AtomicU64>,
     capabilities: Arc<RtpCapabilities>,
+    /// Subscriber transports placed on a worker other than their room's (`place`).
+    placement: Arc<Mutex<HashMap<TransportId, usize>>>,
+    /// Consumers per worker, kept current by each worker after every wake-up.
+    loads: Arc<Vec<AtomicUsize>>,
+    spread_rooms: bool,
 }
+
+/// A room's own worker keeps taking its subscribers until it has this many more consumers
+/// than the least-loaded worker: small rooms pay no relay hop.
+const SPREAD_SLACK: usize = 4;
 
 impl MediaRouter {
     /// Bind every worker's socket and start its thread. Fails if a port is taken.
@@ -267,14 +290,26 @@ impl MediaRouter {
             None => None,
         };
         let tcp_counters = Arc::new(tcp::TcpCounters::default());
+        let (relay_senders, relay_inboxes): (Vec<_>, Vec<_>) = (0..config.workers)
+            .map(|_| mpsc::channel(self::core::RELAY_QUEUE))
+            .unzip();
+        let relay_senders = Arc::new(relay_senders);
+        let loads: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..config.workers).map(|_| AtomicUsize::new(0)).collect());
         let mut workers = Vec::with_capacity(config.workers);
-        for index in 0..config.workers {
+        for (index, inbox) in relay_inboxes.into_iter().enumerate() {
+            let links = worker::WorkerLinks {
+                inbox,
+                peers: relay_senders.clone(),
+                loads: loads.clone(),
+            };
             workers.push(WorkerHandle::spawn(
                 index,
                 &config,
                 tcp_port,
                 tcp_counters.clone(),
                 events.clone(),
+                links,
             )?);
         }
         if let Some(listener) = tcp_listener {
@@ -289,7 +324,79 @@ impl MediaRouter {
             workers: Arc::new(workers),
             next_transport: Arc::new(AtomicU64::new(1)),
             capabilities: Arc::new(self::core::router_capabilities(&config.codecs)),
+            placement: Arc::default(),
+            loads,
+            spread_rooms: config.spread_rooms,
         })
+    }
+
+    /// Where a new subscriber transport of a room on worker `home` goes: the least-loaded
+    /// worker, unless `home` is within [`SPREAD_SLACK`] of it.
+    fn place(&self, home: usize) -> usize {
+        if !self.spread_rooms || self.workers.len() < 2 {
+            return home;
+        }
+        let load = |i: usize| {
+            self.loads
+                .get(i)
+                .map_or(usize::MAX, |l| l.load(Ordering::Relaxed))
+        };
+        let least = (0..self.workers.len())
+            .min_by_key(|i| load(*i))
+            .unwrap_or(home);
+        let chosen = if load(home) <= load(least).saturating_add(SPREAD_SLACK) {
+            home
+        } else {
+            least
+        };
+        // Counted at once, so a burst of joins does not all see the same stale minimum (the
+        // worker overwrites it with the real count after its next wake-up).
+        if let Some(l) = self.loads.get(chosen) {
+            l.fetch_add(2, Ordering::Relaxed);
+        }
+        chosen
+    }
+
+    /// The worker holding `transport`: where it was placed, else its room's (`hint`).
+    fn locate(&self, hint: usize, transport: TransportId) -> usize {
+        self.placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&transport)
+            .copied()
+            .unwrap_or(hint)
+    }
+
+    fn record_placement(&self, home: usize, transport: TransportId, worker: usize) {
+        if worker != home {
+            self.placement
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(transport, worker);
+        }
+    }
+
+    /// Before a consumer on `target` of a producer on `home`: `target` mirrors it and `home`
+    /// feeds the mirror (idempotent; see `core/relay.rs`).
+    async fn ensure_mirror(
+        &self,
+        home: usize,
+        target: usize,
+        producer: ProducerId,
+    ) -> Result<(), MediaError> {
+        if home == target {
+            return Ok(());
+        }
+        let spec = self
+            .run(home, move |core, _, _| core.export_spec(producer))
+            .await??;
+        let nonce = self
+            .run(target, move |core, now, _| core.create_mirror(spec, now))
+            .await?;
+        self.run(home, move |core, _, _| {
+            core.export_to(producer, target, nonce)
+        })
+        .await?
     }
 
     pub fn worker_count(&self) -> usize {
@@ -362,11 +469,15 @@ impl MediaRouter {
         .await?
     }
 
+    /// Create a subscriber transport for a room on worker `home`; it may be placed on another
+    /// worker (`place`), which every later call naming it finds.
     pub async fn create_subscriber(
         &self,
-        worker: usize,
+        home: usize,
         transport: TransportId,
     ) -> Result<(), MediaError> {
+        let worker = self.place(home);
+        self.record_placement(home, transport, worker);
         self.call(worker, |reply| Command::CreateSubscriber {
             transport,
             reply,
@@ -382,7 +493,9 @@ impl MediaRouter {
         producer: ProducerId,
         stream_id: String,
     ) -> Result<(), MediaError> {
-        self.call(worker, |reply| Command::Subscribe {
+        let target = self.locate(worker, transport);
+        self.ensure_mirror(worker, target, producer).await?;
+        self.call(target, |reply| Command::Subscribe {
             transport,
             producer,
             stream_id,
@@ -397,6 +510,7 @@ impl MediaRouter {
         transport: TransportId,
         sdp: String,
     ) -> Result<(), MediaError> {
+        let worker = self.locate(worker, transport);
         self.call(worker, |reply| Command::SubscriberAnswer {
             transport,
             sdp,
@@ -412,6 +526,7 @@ impl MediaRouter {
         producer: ProducerId,
         preference: Preference,
     ) -> Result<(), MediaError> {
+        let worker = self.locate(worker, transport);
         self.call(worker, |reply| Command::SetPreference {
             transport,
             producer,
@@ -429,6 +544,7 @@ impl MediaRouter {
         producer: ProducerId,
         priority: u8,
     ) -> Result<(), MediaError> {
+        let worker = self.locate(worker, transport);
         self.call(worker, |reply| Command::SetPriority {
             transport,
             producer,
@@ -444,8 +560,15 @@ impl MediaRouter {
         worker: usize,
         transport: TransportId,
     ) -> Result<(), MediaError> {
-        self.call(worker, |reply| Command::CloseTransport { transport, reply })
-            .await
+        let worker = self.locate(worker, transport);
+        let closed = self
+            .call(worker, |reply| Command::CloseTransport { transport, reply })
+            .await;
+        self.placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&transport);
+        closed
     }
 
     /// What `joinRoomResponse.routerRtpCapabilities` carries.
@@ -473,6 +596,10 @@ impl MediaRouter {
         transport: TransportId,
         send: bool,
     ) -> Result<TransportParameters, MediaError> {
+        // A send transport carries producers, which stay on their room's worker.
+        let home = worker;
+        let worker = if send { home } else { self.place(home) };
+        self.record_placement(home, transport, worker);
         self.run(worker, move |core, now, _| {
             core.create_ortc_transport(transport, send, now)
         })
@@ -487,6 +614,7 @@ impl MediaRouter {
         algorithm: String,
         value: String,
     ) -> Result<(), MediaError> {
+        let worker = self.locate(worker, transport);
         self.run(worker, move |core, now, egress| {
             core.connect_ortc(transport, &role, &algorithm, &value, now, egress)
         })
@@ -515,6 +643,9 @@ impl MediaRouter {
         caps: RtpCapabilities,
         paused: bool,
     ) -> Result<(ConsumerCreated, RtpParameters), MediaError> {
+        let home = worker;
+        let worker = self.locate(home, transport);
+        self.ensure_mirror(home, worker, producer).await?;
         self.run(worker, move |core, now, egress| {
             core.ortc_consume(transport, producer, stream_id, &caps, paused, now, egress)
         })
@@ -541,6 +672,7 @@ impl MediaRouter {
         producer: ProducerId,
         paused: bool,
     ) -> Result<(), MediaError> {
+        let worker = self.locate(worker, transport);
         self.run(worker, move |core, now, egress| {
             core.set_consumer_paused(transport, producer, paused, now, egress)
         })
@@ -575,6 +707,7 @@ impl MediaRouter {
         worker: usize,
         transport: TransportId,
     ) -> Result<serde_json::Value, MediaError> {
+        let worker = self.locate(worker, transport);
         self.run(worker, move |core, _, _| core.restart_ice(transport))
             .await?
     }

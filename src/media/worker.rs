@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::{Egress, WorkerCore};
+use super::core::{Egress, Relay, WorkerCore};
 use super::egress::BatchEgress;
 use super::tcp::{Adoption, LinkInput, Links, TcpCounters, WORKER_INBOX};
 use super::{
@@ -79,6 +79,17 @@ pub(crate) struct WorkerHandle {
     pub local_addr: SocketAddr,
 }
 
+/// How a worker reaches the node's other workers (`core/relay.rs`), and tells the router
+/// how loaded it is.
+pub(crate) struct WorkerLinks {
+    /// Its own relay inbox.
+    pub inbox: mpsc::Receiver<Relay>,
+    /// Every worker's inbox, by index (its own included, never used).
+    pub peers: Arc<Vec<mpsc::Sender<Relay>>>,
+    /// Consumers on each worker, by index; this worker keeps its own slot current.
+    pub loads: Arc<Vec<std::sync::atomic::AtomicUsize>>,
+}
+
 impl WorkerHandle {
     pub fn spawn(
         index: usize,
@@ -86,6 +97,7 @@ impl WorkerHandle {
         ice_tcp_port: Option<u16>,
         tcp_counters: Arc<TcpCounters>,
         events: mpsc::UnboundedSender<MediaEvent>,
+        links: WorkerLinks,
     ) -> anyhow::Result<Self> {
         let port = if config.port_min == 0 {
             0
@@ -113,11 +125,12 @@ impl WorkerHandle {
                     .expect("worker runtime");
                 runtime.block_on(async move {
                     let socket = UdpSocket::from_std(socket).expect("register UDP socket");
-                    let mut core = WorkerCore::new(candidate_addr, &codecs, bwe, events);
+                    let mut core =
+                        WorkerCore::new(candidate_addr, &codecs, bwe, events).with_index(index);
                     if let Some(addr) = tcp_candidate_addr {
                         core = core.with_tcp_candidate(addr);
                     }
-                    run(index, socket, core, rx, tcp_counters).await;
+                    run(index, socket, core, rx, tcp_counters, links).await;
                 });
             })?;
         tracing::info!(worker = index, %local_addr, %candidate_addr, "media worker started");
@@ -168,7 +181,13 @@ async fn run(
     mut core: WorkerCore,
     mut commands: mpsc::UnboundedReceiver<Command>,
     tcp_counters: Arc<TcpCounters>,
+    links: WorkerLinks,
 ) {
+    let WorkerLinks {
+        inbox: mut relay_inbox,
+        peers,
+        loads,
+    } = links;
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,6 +223,13 @@ async fn run(
                     }
                 }
             }
+            Some(relay) = relay_inbox.recv() => {
+                core.on_relay(relay, Instant::now(), &mut egress);
+                for _ in 0..RECV_BURST {
+                    let Ok(relay) = relay_inbox.try_recv() else { break };
+                    core.on_relay(relay, Instant::now(), &mut egress);
+                }
+            }
             Some(input) = tcp_inbox.recv() => {
                 on_link_input(&mut core, input, &mut egress);
                 // A burst from several links is served in one wake-up, as UDP's is.
@@ -235,6 +261,18 @@ async fn run(
         }
         core.handle_timeouts(Instant::now(), &mut egress);
         egress.udp.flush();
+        // What this wake-up has for other workers leaves in one message per worker; a full
+        // inbox drops it (counted) rather than stall this worker's own subscribers.
+        for (to, relay) in core.take_relay() {
+            if let Some(peer) = peers.get(to) {
+                if let Err(e) = peer.try_send(relay) {
+                    core.relay_dropped(&e.into_inner());
+                }
+            }
+        }
+        if let Some(load) = loads.get(index) {
+            load.store(core.consumer_count(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::rtp::Extension;
 
-use super::{ConsumerKey, Deferred, ProducerKey, TransportKey, WorkerCore};
+use super::{ConsumerKey, Deferred, TransportKey, WorkerCore};
 use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
 use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS, MAX_TEMPORAL};
 use crate::media::Kind;
@@ -194,6 +194,7 @@ impl WorkerCore {
     /// Housekeeping (after the layer meters rolled): re-allocate every governed subscriber
     /// (climbs wait for a hold, so they need a clock even when the estimate is steady).
     pub(super) fn allocate_all(&mut self, now: Instant) {
+        self.update_speakers(now);
         let governed: Vec<TransportKey> = self
             .transports
             .iter()
@@ -243,7 +244,7 @@ impl WorkerCore {
             .copied()
             .filter(|ck| self.consumers[*ck].tx_ssrc.is_some())
             .collect();
-        let demands: Vec<TrackDemand> = consumers.iter().map(|ck| self.demand(*ck, now)).collect();
+        let demands: Vec<TrackDemand> = consumers.iter().map(|ck| self.demand(*ck)).collect();
         let mut states: Vec<TrackState> = consumers
             .iter()
             .map(|ck| self.consumers[*ck].allocation)
@@ -312,25 +313,26 @@ impl WorkerCore {
         }
     }
 
-    /// Whether the publisher of `pk` is speaking now (any of its audio tracks).
-    fn publisher_speaking(&self, pk: ProducerKey, now: Instant) -> bool {
-        let publisher = &self.transports[self.producers[pk].transport];
-        publisher.producers_by_mid.values().any(|k| {
-            let p = &self.producers[*k];
-            p.kind == Kind::Audio && p.voice.is_speaking(now)
-        })
+    /// Housekeeping: the publishers (by transport, wherever they are) whose audio speaks now.
+    fn update_speakers(&mut self, now: Instant) {
+        self.speakers.clear();
+        for (_, p) in self.producers.iter() {
+            if p.kind == Kind::Audio && p.voice.is_speaking(now) {
+                self.speakers.push(p.publisher);
+            }
+        }
     }
 
     /// What the subscriber asked for, then whether the publisher speaks: an explicit priority
     /// (a pinned tile) outranks speech, speech breaks ties.
-    fn priority(&self, ck: ConsumerKey, now: Instant) -> u16 {
+    fn priority(&self, ck: ConsumerKey) -> u16 {
         let consumer = &self.consumers[ck];
-        let speaking = self.producers[consumer.producer].kind == Kind::Video
-            && self.publisher_speaking(consumer.producer, now);
+        let producer = &self.producers[consumer.producer];
+        let speaking = producer.kind == Kind::Video && self.speakers.contains(&producer.publisher);
         u16::from(consumer.priority) * 2 + u16::from(speaking)
     }
 
-    fn demand(&self, ck: ConsumerKey, now: Instant) -> TrackDemand {
+    fn demand(&self, ck: ConsumerKey) -> TrackDemand {
         let consumer = &self.consumers[ck];
         let producer = &self.producers[consumer.producer];
         let mut layer_bps = [0; MAX_LAYERS];
@@ -356,7 +358,7 @@ impl WorkerCore {
         }
         TrackDemand {
             audio: producer.kind == Kind::Audio,
-            priority: self.priority(ck, now),
+            priority: self.priority(ck),
             max_layer: match consumer.selector.preference {
                 Preference::Auto => MAX_LAYERS as u8 - 1,
                 Preference::Fixed(l) => l,

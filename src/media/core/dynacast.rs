@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ProducerKey, WorkerCore};
+use super::{Origin, ProducerKey, Relay, WorkerCore};
 use crate::media::simulcast::MAX_LAYERS;
 use crate::media::{Kind, MediaEvent};
 
@@ -50,8 +50,15 @@ impl WorkerCore {
         }
         let mut wanted = [false; MAX_LAYERS];
         wanted[0] = true;
+        // Mirrors on other workers say what their consumers want.
+        let remote = producer.exports.wanted();
         if producer.consumers.is_empty() {
-            return [true; MAX_LAYERS];
+            return remote.unwrap_or([true; MAX_LAYERS]);
+        }
+        if let Some(remote) = remote {
+            for (w, r) in wanted.iter_mut().zip(remote) {
+                *w |= r;
+            }
         }
         for ck in &producer.consumers {
             let consumer = &self.consumers[*ck];
@@ -92,10 +99,30 @@ impl WorkerCore {
             .filter_map(|l| Some((l.rid?.to_string(), !l.suspended)))
             .collect();
         tracing::debug!(producer = %producer.id, ?layers, "dynacast");
-        let _ = self.events.send(MediaEvent::LayersWanted {
-            transport: self.transports[producer.transport].id,
-            producer: producer.id,
-            layers,
-        });
+        match producer.origin {
+            // The publisher is on another worker: its home decides, with its own consumers.
+            Origin::Mirror { home, .. } => {
+                let mut wanted = [false; MAX_LAYERS];
+                for (w, layer) in wanted.iter_mut().zip(&producer.layers) {
+                    *w = !layer.suspended;
+                }
+                let (producer, from) = (producer.id, self.index);
+                self.relay_to(
+                    home,
+                    Relay::Wants {
+                        producer,
+                        from,
+                        layers: wanted,
+                    },
+                );
+            }
+            Origin::Local(_) => {
+                let _ = self.events.send(MediaEvent::LayersWanted {
+                    transport: producer.publisher,
+                    producer: producer.id,
+                    layers,
+                });
+            }
+        }
     }
 }

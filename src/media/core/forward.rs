@@ -2,30 +2,47 @@
 //! worker (layer decision → id rewrite → `write_rtp` → drain the subscriber). No allocation of
 //! our own per packet and no scan beyond the producer's own consumer list.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::format::PayloadParams;
 use str0m::media::Pt;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Input, Rtc};
 
-use super::{ConsumerKey, Egress, ProducerKey, Transport, TransportKey, WorkerCore};
+use super::{
+    ConsumerKey, Egress, Origin, ProducerKey, RelayPacket, Transport, TransportKey, WorkerCore,
+};
 use crate::media::codec::{inspect_video_payload, VideoPayloadInfo};
 use crate::media::simulcast::{Decision, PacketIds};
 use crate::media::{Kind, MediaEvent};
 
+/// One packet of a producer, from its publisher on this worker or relayed from its home.
+struct Wire<'a> {
+    seq: u64,
+    rtp_timestamp: u32,
+    /// When it reached the server (str0m's wallclock of the forwarded packet).
+    received: Instant,
+    marker: bool,
+    /// The publisher's payload type.
+    pt: Pt,
+    payload: &'a Arc<[u8]>,
+    ext_vals: ExtensionValues,
+}
+
 /// What every consumer of one packet shares, computed once per packet.
 struct Incoming<'a> {
-    publisher: TransportKey,
     producer: ProducerKey,
     layer: u8,
-    packet: &'a RtpPacket,
+    wire: Wire<'a>,
     info: VideoPayloadInfo,
     ids: PacketIds,
-    ext_vals: ExtensionValues,
     video: bool,
 }
 
 impl WorkerCore {
+    /// A packet from a publisher on this worker: to this worker's consumers, and one copy to
+    /// each worker that mirrors the producer.
     pub(super) fn forward(
         &mut self,
         key: TransportKey,
@@ -37,41 +54,112 @@ impl WorkerCore {
         let Some((pk, layer)) = self.resolve_route(key, &packet) else {
             return;
         };
-        if !self.note_packet(key, pk, layer, packet.header.payload_type, now) {
+        let pt = packet.header.payload_type;
+        if self.producers[pk].codec_pt != Some(pt) {
+            let params = self.transports[key]
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.pt() == pt)
+                .copied();
+            self.set_codec(pk, pt, params);
+        }
+        if !self.note_packet(pk, layer, now) || self.producers[pk].paused {
             return;
         }
+        let ext_vals = forwardable_extensions(&packet.header.ext_vals);
         let producer = &self.producers[pk];
-        if producer.paused {
+        if !producer.exports.to.is_empty() {
+            let relayed = RelayPacket {
+                producer: producer.id,
+                layer,
+                seq: *packet.seq_no,
+                rtp_timestamp: packet.header.timestamp,
+                received: packet.timestamp,
+                marker: packet.header.marker,
+                pt,
+                params: producer.codec_params,
+                ext_vals: ext_vals.clone(),
+                payload: packet.payload.clone(),
+            };
+            self.export_packet(pk, &relayed);
+        }
+        let wire = Wire {
+            seq: *packet.seq_no,
+            rtp_timestamp: packet.header.timestamp,
+            received: packet.timestamp,
+            marker: packet.header.marker,
+            pt,
+            payload: &packet.payload,
+            ext_vals,
+        };
+        self.fan_out(pk, layer, wire, now, egress);
+    }
+
+    /// A packet another worker relayed to one of our mirrors.
+    pub(super) fn forward_relayed(
+        &mut self,
+        packet: &RelayPacket,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) {
+        self.stats.relay_packets_in += 1;
+        let Some(&pk) = self.producer_by_id.get(&packet.producer) else {
+            return;
+        };
+        // Only mirrors take relayed packets: a worker never feeds its own producers.
+        if !matches!(self.producers[pk].origin, Origin::Mirror { .. }) {
             return;
         }
+        if self.producers[pk].codec_pt != Some(packet.pt) {
+            self.set_codec(pk, packet.pt, packet.params);
+        }
+        if !self.note_packet(pk, packet.layer, now) {
+            return;
+        }
+        let wire = Wire {
+            seq: packet.seq,
+            rtp_timestamp: packet.rtp_timestamp,
+            received: packet.received,
+            marker: packet.marker,
+            pt: packet.pt,
+            payload: &packet.payload,
+            ext_vals: packet.ext_vals.clone(),
+        };
+        self.fan_out(pk, packet.layer, wire, now, egress);
+    }
+
+    /// The same for both: measure, then each consumer of the producer on this worker.
+    fn fan_out(
+        &mut self,
+        pk: ProducerKey,
+        layer: u8,
+        wire: Wire<'_>,
+        now: Instant,
+        egress: &mut dyn Egress,
+    ) {
+        let producer = &mut self.producers[pk];
         let video = producer.kind == Kind::Video;
         let info = if video {
-            inspect_video_payload(producer.codec, &packet.payload)
+            inspect_video_payload(producer.codec, wire.payload)
         } else {
+            producer.voice.on_level(wire.ext_vals.audio_level, now);
             inspect_video_payload(None, &[])
         };
-        if !video {
-            self.producers[pk]
-                .voice
-                .on_level(packet.header.ext_vals.audio_level, now);
-        }
-        if let Some(layer_state) = self.producers[pk].layers.get_mut(layer as usize) {
-            layer_state
-                .meter
-                .add(packet.payload.len(), info.temporal_id);
+        if let Some(layer_state) = producer.layers.get_mut(layer as usize) {
+            layer_state.meter.add(wire.payload.len(), info.temporal_id);
         }
         let incoming = Incoming {
-            publisher: key,
             producer: pk,
             layer,
             ids: PacketIds {
-                seq: *packet.seq_no,
-                timestamp: packet.header.timestamp,
+                seq: wire.seq,
+                timestamp: wire.rtp_timestamp,
                 picture_id: info.picture_id,
                 tl0_pic_idx: info.tl0_pic_idx,
             },
-            ext_vals: forwardable_extensions(&packet.header.ext_vals),
-            packet: &packet,
+            wire,
             info,
             video,
         };
@@ -81,15 +169,16 @@ impl WorkerCore {
         }
     }
 
-    /// Layer activity and codec of the producer; false if the layer is unknown.
-    fn note_packet(
-        &mut self,
-        key: TransportKey,
-        pk: ProducerKey,
-        layer: u8,
-        pt: Pt,
-        now: Instant,
-    ) -> bool {
+    /// The publisher's payload type changed (first packet, or another codec).
+    fn set_codec(&mut self, pk: ProducerKey, pt: Pt, params: Option<PayloadParams>) {
+        let producer = &mut self.producers[pk];
+        producer.codec_pt = Some(pt);
+        producer.codec_params = params;
+        producer.codec = params.map(|p| p.spec().codec);
+    }
+
+    /// Layer activity of the producer; false if the layer is unknown.
+    fn note_packet(&mut self, pk: ProducerKey, layer: u8, now: Instant) -> bool {
         let producer = &mut self.producers[pk];
         let Some(layer_state) = producer.layers.get_mut(layer as usize) else {
             return false;
@@ -97,16 +186,6 @@ impl WorkerCore {
         layer_state.last_packet = Some(now);
         let became_active = !layer_state.active;
         layer_state.active = true;
-        if producer.codec_pt != Some(pt) {
-            producer.codec = self.transports[key]
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|p| p.pt() == pt)
-                .map(|p| p.spec().codec);
-            producer.codec_pt = Some(pt);
-        }
         if became_active {
             self.retarget_consumers(pk, now);
         }
@@ -127,7 +206,7 @@ impl WorkerCore {
         if consumer.paused {
             return;
         }
-        let (layer, packet, info) = (incoming.layer, incoming.packet, &incoming.info);
+        let (layer, wire, info) = (incoming.layer, &incoming.wire, &incoming.info);
         match consumer.selector.on_packet(layer, info.starts_keyframe) {
             Decision::Drop => return,
             Decision::Forward => {}
@@ -154,19 +233,18 @@ impl WorkerCore {
             return;
         };
         let sub_key = consumer.transport;
-        let Some(out_pt) = self.subscriber_pt(ck, incoming.publisher, packet.header.payload_type)
-        else {
+        let Some(out_pt) = self.subscriber_pt(ck, wire.pt) else {
             return;
         };
         let mut write = RtpWrite::new(
             out_pt,
             SeqNo::from(out.seq),
             out.timestamp,
-            packet.timestamp,
-            info.payload_for(&packet.payload, out.picture_id, out.tl0_pic_idx),
+            wire.received,
+            info.payload_for(wire.payload, out.picture_id, out.tl0_pic_idx),
         )
-        .marker(packet.header.marker)
-        .ext_vals(incoming.ext_vals.clone())
+        .marker(wire.marker)
+        .ext_vals(wire.ext_vals.clone())
         .nackable(incoming.video);
         if let (Some(descriptor), Some(pid)) = (info.vp8, out.picture_id) {
             let mut patch = descriptor.patch().picture_id(pid);
@@ -182,24 +260,21 @@ impl WorkerCore {
         if let Some(stream) = subscriber.rtc.direct_api().stream_tx(&ssrc) {
             stream.write_rtp(write);
             self.stats.rtp_packets_forwarded += 1;
-            self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
+            self.stats.rtp_bytes_forwarded += wire.payload.len() as u64;
         }
         self.drain(sub_key, now, egress);
     }
 
     /// The consumer's payload type for the publisher's `in_pt`, cached per consumer.
-    fn subscriber_pt(&mut self, ck: ConsumerKey, publisher: TransportKey, in_pt: Pt) -> Option<Pt> {
+    fn subscriber_pt(&mut self, ck: ConsumerKey, in_pt: Pt) -> Option<Pt> {
         let consumer = &self.consumers[ck];
         if let Some((from, to)) = consumer.pt_map {
             if from == in_pt {
                 return Some(to);
             }
         }
-        let to = map_payload_type(
-            &self.transports[publisher].rtc,
-            &self.transports[consumer.transport].rtc,
-            in_pt,
-        )?;
+        let params = self.producers[consumer.producer].codec_params?;
+        let to = map_payload_type(params, &self.transports[consumer.transport].rtc)?;
         self.consumers[ck].pt_map = Some((in_pt, to));
         Some(to)
     }
@@ -258,16 +333,11 @@ fn forwardable_extensions(incoming: &ExtensionValues) -> ExtensionValues {
     }
 }
 
-/// The subscriber's payload type for the codec the publisher used with `pt`.
-fn map_payload_type(publisher: &Rtc, subscriber: &Rtc, pt: Pt) -> Option<Pt> {
-    let params = publisher
-        .codec_config()
-        .params()
-        .iter()
-        .find(|p| p.pt() == pt)?;
+/// The subscriber's payload type for the codec the publisher uses with `params`.
+fn map_payload_type(params: PayloadParams, subscriber: &Rtc) -> Option<Pt> {
     subscriber
         .codec_config()
-        .match_params(*params)
+        .match_params(params)
         .or_else(|| {
             subscriber
                 .codec_config()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use str0m::media::KeyframeRequestKind;
 
-use super::{ConsumerKey, Deferred, ProducerKey, TransportKey, WorkerCore};
+use super::{ConsumerKey, Deferred, Origin, ProducerKey, Relay, TransportKey, WorkerCore};
 use crate::media::simulcast::MAX_LAYERS;
 use crate::media::Kind;
 
@@ -190,7 +190,7 @@ impl WorkerCore {
 
     /// Ask video producer `pk`'s publisher for a keyframe of `layer`: now, or when the
     /// debounce window opens (the publisher's timer fires then, `send_due_keyframe_requests`).
-    fn request_layer_keyframe(&mut self, pk: ProducerKey, layer: u8, now: Instant) {
+    pub(super) fn request_layer_keyframe(&mut self, pk: ProducerKey, layer: u8, now: Instant) {
         let producer = &mut self.producers[pk];
         if producer.kind != Kind::Video {
             return;
@@ -198,7 +198,15 @@ impl WorkerCore {
         let Some(rid) = producer.layers.get(layer as usize).map(|l| l.rid) else {
             return;
         };
-        let publisher = producer.transport;
+        let publisher = match producer.origin {
+            Origin::Local(key) => key,
+            // The publisher is on the producer's home worker, which debounces.
+            Origin::Mirror { home, .. } => {
+                let producer = producer.id;
+                self.relay_to(home, Relay::Keyframe { producer, layer });
+                return;
+            }
+        };
         match producer.keyframes.admit(layer, now) {
             Ok(()) => {
                 self.send_pli(pk, layer, rid);
@@ -217,7 +225,10 @@ impl WorkerCore {
         let producer = &self.producers[pk];
         tracing::trace!(producer = %producer.id, layer, "keyframe requested");
         let mid = producer.mid;
-        let publisher = &mut self.transports[producer.transport];
+        let Origin::Local(publisher) = producer.origin else {
+            return;
+        };
+        let publisher = &mut self.transports[publisher];
         if let Some(stream) = publisher.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             stream.request_keyframe(KeyframeRequestKind::Pli);
             self.stats.keyframe_requests += 1;

@@ -16,6 +16,7 @@ mod dynacast;
 mod forward;
 mod keyframes;
 mod ortc;
+mod relay;
 mod sdp;
 mod sdp_error;
 mod teardown;
@@ -28,7 +29,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpPendingOffer;
-use str0m::format::Codec;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 use str0m::{Rtc, RtcConfig};
@@ -41,6 +42,8 @@ use self::bandwidth::{LayerMeter, SubscriberBwe};
 use self::dynacast::Dynacast;
 use self::keyframes::KeyframeRequests;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
+use self::relay::Exports;
+pub use self::relay::{MirrorSpec, Relay, RelayPacket, RELAY_QUEUE};
 use super::allocator::TrackState;
 use super::codec::{apply_codecs, CodecName};
 use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
@@ -152,9 +155,20 @@ impl Layer {
     }
 }
 
+/// Where a producer's packets come from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// A publisher transport on this worker.
+    Local(TransportKey),
+    /// A producer of worker `home`, relayed here (`relay.rs`).
+    Mirror { home: usize, nonce: u64 },
+}
+
 struct Producer {
     id: ProducerId,
-    transport: TransportKey,
+    origin: Origin,
+    /// The publisher's transport (maybe on another worker): groups one participant's tracks.
+    publisher: TransportId,
     mid: Mid,
     kind: Kind,
     layers: Vec<Layer>,
@@ -163,6 +177,8 @@ struct Producer {
     /// Codec of the last packet seen (resolved from its payload type).
     codec: Option<Codec>,
     codec_pt: Option<Pt>,
+    /// What `codec_pt` means on the publisher's side (subscribers map it to theirs).
+    codec_params: Option<PayloadParams>,
     /// Mime type declared by an ORTC `publish` (SDP producers learn theirs from packets).
     mime_type: Option<String>,
     paused: bool,
@@ -170,6 +186,10 @@ struct Producer {
     dynacast: Dynacast,
     /// Audio: whether its publisher is speaking (the allocator serves speakers' video first).
     voice: VoiceActivity,
+    /// Home side: the workers that mirror this producer.
+    exports: Exports,
+    /// Mirror side: since when nobody consumes it.
+    idle_since: Option<Instant>,
 }
 
 struct Consumer {
@@ -230,6 +250,14 @@ pub struct WorkerCore {
     new_producers: Vec<NewProducer>,
     dead: Vec<(TransportKey, String)>,
     stats: WorkerStats,
+    /// This worker's index; other workers' messages name it.
+    index: usize,
+    next_nonce: u64,
+    /// Messages for other workers, and packet batches per worker, sent when a wake-up ends.
+    relay_out: Vec<(usize, Relay)>,
+    relay_batches: Vec<Vec<RelayPacket>>,
+    /// Publishers speaking at the last housekeeping tick (`bandwidth.rs`).
+    speakers: Vec<TransportId>,
 }
 
 impl WorkerCore {
@@ -270,13 +298,29 @@ impl WorkerCore {
             new_producers: Vec::new(),
             dead: Vec::new(),
             stats: WorkerStats::default(),
+            index: 0,
+            next_nonce: 0,
+            relay_out: Vec::new(),
+            relay_batches: Vec::new(),
+            speakers: Vec::new(),
         }
+    }
+
+    /// This worker's index among the node's workers (for relaying between them).
+    pub fn with_index(mut self, index: usize) -> Self {
+        self.index = index;
+        self
     }
 
     /// Also offer a passive ICE-TCP candidate at `addr` on every transport made from now on.
     pub fn with_tcp_candidate(mut self, addr: SocketAddr) -> Self {
         self.tcp_candidate_addr = Some(addr);
         self
+    }
+
+    /// Consumers on this worker: its share of the node's fan-out (placement reads it).
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
     }
 
     /// Whether transport `id` still exists (ICE-TCP links of a closed transport are dropped).
@@ -287,7 +331,8 @@ impl WorkerCore {
     pub fn stats(&self) -> WorkerStats {
         WorkerStats {
             transports: self.transports.len(),
-            producers: self.producers.len(),
+            producers: self.producers.len() - self.mirror_count(),
+            mirrors: self.mirror_count(),
             consumers: self.consumers.len(),
             paused_for_bandwidth: self.paused_for_bandwidth(),
             ..self.stats

@@ -16,7 +16,7 @@ use super::bandwidth::SubscriberBwe;
 use super::keyframes::KeyframeRequests;
 use super::sdp_error;
 use super::{
-    Egress, Layer, Negotiation, Producer, Role, SubscriberChange, Transport, TransportKey,
+    Egress, Layer, Negotiation, Origin, Producer, Role, SubscriberChange, Transport, TransportKey,
     WorkerCore, FAR_FUTURE,
 };
 use crate::media::simulcast::MAX_LAYERS;
@@ -157,20 +157,25 @@ impl WorkerCore {
         };
         let kind = Kind::from_media_kind(kind);
         let id = Uuid::new_v4();
+        let publisher = self.transports[key].id;
         let pk = self.producers.insert(Producer {
             id,
-            transport: key,
+            origin: Origin::Local(key),
+            publisher,
             mid,
             kind,
             layers,
             keyframes: KeyframeRequests::default(),
             codec: None,
             codec_pt: None,
+            codec_params: None,
             mime_type: None,
             paused: false,
             consumers: Vec::new(),
             dynacast: Default::default(),
             voice: Default::default(),
+            exports: Default::default(),
+            idle_since: None,
         });
         self.producer_by_id.insert(id, pk);
         self.transports[key].producers_by_mid.insert(mid, pk);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use str0m::Output;
 
-use super::{ConsumerKey, Egress, SubscriberChange, TransportKey, WorkerCore};
+use super::{ConsumerKey, Egress, Origin, SubscriberChange, TransportKey, WorkerCore};
 use crate::media::{MediaError, ProducerId, TransportId};
 
 impl WorkerCore {
@@ -21,10 +21,13 @@ impl WorkerCore {
             .remove(&producer)
             .ok_or(MediaError::ProducerNotFound)?;
         let removed = self.producers.remove(pk);
-        if let Some(publisher) = self.transports.get_mut(removed.transport) {
-            publisher.producers_by_mid.remove(&removed.mid);
-            publisher.ssrc_routes.retain(|_, (p, _)| *p != pk);
+        if let Origin::Local(key) = removed.origin {
+            if let Some(publisher) = self.transports.get_mut(key) {
+                publisher.producers_by_mid.remove(&removed.mid);
+                publisher.ssrc_routes.retain(|_, (p, _)| *p != pk);
+            }
         }
+        self.producer_removed(&removed);
         let touched = self.drop_consumers(removed.consumers);
         for sub in touched {
             self.negotiate(sub);
@@ -71,6 +74,7 @@ impl WorkerCore {
         for (_, pk) in transport.producers_by_mid.drain() {
             let producer = self.producers.remove(pk);
             self.producer_by_id.remove(&producer.id);
+            self.producer_removed(&producer);
             touched.extend(self.drop_consumers(producer.consumers));
         }
         // A subscriber's consumers leave their producers' fan-out lists.

@@ -76,6 +76,7 @@ impl WorkerCore {
         }
         self.allocate_all(now);
         self.update_dynacast(now);
+        self.retire_idle_mirrors(now, egress);
         self.retry_pending_switches(now);
         self.after_drain(now, egress);
     }
