@@ -412,6 +412,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
 
     // Steady state.
     let cpu_start = config.server_pid.and_then(stats::process_cpu_seconds);
+    let workers_start = config
+        .server_pid
+        .map(stats::worker_cpu_seconds)
+        .unwrap_or_default();
     let rcvbuf_start = stats::udp_rcvbuf_errors();
     let measure_start = Instant::now();
     ctx.shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
@@ -419,6 +423,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     ctx.shared.phase.store(PHASE_DONE, Ordering::Relaxed);
     let measured_secs = measure_start.elapsed().as_secs_f64();
     let cpu_end = config.server_pid.and_then(stats::process_cpu_seconds);
+    let workers_end = config
+        .server_pid
+        .map(stats::worker_cpu_seconds)
+        .unwrap_or_default();
     let rcvbuf_errors = rcvbuf_start
         .zip(stats::udp_rcvbuf_errors())
         .map(|(start, end)| end.saturating_sub(start));
@@ -514,6 +522,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             cpu_percent: cpu * 100.0 / measured_secs.max(1e-9),
             cpu_us_per_forwarded_packet: (report.packets > 0)
                 .then(|| cpu * 1e6 / report.packets as f64),
+            worker_cpu_seconds: workers_end
+                .iter()
+                .zip(&workers_start)
+                .map(|(end, start)| (end - start).max(0.0))
+                .collect(),
             rss_bytes: rss,
             rss_bytes_per_subscriber: rss
                 .filter(|_| subscribers > 0)

@@ -14,6 +14,9 @@ pub struct ServerUsage {
     /// CPU seconds per wall second × 100 (can exceed 100 on several cores).
     pub cpu_percent: f64,
     pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// CPU seconds of each media worker thread while measuring (how a room spread).
+    #[serde(default)]
+    pub worker_cpu_seconds: Vec<f64>,
     pub rss_bytes: Option<u64>,
     pub rss_bytes_per_subscriber: Option<f64>,
 }
@@ -220,6 +223,15 @@ impl Report {
                         .unwrap_or_else(|| "-".into())
                 ),
             ));
+            if server.worker_cpu_seconds.len() > 1 {
+                let per: Vec<String> = server
+                    .worker_cpu_seconds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("#{i} {s:.2} s"))
+                    .collect();
+                rows.push(("worker cpu", per.join(", ")));
+            }
             rows.push((
                 "server rss",
                 match (server.rss_bytes, server.rss_bytes_per_subscriber) {

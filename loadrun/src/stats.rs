@@ -4,7 +4,38 @@ pub use testkit::histogram::{Histogram, Percentiles};
 
 /// utime + stime of a process, in seconds (`/proc/<pid>/stat`).
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds of each of the server's media workers (threads named `media-worker-N`), by
+/// worker index; empty for a server without such threads (Janus).
+pub fn worker_cpu_seconds(pid: u32) -> Vec<f64> {
+    let mut workers: Vec<(usize, f64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let Some(index) = comm.trim().strip_prefix("media-worker-") else {
+            continue;
+        };
+        let (Ok(index), Some(cpu)) = (
+            index.parse::<usize>(),
+            std::fs::read_to_string(path.join("stat"))
+                .ok()
+                .and_then(|s| stat_cpu_seconds(&s)),
+        ) else {
+            continue;
+        };
+        workers.push((index, cpu));
+    }
+    workers.sort_by_key(|(i, _)| *i);
+    workers.into_iter().map(|(_, cpu)| cpu).collect()
+}
+
+/// utime + stime of one `stat` line (a process's or a thread's), in seconds.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // The command name may contain spaces; fields resume after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -59,5 +90,30 @@ mod tests {
             udp_rcvbuf_errors().is_some(),
             "/proc/net/snmp has Udp RcvbufErrors"
         );
+    }
+
+    #[test]
+    fn media_worker_threads_are_found_by_name_in_index_order() {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let spin = |name: &str, rx: std::sync::mpsc::Receiver<()>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    // Burn a little CPU so the reading is above zero, then wait to be stopped.
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < std::time::Duration::from_millis(50) {
+                        std::hint::black_box(0u64.wrapping_add(1));
+                    }
+                    let _ = rx.recv();
+                })
+                .unwrap()
+        };
+        let worker = spin("media-worker-0", stop_rx);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let cpu = worker_cpu_seconds(std::process::id());
+        stop_tx.send(()).unwrap();
+        worker.join().unwrap();
+        assert_eq!(cpu.len(), 1, "{cpu:?}");
+        assert!(cpu[0] > 0.0, "{cpu:?}");
     }
 }
