@@ -536,10 +536,15 @@ class Session {
       markTimeline('media');
       return stream;
     });
-    const { token } = await fetchDevToken(displayName);
+    // The token and the signaling connection are fetched at once: only authenticate needs both.
+    const tokenFetched = fetchDevToken(displayName);
+    const connected = this.connect();
+    connected.catch(() => {}); // reported by the await below, not as an unhandled rejection
+    const { token } = await tokenFetched;
     this.token = token;
     this.assertOpen();
-    await this.connectAndAuthenticate();
+    await connected;
+    await this.authenticate();
     markTimeline('authenticated');
 
     const roomId = sanitizeRoomId(roomName);
@@ -556,6 +561,10 @@ class Session {
 
   async connectAndAuthenticate() {
     await this.connect();
+    await this.authenticate();
+  }
+
+  async authenticate() {
     const connected = await this.request('authenticate', { token: this.token });
     if (typeof connected.resumeToken === 'string' && connected.resumeToken) this.resumeToken = connected.resumeToken;
     if (Number(connected.resumeGraceMs) > 0) this.resumeGraceMs = Number(connected.resumeGraceMs);

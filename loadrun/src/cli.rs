@@ -584,6 +584,13 @@ pub fn columns_markdown(
             .and_then(|s| s.rss_bytes_per_subscriber)
             .map(|b| b / 1024.0))
     });
+    row("server RSS growth ÷ subscribers (KiB)", &|r| {
+        opt(r
+            .server
+            .as_ref()
+            .and_then(|s| s.rss_growth_per_subscriber)
+            .map(|b| b / 1024.0))
+    });
     for (name, cells) in extra {
         out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
     }

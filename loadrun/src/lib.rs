@@ -374,6 +374,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     // Ramp: the first participant creates the room; the others follow at the configured rate.
+    // The server's RSS before anyone joins: what follows is growth per subscriber.
+    let rss_before = config.server_pid.and_then(stats::process_rss_bytes);
     let ramp_start = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / config.ramp_per_sec.max(0.01));
     let mut tasks = Vec::with_capacity(roles.len());
@@ -531,6 +533,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             rss_bytes_per_subscriber: rss
                 .filter(|_| subscribers > 0)
                 .map(|r| r as f64 / subscribers as f64),
+            rss_growth_per_subscriber: rss
+                .zip(rss_before)
+                .filter(|_| subscribers > 0)
+                .map(|(after, before)| after.saturating_sub(before) as f64 / subscribers as f64),
         });
     }
     if let Some(path) = &config.json {

@@ -19,6 +19,9 @@ pub struct ServerUsage {
     pub worker_cpu_seconds: Vec<f64>,
     pub rss_bytes: Option<u64>,
     pub rss_bytes_per_subscriber: Option<f64>,
+    /// RSS at the end minus RSS before the first join, per subscriber.
+    #[serde(default)]
+    pub rss_growth_per_subscriber: Option<f64>,
 }
 
 /// Packets received while measuring, by the publisher layer their stamp names.
@@ -236,9 +239,13 @@ impl Report {
                 "server rss",
                 match (server.rss_bytes, server.rss_bytes_per_subscriber) {
                     (Some(r), Some(per)) => format!(
-                        "{:.1} MiB ({:.1} KiB/subscriber)",
+                        "{:.1} MiB ({:.1} KiB/subscriber; grew {} KiB/subscriber)",
                         r as f64 / 1048576.0,
-                        per / 1024.0
+                        per / 1024.0,
+                        server
+                            .rss_growth_per_subscriber
+                            .map(|g| format!("{:.1}", g / 1024.0))
+                            .unwrap_or_else(|| "-".into())
                     ),
                     (Some(r), None) => format!("{:.1} MiB", r as f64 / 1048576.0),
                     _ => "-".into(),

@@ -83,6 +83,9 @@ impl TrackDemand {
 
     /// Every step this track can be sent at, cheapest first: per spatial layer within the
     /// cap, its reduced frame rates (those that save at least a tenth) and then all of it.
+    /// The base frame rate alone (7.5 fps of 30) is offered only on the lowest layer, as the
+    /// last step before a pause: a bigger picture that jerks is worse than a smaller one
+    /// that moves.
     fn steps(&self) -> Vec<(Allocation, u64)> {
         let (Some(low), Some(top)) = (self.lowest_layer(), self.top_layer()) else {
             return Vec::new();
@@ -90,7 +93,8 @@ impl TrackDemand {
         let mut steps = Vec::new();
         for l in (low..=top).filter(|l| self.layer_bps[*l as usize] > 0) {
             let full = self.layer_bps[l as usize];
-            for t in 0..MAX_TEMPORAL {
+            let slowest = if l == low { 0 } else { 1 };
+            for t in slowest..MAX_TEMPORAL {
                 let cost = self.step_cost(l, t);
                 if cost > 0 && (cost as f64) < full as f64 * 0.9 {
                     steps.push((Allocation::Layer(l, t), cost));
@@ -526,15 +530,23 @@ mod tests {
         // 1.3 Mbit/s: all of layer 2 no longer fits, 15 fps of it (1.125 M) does.
         run(1_300_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::Layer(2, 1));
-        // 800 k: 7.5 fps of layer 2 (750 k) beats 30 fps of layer 1.
+        // 800 k: 7.5 fps of layer 2 (750 k) would fit, but only the lowest layer goes that
+        // slow: 30 fps of layer 1.
         run(800_000, &[track], &mut states, t0);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(2, 0));
-        run(600_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(1));
-        // Climbing takes the same steps back.
+        run(400_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(1, 1));
+        // Below every step of layer 1, the lowest layer's base rate is the last step.
+        run(80_000, &[track], &mut states, t0);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(0, 0));
+        // Climbing back needs the margin: at 1.3 M, 15 fps of layer 2 (1.125 M × 1.25) does
+        // not fit yet, all of layer 1 does; at 1.5 M the same step as on the way down.
         run(1_300_000, &[track], &mut states, t0 + CLIMB_HOLD);
         run(1_300_000, &[track], &mut states, t0 + CLIMB_HOLD * 2);
-        assert_eq!(allocation(&states, 0), Allocation::Layer(2, 0));
+        assert_eq!(allocation(&states, 0), Allocation::full(1));
+        run(1_500_000, &[track], &mut states, t0 + CLIMB_HOLD * 3);
+        run(1_500_000, &[track], &mut states, t0 + CLIMB_HOLD * 4);
+        assert_eq!(allocation(&states, 0), Allocation::Layer(2, 1));
     }
 
     #[test]

@@ -266,8 +266,26 @@ impl WorkerCore {
         let paused = states
             .iter()
             .any(|s| s.allocation == Some(Allocation::Paused));
-        let targets = allocator::targets(&demands, &states);
-        self.update_estimator(key, targets, estimate, !paused, now);
+        let mut targets = allocator::targets(&demands, &states);
+        if paused {
+            // str0m still probes on its own (periodic probes in ALR at twice the desired
+            // rate, one after a large drop). Towards the top layer those are multi-Mbit/s
+            // bursts into a queue sized for the audio: desire only the way back to the
+            // lowest video layer; once that resumes, the full target (and our probes) return.
+            let resume = demands
+                .iter()
+                .zip(&states)
+                .filter(|(d, s)| !d.audio && s.allocation == Some(Allocation::Paused))
+                .filter_map(|(d, _)| d.layer_bps.iter().copied().find(|bps| *bps > 0))
+                .min()
+                .unwrap_or(0);
+            targets.desired_bps = targets
+                .desired_bps
+                .min(targets.minimum_bps + resume)
+                .max(targets.minimum_bps);
+        }
+        let has_video = demands.iter().any(|d| !d.audio);
+        self.update_estimator(key, targets, estimate, !paused, has_video, now);
     }
 
     /// Tell str0m what this subscriber wants (see [`allocator::Targets`]).
@@ -277,6 +295,7 @@ impl WorkerCore {
         targets: allocator::Targets,
         estimate: u64,
         may_probe: bool,
+        has_video: bool,
         now: Instant,
     ) {
         let transport = &mut self.transports[key];
@@ -284,6 +303,14 @@ impl WorkerCore {
             return;
         };
         bwe.allocated_at_bps = estimate;
+        // str0m's one-time initial probes (3x and 6x its estimate) are capped at twice the
+        // first desired rate it is told. A subscriber's audio consumer starts before its
+        // video one: an audio-only desired rate made them ~100 kbit/s clusters, whose result
+        // str0m then adopts as the link's estimate (1 Mbit/s -> ~80 kbit/s on loopback). Tell
+        // it nothing until there is video to probe for (until then str0m does not probe).
+        if !has_video && bwe.targets == allocator::Targets::default() {
+            return;
+        }
         // str0m probes when the desired rate rises above its estimate, so a track held
         // below its layer gets a probe by nudging the desired rate up every PROBE_INTERVAL
         // (each probe may double the estimate: a recovered link is found in seconds, not

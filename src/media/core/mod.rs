@@ -423,10 +423,12 @@ impl WorkerCore {
 }
 
 /// How long str0m keeps a forwarded packet to answer NACKs. str0m's default is 3 s (up to
-/// 1,000 video packets), which is most of a subscriber's memory: ≈ 400 packets, ≈ 500 KB, per
-/// 720p consumer. A NACK comes one round trip after the loss, so 1 s still serves RTTs up to
-/// ~800 ms and keeps ≈ 130 packets.
-pub(super) const RESEND_WINDOW: Duration = Duration::from_secs(1);
+/// 1,000 video packets), which is most of a subscriber's memory: each cached packet costs
+/// ≈ 430 bytes of bookkeeping (the payload itself is shared with the publisher's), and the
+/// cache grows by doubling, so a 1.5 Mbit/s layer (≈ 170 packets/s) took 320 slots, 138 KB,
+/// at 1 s. A NACK comes one round trip after the loss: 750 ms serves RTTs up to ~600 ms (a
+/// retry up to ~350 ms) and fits in 160 slots, 69 KB.
+pub(super) const RESEND_WINDOW: Duration = Duration::from_millis(750);
 /// The packet cap of that cache (a 1 s burst of a high-bitrate screen share fits).
 const RESEND_MAX_PACKETS: usize = 512;
 

@@ -8,6 +8,10 @@ use str0m::Input;
 
 use super::{Egress, TransportKey, WorkerCore, FAR_FUTURE, LAYER_IDLE};
 
+/// How long one [`WorkerCore::handle_timeouts`] call keeps serving deadlines that come due
+/// while it runs.
+const TIMEOUT_BURST: Duration = Duration::from_millis(2);
+
 impl WorkerCore {
     /// When the worker loop must call [`WorkerCore::handle_timeouts`] next.
     pub fn next_deadline(&self, now: Instant) -> Instant {
@@ -17,10 +21,20 @@ impl WorkerCore {
             .unwrap_or(now + Duration::from_millis(100))
     }
 
-    pub fn handle_timeouts(&mut self, now: Instant, egress: &mut dyn Egress) {
+    pub fn handle_timeouts(&mut self, mut now: Instant, egress: &mut dyn Egress) {
+        let started = now;
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
             if at > now {
-                break;
+                // str0m's pacer releases one packet per timeout and asks to be woken again
+                // a microsecond later; the runtime's timer would round that up to its next
+                // millisecond tick, stretching a probe cluster (and paced media) to a packet
+                // per tick. Deadlines that came due while we drained are served here, within
+                // a budget that keeps the socket and the commands served.
+                let fresh = Instant::now();
+                if at > fresh || fresh.saturating_duration_since(started) >= TIMEOUT_BURST {
+                    break;
+                }
+                now = fresh;
             }
             self.timers.pop();
             // Entries are never removed from the heap; skip those superseded or orphaned.
