@@ -120,9 +120,7 @@ pub struct Config {
 
     /// Send-side bandwidth estimation (GCC on TWCC feedback) on every subscriber transport;
     /// its estimate picks each subscriber's simulcast layers and pauses video that does not fit.
-    /// Off by default until str0m's probes are counted by Chromium (README, "Bandwidth
-    /// estimation").
-    #[arg(long, env = "BWE_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "BWE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub bwe_enabled: bool,
 
     /// ICE-TCP (RFC 6544 passive candidates on one TCP port) for clients whose networks drop

@@ -105,11 +105,11 @@ async fn set_link(peer: &Peer, rate_bps: u64) {
         .await;
 }
 
-// Tracks issue 13 with bwe_browser.rs: on this 2-core machine about one run in four fails,
-// either the unshaped subscriber dips to the middle layer (GCC on loopback reads CPU
-// starvation as queueing delay) or one audio packet is lost at 150 kbit/s while video is
-// paused. Run it with `cargo test --test bwe -- --ignored --nocapture`.
-#[ignore = "BWE is opt-in and not steady enough yet (issue 13); run with --ignored"]
+// Tracks issue 13 with bwe_browser.rs. Since the probe fixes it passed 14 of 15 runs here (the
+// failure: audio lost at 150 kbit/s while video was paused); one red CI in fifteen is still
+// too many for the gate, so it runs on demand:
+// `cargo test --test bwe -- --ignored --nocapture`.
+#[ignore = "statistical, ~1 failure in 15 runs on 2 cores (issue 13); run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscriber_gets_what_its_own_link_carries() {
     let server = start_server_with(&["--bwe-enabled", "true"]).await;

@@ -168,12 +168,12 @@ fn load_average() -> String {
         .to_string()
 }
 
-// Tracks issue 13, not yet passing: with Chromium receivers str0m's estimate swings between
-// ~120 kbit/s and 1.6 Mbit/s on the 700 kbit/s link (probes come back far too low), and while
-// video is paused NACK retransmissions and probe padding overflow the 150 kbit/s queue and
-// cost audio packets. Passed 2 of 17 runs; README "Bandwidth estimation". Run it with
-// `cargo test --test bwe_browser -- --ignored --nocapture`.
-#[ignore = "BWE with Chromium receivers is not reliable yet (issue 13); run with --ignored"]
+// Tracks issue 13. With the probe fixes (README "Bandwidth estimation") it passed all nine
+// checks in 4 of 5 runs here (before: 2 of 17); the failing run lost 4 audio packets while
+// video was paused at 150 kbit/s and the unshaped subscriber dipped to 640 wide once at start.
+// Too statistical for the CI gate; run it with
+// `cargo test --test bwe_browser -- --ignored --nocapture` (about 47 s).
+#[ignore = "statistical, ~1 failure in 5 runs on 2 cores (issue 13); run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_subscriber_on_a_shaped_link_gets_the_layer_its_link_carries() {
     assert!(

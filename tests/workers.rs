@@ -46,7 +46,8 @@ fn per_worker(status: &Value, field: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spreads_over_both_workers_and_switches_layers_across_them() {
-    let server = start_server_with(&["--workers", "2"]).await;
+    // Forwarding across workers, not estimation: layers follow preference only.
+    let server = start_server_with(&["--workers", "2", "--bwe-enabled", "false"]).await;
     let shared = Shared::new();
     shared
         .phase

@@ -16,6 +16,10 @@ use super::simulcast::{MAX_LAYERS, MAX_TEMPORAL};
 
 /// The estimate has to carry a higher layer this long before we switch up.
 pub const CLIMB_HOLD: Duration = Duration::from_millis(1000);
+/// ...and a paused video this long before it resumes: a resume the link cannot carry sends a
+/// keyframe burst into the queue the audio needs, and GCC's estimate on a link that thin
+/// overshoots for a moment after every probe.
+pub const RESUME_HOLD: Duration = Duration::from_millis(3000);
 /// A layer above the current one must fit with this margin on its extra cost (headroom for
 /// keyframes and estimate noise). Keeping the current layer needs only the estimate itself:
 /// GCC's estimate wobbles by 10–20 % on a healthy link, and a drop must mean congestion.
@@ -223,7 +227,12 @@ pub fn allocate(
             }
             Some(current) if proposed > current => {
                 let since = *state.climb_since.get_or_insert(now);
-                (now.saturating_duration_since(since) >= CLIMB_HOLD)
+                let hold = if current == Allocation::Paused {
+                    RESUME_HOLD
+                } else {
+                    CLIMB_HOLD
+                };
+                (now.saturating_duration_since(since) >= hold)
                     .then_some((proposed, Reason::Recovered))
             }
             Some(_) => {
@@ -445,11 +454,17 @@ mod tests {
                 reason: Reason::Congestion
             }]
         );
-        // Resumes (after the hold) once the lowest layer fits.
+        // Resumes once the lowest layer fits, after the longer resume hold.
         let t1 = t0 + Duration::from_secs(1);
         run(400_000, &tracks, &mut states, t1);
         assert_eq!(allocation(&states, 1), Allocation::Paused);
         run(400_000, &tracks, &mut states, t1 + CLIMB_HOLD);
+        assert_eq!(
+            allocation(&states, 1),
+            Allocation::Paused,
+            "a climb's hold is not enough"
+        );
+        run(400_000, &tracks, &mut states, t1 + RESUME_HOLD);
         assert_eq!(allocation(&states, 1), Allocation::full(0));
     }
 
