@@ -151,6 +151,33 @@ await run.main(async () => {
     const { video, from } = await waitDecoding(B, videoId, 10_000);
     return `framesDecoded=${from}->${video.stats.framesDecoded}`;
   });
+
+  // The server's estimator tells B what its downlink carries (bandwidthEstimate); the tile's
+  // stats line shows it beside the layer.
+  await check("B's video tile shows the server's bandwidth estimate", async () => {
+    const stats = B.page.locator(`[data-producer-id="${videoId}"] .stats`);
+    const shown = await waitFor('estimate on the tile', 10_000, async () => {
+      const v = (await remotes(B)).find((r) => r.producerId === videoId);
+      const text = (await stats.textContent()) ?? '';
+      return v?.estimateBps > 0 && text.includes('link ≈')
+        ? { done: true, value: { bps: v.estimateBps, text } }
+        : { last: `estimateBps=${v?.estimateBps}, tile "${text}"` };
+    });
+    return `estimateBps=${shown.bps}; "${shown.text.match(/link ≈ \d+ kbps/)?.[0]}"`;
+  });
+
+  // Pinning ranks A's video first for B's link (setConsumerPriority 255); the server answers.
+  await check('B pins the video with the tile\'s pin box', async () => {
+    const errorBefore = (await demoState(B))?.lastError ?? null;
+    await B.page.locator(`[data-producer-id="${videoId}"] input.pin`).check();
+    const v = await waitFor('pinned', 10_000, async () => {
+      const s = await demoState(B);
+      if ((s?.lastError ?? null) !== errorBefore) return { fatal: `demo error: ${s.lastError}` };
+      const r = (await remotes(B)).find((x) => x.producerId === videoId);
+      return r?.pinned ? { done: true, value: r } : { last: `pinned=${r?.pinned}` };
+    });
+    return `pinned=${v.pinned}, layer=${v.layer}`;
+  });
 }, { pageState: printPageState, lastConsoleLines: 20 });
 
 run.finish();
