@@ -137,11 +137,13 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
             );
         }
     }
-    // high→low→high, after at most one start-up layer: a new subscriber starts where the
-    // bandwidth allocator's first estimate puts it (medium at 1 Mbit/s) and climbs from there.
+    // high→low→high, after a start-up that only climbs: a new subscriber starts on the
+    // lowest layer's keyframe (fast start), moves to where the allocator's first estimate puts
+    // it (medium at 1 Mbit/s) and climbs from there.
+    let start_up = &runs[..runs.len().saturating_sub(3)];
     assert!(
-        runs.ends_with(&[2, 0, 2]) && runs.len() <= 4,
-        "expected (start-up →) high → low → high, got layers {runs:?}"
+        runs.ends_with(&[2, 0, 2]) && start_up.windows(2).all(|w| w[0] < w[1]),
+        "expected (climbing start-up →) high → low → high, got layers {runs:?}"
     );
     // The publisher was asked for keyframes (initial + each switch), and only on real layers.
     let requests = publisher.with(|s| s.keyframe_requests.clone()).await;
@@ -174,7 +176,7 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     )
     .await;
 
-    // sub2 never asked for a layer: once on the high layer (after its start-up layer), it
+    // sub2 never asked for a layer: its start-up only climbed, and once on the high layer it
     // stayed there.
     let video2 = video_of(&sub2.received().await, &video_mid2);
     let reached_high = video2
@@ -183,8 +185,8 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
         .expect("sub2 reached the high layer");
     assert!(video2[reached_high..].iter().all(|p| p.layer == 2));
     assert!(video2[..reached_high]
-        .iter()
-        .all(|p| p.layer == video2[0].layer));
+        .windows(2)
+        .all(|w| w[0].layer <= w[1].layer));
 
     // Leaving cleans up: all transports, producers and consumers are gone.
     let stats = server.ctx.media.stats().await;

@@ -178,8 +178,15 @@ impl WorkerCore {
 
     /// Ask the publisher for a keyframe on the layer this consumer needs (the switch target,
     /// else the current layer), as far as [`KeyframeRequests`] lets it through.
+    ///
+    /// Not before the subscriber's DTLS is up: the keyframe would reach nobody and hold the
+    /// layer's debounce window, so the ask at connection (`subscriber_connected`) would wait
+    /// for it to open. (Subscribing, allocating and retargeting all land here early.)
     pub(super) fn request_keyframe_for(&mut self, ck: ConsumerKey, now: Instant) {
         let consumer = &mut self.consumers[ck];
+        if !self.transports[consumer.transport].rtc.is_connected() {
+            return;
+        }
         let Some(layer) = consumer.selector.target.or(consumer.selector.current) else {
             return;
         };
