@@ -94,26 +94,40 @@ mod tests {
 
     #[test]
     fn media_worker_threads_are_found_by_name_in_index_order() {
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let spin = |name: &str, rx: std::sync::mpsc::Receiver<()>| {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        // Worker 1 burns CPU, worker 0 only waits: the readings must come back in index
+        // order, whatever order the threads were started in.
+        let spawn = |name: &str, busy: Duration| {
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
-                    // Burn a little CPU so the reading is above zero, then wait to be stopped.
-                    let start = std::time::Instant::now();
-                    while start.elapsed() < std::time::Duration::from_millis(50) {
+                    let start = Instant::now();
+                    while start.elapsed() < busy {
                         std::hint::black_box(0u64.wrapping_add(1));
                     }
-                    let _ = rx.recv();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 })
                 .unwrap()
         };
-        let worker = spin("media-worker-0", stop_rx);
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        let threads = [
+            spawn("media-worker-1", Duration::from_millis(80)),
+            spawn("media-worker-0", Duration::ZERO),
+        ];
+        std::thread::sleep(Duration::from_millis(150));
         let cpu = worker_cpu_seconds(std::process::id());
-        stop_tx.send(()).unwrap();
-        worker.join().unwrap();
-        assert_eq!(cpu.len(), 1, "{cpu:?}");
-        assert!(cpu[0] > 0.0, "{cpu:?}");
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(cpu.len(), 2, "{cpu:?}");
+        assert!(
+            cpu[1] > cpu[0],
+            "worker 1 burned CPU, worker 0 did not: {cpu:?}"
+        );
     }
 }

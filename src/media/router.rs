@@ -133,20 +133,17 @@ impl MediaRouter {
 
     /// The worker holding `transport`: where it was placed, else its room's (`hint`).
     fn locate(&self, hint: usize, transport: TransportId) -> usize {
-        self.placement
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&transport)
-            .copied()
-            .unwrap_or(hint)
+        self.placements().get(&transport).copied().unwrap_or(hint)
+    }
+
+    /// The placement map (a panic elsewhere while it was held leaves it usable).
+    fn placements(&self) -> std::sync::MutexGuard<'_, HashMap<TransportId, usize>> {
+        self.placement.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn record_placement(&self, home: usize, transport: TransportId, worker: usize) {
         if worker != home {
-            self.placement
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(transport, worker);
+            self.placements().insert(transport, worker);
         }
     }
 
@@ -319,11 +316,8 @@ impl MediaRouter {
         priority: u8,
     ) -> Result<(), MediaError> {
         let worker = self.locate(worker, transport);
-        self.call(worker, |reply| Command::SetPriority {
-            transport,
-            producer,
-            priority,
-            reply,
+        self.run(worker, move |core, now, egress| {
+            core.set_priority(transport, producer, priority, now, egress)
         })
         .await?
     }
@@ -338,10 +332,7 @@ impl MediaRouter {
         let closed = self
             .call(worker, |reply| Command::CloseTransport { transport, reply })
             .await;
-        self.placement
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&transport);
+        self.placements().remove(&transport);
         closed
     }
 

@@ -47,12 +47,6 @@ pub(crate) enum Command {
         preference: Preference,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
-    SetPriority {
-        transport: TransportId,
-        producer: ProducerId,
-        priority: u8,
-        reply: oneshot::Sender<Result<(), MediaError>>,
-    },
     CloseTransport {
         transport: TransportId,
         reply: oneshot::Sender<()>,
@@ -360,14 +354,6 @@ fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut WorkerEg
             reply,
         } => {
             let _ = reply.send(core.set_preference(transport, producer, preference, now, egress));
-        }
-        Command::SetPriority {
-            transport,
-            producer,
-            priority,
-            reply,
-        } => {
-            let _ = reply.send(core.set_priority(transport, producer, priority, now, egress));
         }
         Command::CloseTransport { transport, reply } => {
             core.close_transport(transport, now, egress);

@@ -93,30 +93,30 @@ impl WorkerCore {
         if !changed {
             return;
         }
-        let layers = producer
-            .layers
-            .iter()
-            .filter_map(|l| Some((l.rid?.to_string(), !l.suspended)))
-            .collect();
-        tracing::debug!(producer = %producer.id, ?layers, "dynacast");
+        let mut active = [false; MAX_LAYERS];
+        for (a, layer) in active.iter_mut().zip(&producer.layers) {
+            *a = !layer.suspended;
+        }
+        tracing::debug!(producer = %producer.id, ?active, "dynacast");
         match producer.origin {
             // The publisher is on another worker: its home decides, with its own consumers.
             Origin::Mirror { home, .. } => {
-                let mut wanted = [false; MAX_LAYERS];
-                for (w, layer) in wanted.iter_mut().zip(&producer.layers) {
-                    *w = !layer.suspended;
-                }
                 let (producer, from) = (producer.id, self.index);
                 self.relay_to(
                     home,
                     Relay::Wants {
                         producer,
                         from,
-                        layers: wanted,
+                        layers: active,
                     },
                 );
             }
             Origin::Local(_) => {
+                let layers = producer
+                    .layers
+                    .iter()
+                    .filter_map(|l| Some((l.rid?.to_string(), !l.suspended)))
+                    .collect();
                 let _ = self.events.send(MediaEvent::LayersWanted {
                     transport: producer.publisher,
                     producer: producer.id,

@@ -2,7 +2,6 @@
 //! worker (layer decision → id rewrite → `write_rtp` → drain the subscriber). No allocation of
 //! our own per packet and no scan beyond the producer's own consumer list.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::PayloadParams;
@@ -11,30 +10,16 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Input, Rtc};
 
 use super::{
-    ConsumerKey, Egress, Origin, ProducerKey, RelayPacket, Transport, TransportKey, WorkerCore,
+    ConsumerKey, Egress, Origin, ProducerKey, ProducerPacket, Transport, TransportKey, WorkerCore,
 };
 use crate::media::codec::{inspect_video_payload, VideoPayloadInfo};
 use crate::media::simulcast::{Decision, PacketIds};
 use crate::media::{Kind, MediaEvent};
 
-/// One packet of a producer, from its publisher on this worker or relayed from its home.
-struct Wire<'a> {
-    seq: u64,
-    rtp_timestamp: u32,
-    /// When it reached the server (str0m's wallclock of the forwarded packet).
-    received: Instant,
-    marker: bool,
-    /// The publisher's payload type.
-    pt: Pt,
-    payload: &'a Arc<[u8]>,
-    ext_vals: ExtensionValues,
-}
-
 /// What every consumer of one packet shares, computed once per packet.
 struct Incoming<'a> {
     producer: ProducerKey,
-    layer: u8,
-    wire: Wire<'a>,
+    packet: &'a ProducerPacket,
     info: VideoPayloadInfo,
     ids: PacketIds,
     video: bool,
@@ -68,39 +53,29 @@ impl WorkerCore {
         if !self.note_packet(pk, layer, now) || self.producers[pk].paused {
             return;
         }
-        let ext_vals = forwardable_extensions(&packet.header.ext_vals);
         let producer = &self.producers[pk];
-        if !producer.exports.to.is_empty() {
-            let relayed = RelayPacket {
-                producer: producer.id,
-                layer,
-                seq: *packet.seq_no,
-                rtp_timestamp: packet.header.timestamp,
-                received: packet.timestamp,
-                marker: packet.header.marker,
-                pt,
-                params: producer.codec_params,
-                ext_vals: ext_vals.clone(),
-                payload: packet.payload.clone(),
-            };
-            self.export_packet(pk, &relayed);
-        }
-        let wire = Wire {
+        let packet = ProducerPacket {
+            producer: producer.id,
+            layer,
             seq: *packet.seq_no,
             rtp_timestamp: packet.header.timestamp,
             received: packet.timestamp,
             marker: packet.header.marker,
             pt,
-            payload: &packet.payload,
-            ext_vals,
+            params: producer.codec_params,
+            ext_vals: forwardable_extensions(&packet.header.ext_vals),
+            payload: packet.payload,
         };
-        self.fan_out(pk, layer, wire, now, egress);
+        if !producer.exports.to.is_empty() {
+            self.export_packet(pk, &packet);
+        }
+        self.fan_out(pk, &packet, now, egress);
     }
 
     /// A packet another worker relayed to one of our mirrors.
     pub(super) fn forward_relayed(
         &mut self,
-        packet: &RelayPacket,
+        packet: &ProducerPacket,
         now: Instant,
         egress: &mut dyn Egress,
     ) {
@@ -118,48 +93,39 @@ impl WorkerCore {
         if !self.note_packet(pk, packet.layer, now) {
             return;
         }
-        let wire = Wire {
-            seq: packet.seq,
-            rtp_timestamp: packet.rtp_timestamp,
-            received: packet.received,
-            marker: packet.marker,
-            pt: packet.pt,
-            payload: &packet.payload,
-            ext_vals: packet.ext_vals.clone(),
-        };
-        self.fan_out(pk, packet.layer, wire, now, egress);
+        self.fan_out(pk, packet, now, egress);
     }
 
     /// The same for both: measure, then each consumer of the producer on this worker.
     fn fan_out(
         &mut self,
         pk: ProducerKey,
-        layer: u8,
-        wire: Wire<'_>,
+        packet: &ProducerPacket,
         now: Instant,
         egress: &mut dyn Egress,
     ) {
         let producer = &mut self.producers[pk];
         let video = producer.kind == Kind::Video;
         let info = if video {
-            inspect_video_payload(producer.codec, wire.payload)
+            inspect_video_payload(producer.codec, &packet.payload)
         } else {
-            producer.voice.on_level(wire.ext_vals.audio_level, now);
+            producer.voice.on_level(packet.ext_vals.audio_level, now);
             inspect_video_payload(None, &[])
         };
-        if let Some(layer_state) = producer.layers.get_mut(layer as usize) {
-            layer_state.meter.add(wire.payload.len(), info.temporal_id);
+        if let Some(layer_state) = producer.layers.get_mut(packet.layer as usize) {
+            layer_state
+                .meter
+                .add(packet.payload.len(), info.temporal_id);
         }
         let incoming = Incoming {
             producer: pk,
-            layer,
             ids: PacketIds {
-                seq: wire.seq,
-                timestamp: wire.rtp_timestamp,
+                seq: packet.seq,
+                timestamp: packet.rtp_timestamp,
                 picture_id: info.picture_id,
                 tl0_pic_idx: info.tl0_pic_idx,
             },
-            wire,
+            packet,
             info,
             video,
         };
@@ -206,7 +172,8 @@ impl WorkerCore {
         if consumer.paused {
             return;
         }
-        let (layer, wire, info) = (incoming.layer, &incoming.wire, &incoming.info);
+        let (packet, info) = (incoming.packet, &incoming.info);
+        let layer = packet.layer;
         match consumer.selector.on_packet(layer, info.starts_keyframe) {
             Decision::Drop => return,
             Decision::Forward => {}
@@ -233,18 +200,18 @@ impl WorkerCore {
             return;
         };
         let sub_key = consumer.transport;
-        let Some(out_pt) = self.subscriber_pt(ck, wire.pt) else {
+        let Some(out_pt) = self.subscriber_pt(ck, packet.pt) else {
             return;
         };
         let mut write = RtpWrite::new(
             out_pt,
             SeqNo::from(out.seq),
             out.timestamp,
-            wire.received,
-            info.payload_for(wire.payload, out.picture_id, out.tl0_pic_idx),
+            packet.received,
+            info.payload_for(&packet.payload, out.picture_id, out.tl0_pic_idx),
         )
-        .marker(wire.marker)
-        .ext_vals(wire.ext_vals.clone())
+        .marker(packet.marker)
+        .ext_vals(packet.ext_vals.clone())
         .nackable(incoming.video);
         if let (Some(descriptor), Some(pid)) = (info.vp8, out.picture_id) {
             let mut patch = descriptor.patch().picture_id(pid);
@@ -260,7 +227,7 @@ impl WorkerCore {
         if let Some(stream) = subscriber.rtc.direct_api().stream_tx(&ssrc) {
             stream.write_rtp(write);
             self.stats.rtp_packets_forwarded += 1;
-            self.stats.rtp_bytes_forwarded += wire.payload.len() as u64;
+            self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
         }
         self.drain(sub_key, now, egress);
     }

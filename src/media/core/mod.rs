@@ -43,7 +43,7 @@ use self::dynacast::Dynacast;
 use self::keyframes::KeyframeRequests;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
 use self::relay::Exports;
-pub use self::relay::{MirrorSpec, Relay, RelayPacket, RELAY_QUEUE};
+pub use self::relay::{MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
 use super::allocator::TrackState;
 use super::codec::{apply_codecs, CodecName};
 use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
@@ -255,7 +255,7 @@ pub struct WorkerCore {
     next_nonce: u64,
     /// Messages for other workers, and packet batches per worker, sent when a wake-up ends.
     relay_out: Vec<(usize, Relay)>,
-    relay_batches: Vec<Vec<RelayPacket>>,
+    relay_batches: Vec<Vec<ProducerPacket>>,
     /// Publishers speaking at the last housekeeping tick (`bandwidth.rs`).
     speakers: Vec<TransportId>,
 }
@@ -329,10 +329,11 @@ impl WorkerCore {
     }
 
     pub fn stats(&self) -> WorkerStats {
+        let mirrors = self.mirror_count();
         WorkerStats {
             transports: self.transports.len(),
-            producers: self.producers.len() - self.mirror_count(),
-            mirrors: self.mirror_count(),
+            producers: self.producers.len() - mirrors,
+            mirrors,
             consumers: self.consumers.len(),
             paused_for_bandwidth: self.paused_for_bandwidth(),
             ..self.stats

@@ -29,9 +29,10 @@ pub const RELAY_QUEUE: usize = 4096;
 /// A mirror without consumers is kept this long (a subscriber re-joining keeps its feed).
 pub const MIRROR_LINGER: Duration = Duration::from_secs(5);
 
-/// One RTP packet of an exported producer, as the home worker received it.
+/// One RTP packet of a producer as its home worker received it: what the fan-out reads, on
+/// the home worker and (cloned into a batch, the payload shared) on every mirroring one.
 #[derive(Debug, Clone)]
-pub struct RelayPacket {
+pub struct ProducerPacket {
     pub producer: ProducerId,
     pub layer: u8,
     /// Extended sequence number on the publisher's stream.
@@ -52,7 +53,7 @@ pub struct RelayPacket {
 #[derive(Debug)]
 pub enum Relay {
     /// Home → mirror: packets of one wake-up.
-    Packets(Vec<RelayPacket>),
+    Packets(Vec<ProducerPacket>),
     /// Home → mirror: the producer is gone (closed, or its publisher left).
     ProducerGone { producer: ProducerId },
     /// Mirror → home: a consumer needs a keyframe of `layer`.
@@ -144,7 +145,6 @@ impl WorkerCore {
             Some(entry) => entry.1 = nonce,
             None => exports.push((worker, nonce)),
         }
-        // The new mirror's subscribers want a keyframe soon; the home side debounces.
         Ok(())
     }
 
@@ -156,6 +156,8 @@ impl WorkerCore {
                 p.idle_since = Some(now).filter(|_| p.consumers.is_empty());
                 return nonce;
             }
+            // The producer is this worker's own: the router never mirrors a producer on its
+            // home (`ensure_mirror`), and relayed packets only ever feed mirrors.
             return 0;
         }
         self.next_nonce += 1;
@@ -236,7 +238,7 @@ impl WorkerCore {
     }
 
     /// Home side: copy one packet of `pk` for every worker that mirrors it.
-    pub(super) fn export_packet(&mut self, pk: ProducerKey, packet: &RelayPacket) {
+    pub(super) fn export_packet(&mut self, pk: ProducerKey, packet: &ProducerPacket) {
         let exports = &self.producers[pk].exports.to;
         for (worker, _) in exports {
             let batch = &mut self.relay_batches;
@@ -270,12 +272,8 @@ impl WorkerCore {
     /// Home side: a producer went away; its mirrors must follow.
     pub(super) fn producer_removed(&mut self, removed: &Producer) {
         for (worker, _) in &removed.exports.to {
-            self.relay_out.push((
-                *worker,
-                Relay::ProducerGone {
-                    producer: removed.id,
-                },
-            ));
+            let producer = removed.id;
+            self.relay_to(*worker, Relay::ProducerGone { producer });
         }
     }
 
@@ -297,14 +295,15 @@ impl WorkerCore {
         }
         for (producer, home, nonce) in retired {
             let _ = self.close_producer(producer, now, egress);
-            self.relay_out.push((
+            let from = self.index;
+            self.relay_to(
                 home,
                 Relay::Unexport {
                     producer,
-                    from: self.index,
+                    from,
                     nonce,
                 },
-            ));
+            );
         }
     }
 

@@ -214,7 +214,7 @@ impl Session {
             return Err(invalid("priority must be 1 to 255"));
         }
         let m = self.membership_in(r.room_id.as_deref())?;
-        let (target, echo) = match (r.consumer_id, r.producer_id) {
+        let (target, mut echo) = match (r.consumer_id, r.producer_id) {
             (Some(id), None) => (
                 ConsumerTarget::Consumer(id.clone()),
                 json!({ "consumerId": id }),
@@ -229,7 +229,6 @@ impl Session {
             .rooms
             .set_consumer_priority(&m.room_id, &m.participant_id, &target, r.priority)
             .await?;
-        let mut echo = echo;
         echo["priority"] = json!(r.priority);
         Ok(("setConsumerPriorityResponse", echo))
     }
