@@ -340,7 +340,7 @@ impl WorkerCore {
 }
 
 /// `config` without the transport-wide sequence number extension.
-fn without_twcc(mut config: RtcConfig) -> RtcConfig {
+pub(super) fn without_twcc(mut config: RtcConfig) -> RtcConfig {
     let mut map = ExtensionMap::empty();
     for (id, ext) in config.extension_map().iter() {
         if *ext != Extension::TransportSequenceNumber {

@@ -214,3 +214,31 @@ fn the_tcp_candidate_is_passive_and_ranked_below_udp() {
     let udp = str0m::Candidate::host("127.0.0.1:40000".parse().unwrap(), "udp").unwrap();
     assert!(tcp.prio() < udp.prio(), "UDP must be preferred");
 }
+
+#[test]
+fn a_subscriber_without_an_estimator_drops_only_the_twcc_extension() {
+    use str0m::rtp::Extension;
+    let mut template = RtcConfig::new();
+    let before: Vec<(u8, Extension)> = template
+        .extension_map()
+        .iter()
+        .map(|(id, e)| (id, e.clone()))
+        .collect();
+    assert!(
+        before
+            .iter()
+            .any(|(_, e)| *e == Extension::TransportSequenceNumber),
+        "str0m's default map has TWCC"
+    );
+    let mut stripped = super::sdp::without_twcc(template);
+    let after: Vec<(u8, Extension)> = stripped
+        .extension_map()
+        .iter()
+        .map(|(id, e)| (id, e.clone()))
+        .collect();
+    let expected: Vec<(u8, Extension)> = before
+        .into_iter()
+        .filter(|(_, e)| *e != Extension::TransportSequenceNumber)
+        .collect();
+    assert_eq!(after, expected, "every other extension keeps its id");
+}
