@@ -12,6 +12,7 @@ pub mod allocator;
 pub mod codec;
 pub mod core;
 mod egress;
+pub mod frames;
 pub mod ortc;
 mod router;
 pub mod simulcast;
@@ -133,6 +134,21 @@ pub enum MediaEvent {
         transport: TransportId,
         estimate_bps: u64,
     },
+    /// A consumer needs a keyframe of a WebTransport publisher's track (`layer`, 0 = lowest);
+    /// the publisher is asked over signaling (debounced per layer).
+    KeyframeWanted {
+        transport: TransportId,
+        producer: ProducerId,
+        layer: u8,
+    },
+    /// A WebTransport publisher's media stream was refused or broke the framing; the stream
+    /// was dropped, the session lives on.
+    FrameRefused {
+        transport: TransportId,
+        producer: Option<ProducerId>,
+        code: &'static str,
+        message: String,
+    },
     /// ICE or DTLS ended; the transport was removed from its worker.
     TransportClosed {
         transport: TransportId,
@@ -193,6 +209,9 @@ pub struct WorkerStats {
     pub relay_packets_out: u64,
     pub relay_packets_in: u64,
     pub relay_dropped: u64,
+    /// Frames WebTransport publishers sent, and their media streams refused.
+    pub frames_in: u64,
+    pub frame_streams_refused: u64,
 }
 
 impl std::iter::Sum for WorkerStats {
@@ -226,6 +245,8 @@ impl std::ops::AddAssign for WorkerStats {
         self.relay_packets_out += o.relay_packets_out;
         self.relay_packets_in += o.relay_packets_in;
         self.relay_dropped += o.relay_dropped;
+        self.frames_in += o.frames_in;
+        self.frame_streams_refused += o.frame_streams_refused;
     }
 }
 

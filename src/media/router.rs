@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{ConsumerCreated, Egress, WorkerCore};
+use super::frames::ingest::FrameStream;
+use super::frames::FrameCodec;
 use super::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
 use super::worker::{self, Command, WorkerHandle};
 use super::{
@@ -323,6 +325,36 @@ impl MediaRouter {
     }
 
     /// Close a transport; a publisher's producers (and everyone's consumers of them) go with it.
+    /// A producer fed by the WebTransport session `publisher` (frames on its own streams),
+    /// on the room's worker.
+    pub async fn create_frame_producer(
+        &self,
+        worker: usize,
+        publisher: TransportId,
+        codec: FrameCodec,
+        rids: Vec<String>,
+    ) -> Result<NewProducer, MediaError> {
+        self.run(worker, move |core, _, _| {
+            core.create_frame_producer(publisher, codec, rids)
+        })
+        .await?
+    }
+
+    /// Hand one of `publisher`'s media streams to the room's worker, which reads it from then
+    /// on (its header says which of the publisher's producers it feeds).
+    pub fn ingest_frames(
+        &self,
+        worker: usize,
+        publisher: TransportId,
+        stream: FrameStream,
+    ) -> Result<(), MediaError> {
+        let handle = self.workers.get(worker).ok_or(MediaError::WorkerGone)?;
+        handle
+            .commands
+            .send(Command::IngestFrames { publisher, stream })
+            .map_err(|_| MediaError::WorkerGone)
+    }
+
     pub async fn close_transport(
         &self,
         worker: usize,

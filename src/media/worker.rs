@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Egress, Relay, WorkerCore};
 use super::egress::BatchEgress;
+use super::frames::ingest::{read_stream, FrameInput, FrameStream, FRAME_INBOX};
 use super::tcp::{Adoption, LinkInput, Links, TcpCounters, WORKER_INBOX};
 use super::{
     MediaConfig, MediaError, MediaEvent, NewProducer, Preference, ProducerId, TransportId,
@@ -61,6 +62,11 @@ pub(crate) enum Command {
         peer: SocketAddr,
         first_frame: Vec<u8>,
         reply: oneshot::Sender<Adoption>,
+    },
+    /// A WebTransport publisher's media stream: read by a task on this worker's thread.
+    IngestFrames {
+        publisher: TransportId,
+        stream: FrameStream,
     },
     /// Any other operation on the core (ORTC, WHEP, pause...): the closure replies itself.
     Run(CoreTask),
@@ -193,6 +199,9 @@ async fn run(
         udp: BatchEgress::new(&socket),
         tcp: Links::new(inbox, tcp_counters),
     };
+    // WebTransport publishers' stream readers run on this thread and deliver here.
+    let (frame_tx, mut frame_inbox) = mpsc::channel::<FrameInput>(FRAME_INBOX);
+    let mut next_frame_stream: u64 = 0;
     let mut dropped_reported = 0;
     loop {
         let deadline = core.next_deadline(Instant::now());
@@ -232,12 +241,25 @@ async fn run(
                     on_link_input(&mut core, input, &mut egress);
                 }
             }
+            Some(input) = frame_inbox.recv() => {
+                core.on_frame_input(input, Instant::now(), &mut egress);
+                for _ in 0..RECV_BURST {
+                    let Ok(input) = frame_inbox.try_recv() else { break };
+                    core.on_frame_input(input, Instant::now(), &mut egress);
+                }
+            }
             command = commands.recv() => {
-                let Some(command) = command else {
-                    tracing::info!(worker = index, "media worker stopping");
-                    return;
-                };
-                handle_command(&mut core, command, &mut egress);
+                match command {
+                    None => {
+                        tracing::info!(worker = index, "media worker stopping");
+                        return;
+                    }
+                    Some(Command::IngestFrames { publisher, stream }) => {
+                        next_frame_stream += 1;
+                        tokio::spawn(read_stream(next_frame_stream, publisher, stream, frame_tx.clone()));
+                    }
+                    Some(command) => handle_command(&mut core, command, &mut egress),
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = housekeeping.tick() => {
@@ -371,6 +393,8 @@ fn handle_command(core: &mut WorkerCore, command: Command, egress: &mut WorkerEg
             let _ = reply.send(adopt_tcp(core, stream, peer, first_frame, egress));
         }
         Command::Run(task) => task(core, now, egress),
+        // Taken by the loop, which owns the frame inbox.
+        Command::IngestFrames { .. } => {}
     }
 }
 

@@ -84,6 +84,19 @@ pub enum Notice {
         producer_id: ProducerId,
         layers: Vec<(String, bool)>,
     },
+    /// To a WebTransport publisher: send a keyframe on this track's layer.
+    KeyframeRequested {
+        producer_id: ProducerId,
+        layer: u8,
+        rid: Option<String>,
+    },
+    /// To a WebTransport publisher: one of its media streams was refused (`code` is one of
+    /// the framing's codes, e.g. `INVALID_FRAME`).
+    FrameError {
+        producer_id: Option<ProducerId>,
+        code: &'static str,
+        message: String,
+    },
     Kicked {
         room_id: String,
         reason: String,

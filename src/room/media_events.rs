@@ -15,6 +15,8 @@ impl Rooms {
             | MediaEvent::LayerChanged { transport, .. }
             | MediaEvent::LayersWanted { transport, .. }
             | MediaEvent::BandwidthEstimate { transport, .. }
+            | MediaEvent::KeyframeWanted { transport, .. }
+            | MediaEvent::FrameRefused { transport, .. }
             | MediaEvent::TransportClosed { transport, .. } => *transport,
         };
         let mut state = self.lock();
@@ -55,6 +57,38 @@ impl Rooms {
                     p.notifier.notify(Notice::LayersWanted {
                         producer_id: producer,
                         layers,
+                    });
+                }
+                Vec::new()
+            }
+            MediaEvent::KeyframeWanted {
+                producer, layer, ..
+            } => {
+                if let Some(p) = room.participants.get(&participant_id) {
+                    let rid = p
+                        .producers
+                        .iter()
+                        .find(|v| v.producer_id == producer)
+                        .and_then(|v| v.layers.get(usize::from(layer)).cloned());
+                    p.notifier.notify(Notice::KeyframeRequested {
+                        producer_id: producer,
+                        layer,
+                        rid,
+                    });
+                }
+                Vec::new()
+            }
+            MediaEvent::FrameRefused {
+                producer,
+                code,
+                message,
+                ..
+            } => {
+                if let Some(p) = room.participants.get(&participant_id) {
+                    p.notifier.notify(Notice::FrameError {
+                        producer_id: producer,
+                        code,
+                        message,
                     });
                 }
                 Vec::new()

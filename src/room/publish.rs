@@ -5,6 +5,8 @@
 use super::events::{Notice, ProducerView, RoomEvent};
 use super::model::Dialect;
 use super::{RoomError, RoomErrorKind, Rooms};
+use crate::media::frames::ingest::FrameStream;
+use crate::media::frames::FrameCodec;
 use crate::media::{NewProducer, Preference, ProducerId};
 
 /// A producer just published, with the mid of its m-line in the offer.
@@ -25,6 +27,39 @@ impl Rooms {
             .announce_producers(room_id, participant_id, worker, created)
             .await?;
         Ok((answer, announced))
+    }
+
+    /// A track the participant sends as frames over its WebTransport session
+    /// (`publishFrames`); announced and subscribed like any other producer.
+    pub async fn publish_frames(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        codec: FrameCodec,
+        rids: Vec<String>,
+    ) -> Result<AnnouncedProducer, RoomError> {
+        let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
+        let created = self
+            .media
+            .create_frame_producer(worker, publisher, codec, rids)
+            .await?;
+        let mut announced = self
+            .announce_producers(room_id, participant_id, worker, vec![created])
+            .await?;
+        announced
+            .pop()
+            .ok_or_else(|| RoomError::new(RoomErrorKind::Internal, "producer not announced"))
+    }
+
+    /// One of the participant's media streams; its room's worker reads it from now on.
+    pub fn ingest_frames(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        stream: FrameStream,
+    ) -> Result<(), RoomError> {
+        let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
+        Ok(self.media.ingest_frames(worker, publisher, stream)?)
     }
 
     /// Record new producers, tell the room, and subscribe every SDP participant to them.

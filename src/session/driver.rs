@@ -23,6 +23,8 @@ const OUTBOUND_QUEUE: usize = crate::session::REPLAY_BUFFER + 256;
 /// One frame from the client, as the transport decoded it.
 pub enum Inbound {
     Text(String),
+    /// A media stream the client opened (WebTransport unidirectional stream).
+    FrameStream(crate::media::frames::ingest::FrameStream),
     /// Binary or otherwise undecodable (e.g. invalid UTF-8) payload.
     Invalid(&'static str),
 }
@@ -46,6 +48,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
     let mut session: SharedSession = Arc::new(tokio::sync::Mutex::new(Session::new(ctx.clone())));
     let mut generation = session.lock().await.sink().attach(tx.clone(), kick.clone());
     let transport = conn.kind();
+    session.lock().await.set_carrier(transport);
     metrics::counter!("sfu_signaling_connections_total", "transport" => transport).increment(1);
     // Until `authenticate` (or `resume`) succeeds the connection is on a deadline.
     let auth_timeout = Duration::from_secs(ctx.settings.config.auth_timeout_secs);
@@ -84,6 +87,10 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                 let Some(inbound) = inbound else { break };
                 match handle_inbound(&session, inbound).await {
                     Flow::Continue => {}
+                    Flow::Close(reason) => {
+                        conn.close(reason).await;
+                        break;
+                    }
                     Flow::Authenticated { resume_token } => {
                         authenticated = true;
                         ctx.sessions.register_resumable(resume_token, session.clone());
@@ -94,6 +101,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                         if let Some(TakenOver { session: existing, generation: new_generation, alive }) = taken {
                             authenticated = true;
                             session = existing;
+                            session.lock().await.set_carrier(transport);
                             generation = new_generation;
                             if !alive {
                                 break;
@@ -116,6 +124,7 @@ async fn handle_inbound(session: &SharedSession, inbound: Inbound) -> Flow {
             session.lock().await.on_invalid_frame(why);
             Flow::Continue
         }
+        Inbound::FrameStream(stream) => session.lock().await.on_frame_stream(stream),
     }
 }
 

@@ -40,6 +40,10 @@ pub struct Session {
     membership: Option<Membership>,
     /// Failed `authenticate`s on this connection (only the first is logged at warn).
     auth_failures: u32,
+    /// What carries the session now (`webtransport`, `websocket`): frames need WebTransport.
+    carrier: &'static str,
+    /// Media streams refused because the session could not take them (not in a room).
+    refused_streams: u32,
 }
 
 /// What the connection driver must do after a frame was handled.
@@ -49,6 +53,8 @@ pub enum Flow {
     Authenticated {
         resume_token: String,
     },
+    /// The connection must be closed (`reason` for the close frame).
+    Close(&'static str),
     /// The client asks to continue another session on this connection.
     Resume {
         token: String,
@@ -77,7 +83,14 @@ impl Session {
             resume_token: None,
             membership: None,
             auth_failures: 0,
+            carrier: "",
+            refused_streams: 0,
         }
+    }
+
+    /// The connection now carrying this session (set at connect and on resume).
+    pub fn set_carrier(&mut self, kind: &'static str) {
+        self.carrier = kind;
     }
 
     pub fn connection_id(&self) -> Uuid {

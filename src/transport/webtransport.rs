@@ -2,8 +2,9 @@
 //!
 //! Framing: the client opens one bidirectional stream; every message, both directions, is a
 //! 4-byte big-endian length N followed by N bytes of UTF-8 JSON — the same envelopes as `/ws`.
-//! Anything else a client opens (more streams, datagrams) is refused and counted; past a small
-//! budget the session is closed, so a flood costs the server little.
+//! Unidirectional streams carry media frames (`media/frames/wire.rs`) and go to the session.
+//! Anything else a client opens (more bidirectional streams, datagrams) is refused and
+//! counted; past a small budget the session is closed, so a flood costs the server little.
 //!
 //! Certificates: by default a self-signed ECDSA P-256 certificate, valid at most 14 days (the
 //! limit for `serverCertificateHashes`), rotated at half its life without touching open
@@ -392,12 +393,11 @@ impl SignalingConnection for WtConnection {
                         return None;
                     }
                 }
-                extra = self.connection.accept_uni() => {
-                    let Ok(recv) = extra else { return None };
-                    recv.stop(VarInt::from_u32(4));
-                    if self.stray("uni_stream") {
-                        return None;
-                    }
+                // Media: each unidirectional stream carries one track's frames (README
+                // "Media over WebTransport"); the session checks it may take them.
+                media = self.connection.accept_uni() => {
+                    let Ok(recv) = media else { return None };
+                    return Some(Inbound::FrameStream(Box::new(recv)));
                 }
                 datagram = self.connection.receive_datagram() => {
                     if datagram.is_err() || self.stray("datagram") {

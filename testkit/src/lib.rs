@@ -15,6 +15,7 @@ pub mod shaper;
 pub mod signal;
 pub mod source;
 pub mod token;
+pub mod wtmedia;
 
 pub use payload::{
     synthetic_is_keyframe, synthetic_payload, synthetic_picture_id, synthetic_tl0, LAYERS,

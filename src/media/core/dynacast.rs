@@ -111,7 +111,7 @@ impl WorkerCore {
                     },
                 );
             }
-            Origin::Local(_) => {
+            Origin::Local(_) | Origin::Frames => {
                 let layers = producer
                     .layers
                     .iter()

@@ -97,7 +97,7 @@ impl WorkerCore {
     }
 
     /// The same for both: measure, then each consumer of the producer on this worker.
-    fn fan_out(
+    pub(super) fn fan_out(
         &mut self,
         pk: ProducerKey,
         packet: &ProducerPacket,
@@ -144,7 +144,7 @@ impl WorkerCore {
     }
 
     /// Layer activity of the producer; false if the layer is unknown.
-    fn note_packet(&mut self, pk: ProducerKey, layer: u8, now: Instant) -> bool {
+    pub(super) fn note_packet(&mut self, pk: ProducerKey, layer: u8, now: Instant) -> bool {
         let producer = &mut self.producers[pk];
         let Some(layer_state) = producer.layers.get_mut(layer as usize) else {
             return false;

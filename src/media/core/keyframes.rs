@@ -9,7 +9,7 @@ use str0m::media::KeyframeRequestKind;
 
 use super::{ConsumerKey, Deferred, Origin, ProducerKey, Relay, TransportKey, WorkerCore};
 use crate::media::simulcast::MAX_LAYERS;
-use crate::media::Kind;
+use crate::media::{Kind, MediaEvent};
 
 /// At most one keyframe request per producer layer in this window. Chromium's encoder ignores
 /// PLIs closer together than 300 ms (libwebrtc's `EncoderRtcpFeedback`), so asking sooner only
@@ -211,6 +211,18 @@ impl WorkerCore {
             Origin::Mirror { home, .. } => {
                 let producer = producer.id;
                 self.relay_to(home, Relay::Keyframe { producer, layer });
+                return;
+            }
+            // Asked over signaling; a deferred ask is dropped (the consumer asks again).
+            Origin::Frames => {
+                if producer.keyframes.admit(layer, now).is_ok() {
+                    self.stats.keyframe_requests += 1;
+                    let _ = self.events.send(MediaEvent::KeyframeWanted {
+                        transport: producer.publisher,
+                        producer: producer.id,
+                        layer,
+                    });
+                }
                 return;
             }
         };

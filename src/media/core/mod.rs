@@ -14,6 +14,7 @@ mod demux;
 mod drain;
 mod dynacast;
 mod forward;
+mod frames;
 mod keyframes;
 mod ortc;
 mod relay;
@@ -46,6 +47,7 @@ use self::relay::Exports;
 pub use self::relay::{MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
 use super::allocator::TrackState;
 use super::codec::{apply_codecs, CodecName};
+use super::frames::packetize::Packetizer;
 use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
 use super::simulcast::{LayerSelector, Munger, Preference};
 use super::{Kind, MediaError, MediaEvent, NewProducer, ProducerId, TransportId, WorkerStats};
@@ -141,6 +143,8 @@ struct Layer {
     meter: LayerMeter,
     /// Dynacast told the publisher to stop it (see `dynacast`).
     suspended: bool,
+    /// Frame producers (WebTransport publishers): turns the layer's frames into RTP.
+    packetizer: Option<Packetizer>,
 }
 
 impl Layer {
@@ -151,6 +155,7 @@ impl Layer {
             last_packet: None,
             meter: LayerMeter::default(),
             suspended: false,
+            packetizer: None,
         }
     }
 }
@@ -162,6 +167,8 @@ enum Origin {
     Local(TransportKey),
     /// A producer of worker `home`, relayed here (`relay.rs`).
     Mirror { home: usize, nonce: u64 },
+    /// Frames a WebTransport publisher sends on its own streams (`frames.rs`).
+    Frames,
 }
 
 struct Producer {
@@ -258,6 +265,8 @@ pub struct WorkerCore {
     relay_batches: Vec<Vec<ProducerPacket>>,
     /// Publishers speaking at the last housekeeping tick (`bandwidth.rs`).
     speakers: Vec<TransportId>,
+    /// Open media streams of WebTransport publishers: (producer, layer) and the publisher.
+    frame_streams: HashMap<u64, ((ProducerId, u8), TransportId)>,
 }
 
 impl WorkerCore {
@@ -303,6 +312,7 @@ impl WorkerCore {
             relay_out: Vec::new(),
             relay_batches: Vec::new(),
             speakers: Vec::new(),
+            frame_streams: HashMap::new(),
         }
     }
 

@@ -118,9 +118,9 @@ impl WorkerCore {
     pub fn export_spec(&self, producer: ProducerId) -> Result<MirrorSpec, MediaError> {
         let pk = self.producer_key(producer)?;
         let p = &self.producers[pk];
-        let Origin::Local(_) = p.origin else {
+        if let Origin::Mirror { .. } = p.origin {
             return Err(MediaError::ProducerNotFound);
-        };
+        }
         Ok(MirrorSpec {
             producer,
             home: self.index,

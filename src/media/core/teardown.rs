@@ -41,6 +41,8 @@ impl WorkerCore {
         if let Some(key) = self.by_id.get(&id).copied() {
             self.remove_transport(key, now, egress);
         }
+        // A WebTransport publisher's producers hang off its id, not off an `Rtc`.
+        self.close_frame_producers(id, now, egress);
     }
 
     pub(super) fn remove_transport(

@@ -1,6 +1,7 @@
 //! One handler per request type; `dispatch` only checks authentication and routes.
 
 mod account;
+mod frames;
 mod ortc;
 mod rooms;
 mod sdp;
@@ -62,6 +63,7 @@ impl Session {
             Request::CloseProducer(r) => self.close_producer(r).await,
             Request::SetConsumerPreferredLayers(r) => self.set_consumer_layers(r).await,
             Request::SetConsumerPriority(r) => self.set_consumer_priority(r).await,
+            Request::PublishFrames(r) => self.publish_frames(&identity, r).await,
             Request::RestartIce(r) => self.restart_ice(r).await,
         }
     }

@@ -86,6 +86,9 @@ pub enum ErrorCode {
     TransportNotFound,
     /// `consumerId` names no consumer of this participant.
     ConsumerNotFound,
+    /// The request needs a WebTransport session (`publishFrames`: frames travel on its streams).
+    #[serde(rename = "WEBTRANSPORT_REQUIRED")]
+    WebTransportRequired,
     /// The server could not complete the request (worker gone, internal failure).
     InternalError,
 }

@@ -188,6 +188,21 @@ pub struct SetConsumerPriority {
     pub priority: u8,
 }
 
+/// `publishFrames` (WebTransport sessions only): a track this client sends as encoded frames
+/// on the session's own streams (README "Media over WebTransport").
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishFrames {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
+    /// `vp8` or `opus` (a mime type such as `video/VP8` works too).
+    pub codec: String,
+    /// Simulcast layer names, lowest first; none for one layer (and for audio).
+    #[serde(default)]
+    pub layers: Vec<String>,
+}
+
 /// `leaveRoom`, `closeRoom`: nothing but the optional room id.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -235,6 +250,7 @@ pub enum Request {
     CloseProducer(ProducerRef),
     SetConsumerPreferredLayers(SetConsumerPreferredLayers),
     SetConsumerPriority(SetConsumerPriority),
+    PublishFrames(PublishFrames),
     RestartIce(TransportRef),
     SubscriberAnswer(SubscriberAnswer),
     SetPreferredLayer(SetPreferredLayer),
@@ -414,6 +430,7 @@ fn request_of_type(kind: &str, data: Option<Value>) -> Option<Result<Request, St
             payload(kind, data).map(Request::SetConsumerPreferredLayers)
         }
         "setConsumerPriority" => payload(kind, data).map(Request::SetConsumerPriority),
+        "publishFrames" => payload(kind, data).map(Request::PublishFrames),
         "restartIce" => payload(kind, data).map(Request::RestartIce),
         "subscriberAnswer" => payload(kind, data).map(Request::SubscriberAnswer),
         "setPreferredLayer" => payload(kind, data).map(Request::SetPreferredLayer),

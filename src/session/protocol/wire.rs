@@ -239,6 +239,26 @@ pub fn notification(notice: Notice) -> OutboundEnvelope {
                 json!({ "producerId": producer_id.to_string(), "layers": layers }),
             )
         }
+        Notice::KeyframeRequested {
+            producer_id,
+            layer,
+            rid,
+        } => (
+            "keyFrameRequest",
+            json!({ "producerId": producer_id.to_string(), "layer": layer, "rid": rid }),
+        ),
+        Notice::FrameError {
+            producer_id,
+            code,
+            message,
+        } => (
+            "frameError",
+            json!({
+                "producerId": producer_id.map(|p| p.to_string()),
+                "code": code,
+                "message": message,
+            }),
+        ),
         Notice::Kicked { room_id, reason } => {
             ("kicked", json!({ "roomId": room_id, "reason": reason }))
         }

@@ -1,0 +1,53 @@
+//! Media as whole encoded frames, the way WebTransport clients send and receive it
+//! (WebCodecs): the framing (`wire`), reading publishers' streams on the worker (`ingest`)
+//! and turning frames into RTP for WebRTC subscribers (`packetize`).
+
+pub mod ingest;
+pub mod packetize;
+pub mod wire;
+
+use super::Kind;
+
+/// Codecs a WebTransport publisher may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCodec {
+    Vp8,
+    Opus,
+}
+
+impl FrameCodec {
+    /// From a WebCodecs/mediasoup-style name: `vp8`, `video/VP8`, `opus`, `audio/opus`.
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.rsplit('/').next().unwrap_or(name);
+        match name.to_ascii_lowercase().as_str() {
+            "vp8" => Some(FrameCodec::Vp8),
+            "opus" => Some(FrameCodec::Opus),
+            _ => None,
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            FrameCodec::Vp8 => Kind::Video,
+            FrameCodec::Opus => Kind::Audio,
+        }
+    }
+
+    pub fn clock_rate(self) -> u32 {
+        self.kind().clock_rate()
+    }
+
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            FrameCodec::Vp8 => "video/VP8",
+            FrameCodec::Opus => "audio/opus",
+        }
+    }
+
+    pub(crate) fn str0m_codec(self) -> str0m::format::Codec {
+        match self {
+            FrameCodec::Vp8 => str0m::format::Codec::Vp8,
+            FrameCodec::Opus => str0m::format::Codec::Opus,
+        }
+    }
+}

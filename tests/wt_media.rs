@@ -1,0 +1,282 @@
+//! Media over WebTransport, publisher side, with a wtransport client (no browser): a track
+//! published with `publishFrames` and sent as frames on unidirectional streams reaches a
+//! WebRTC (str0m) subscriber as RTP — simulcast layers, switches, keyframe requests — and a
+//! client that breaks the framing is refused with a code while everyone else keeps going.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use testkit::wtmedia::{tagged_vp8_frame, TrackStream};
+use uuid::Uuid;
+
+async fn wt_joined(server: &sfu::ServerHandle, room: &str, name: &str, create: bool) -> WsClient {
+    let mut c = connect_wt(server).await.expect("WebTransport connects");
+    c.join(&token(server, name), room, name, create).await;
+    c
+}
+
+async fn publish_frames(c: &mut WsClient, data: Value) -> Uuid {
+    let reply = c.request("publishFrames", data).await;
+    ok(&reply, "publishFramesResponse")["producerId"]
+        .as_str()
+        .expect("producerId")
+        .parse()
+        .expect("uuid")
+}
+
+/// The next `frameError` notification's code.
+async fn frame_error(c: &mut WsClient) -> String {
+    let n = c.notification("frameError", Duration::from_secs(5)).await;
+    n["data"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// A publisher's three VP8 layers at 30 fps, one stream per one-second group of pictures per
+/// layer, plus Opus every 20 ms; a keyframe also whenever `keyframe_now` is raised.
+fn spawn_sender(
+    connection: wtransport::Connection,
+    video: Uuid,
+    audio: Uuid,
+    keyframe_now: Arc<AtomicBool>,
+    frames_sent: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut layers: Vec<Option<TrackStream>> = vec![None, None, None];
+        let mut mic = TrackStream::open(&connection, audio, 0)
+            .await
+            .expect("audio stream");
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            n += 1;
+            let ts = start.elapsed().as_micros() as u64;
+            if n.is_multiple_of(2)
+                && mic
+                    .write_frame(false, ts, &[0xfc, 0xff, 0xfe])
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            if !n.is_multiple_of(3) {
+                continue;
+            }
+            let frame = n / 3;
+            let key = frame.is_multiple_of(30) || keyframe_now.swap(false, Ordering::Relaxed);
+            for (layer, slot) in layers.iter_mut().enumerate() {
+                if key {
+                    // A new group of pictures: the old stream ends, a new one starts.
+                    if let Some(old) = slot.take() {
+                        let _ = old.finish().await;
+                    }
+                    match TrackStream::open(&connection, video, layer as u8).await {
+                        Ok(s) => *slot = Some(s),
+                        Err(_) => return,
+                    }
+                }
+                let Some(stream) = slot.as_mut() else {
+                    continue;
+                };
+                let payload = tagged_vp8_frame(key, layer as u8);
+                if stream.write_frame(key, ts, &payload).await.is_err() {
+                    return;
+                }
+                frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+fn video_layers(received: &[Received]) -> Vec<u8> {
+    received
+        .iter()
+        .filter(|p| p.layer != 255)
+        .map(|p| p.layer)
+        .collect()
+}
+
+fn last_video_on(received: &[Received], layer: u8) -> bool {
+    let v = video_layers(received);
+    v.len() >= 5 && v.iter().rev().take(5).all(|l| *l == layer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_from_webtransport_reach_a_webrtc_subscriber() {
+    let server = start_server().await;
+    let mut publisher = wt_joined(&server, "wtm", "pub", true).await;
+    let mut sub_ws = joined(&server, "wtm", "sub", false).await;
+    let sub = Peer::spawn().await;
+
+    let video = publish_frames(
+        &mut publisher,
+        json!({ "codec": "vp8", "layers": ["q", "h", "f"] }),
+    )
+    .await;
+    let audio = publish_frames(&mut publisher, json!({ "codec": "opus" })).await;
+    let note = sub_ws
+        .notification("newProducer", Duration::from_secs(5))
+        .await;
+    assert_eq!(note["data"]["producer"]["kind"], "video", "{note}");
+    assert_eq!(note["data"]["producer"]["layers"], json!(["q", "h", "f"]));
+
+    let keyframe_now = Arc::new(AtomicBool::new(false));
+    let frames_sent = Arc::new(AtomicU64::new(0));
+    let sender = spawn_sender(
+        publisher.wt_connection().clone(),
+        video,
+        audio,
+        keyframe_now.clone(),
+        frames_sent.clone(),
+    );
+    negotiate_subscriber(&mut sub_ws, &sub, 2).await;
+
+    // The subscriber's start asks the publisher for a keyframe, over signaling.
+    let ask = publisher
+        .notification("keyFrameRequest", Duration::from_secs(10))
+        .await;
+    assert_eq!(ask["data"]["producerId"], video.to_string(), "{ask}");
+    assert!(ask["data"]["layer"].as_u64().is_some_and(|l| l < 3));
+    keyframe_now.store(true, Ordering::Relaxed);
+
+    wait_until(
+        "video on the top layer",
+        Duration::from_secs(10),
+        || async { last_video_on(&sub.received().await, 2) },
+    )
+    .await;
+    let received = sub.received().await;
+    let audio_packets = received.iter().filter(|p| p.layer == 255).count();
+    assert!(audio_packets > 10, "audio forwarded: {audio_packets}");
+    let first_video = received.iter().find(|p| p.layer != 255).expect("video");
+    assert!(first_video.keyframe, "video starts at a keyframe");
+
+    // A layer switch across frames from WebTransport: down to the lowest layer.
+    ok(
+        &sub_ws
+            .request(
+                "setPreferredLayer",
+                json!({ "producerId": video.to_string(), "layer": "low" }),
+            )
+            .await,
+        "setPreferredLayerResponse",
+    );
+    wait_until("video on the low layer", Duration::from_secs(5), || async {
+        last_video_on(&sub.received().await, 0)
+    })
+    .await;
+    let changed = sub_ws
+        .notification("layerChanged", Duration::from_secs(5))
+        .await;
+    assert_eq!(changed["data"]["producerId"], video.to_string());
+
+    // Sequence numbers stay continuous over the switches (one SSRC per consumer, no gaps
+    // beyond what the layer choice dropped).
+    let received = sub.received().await;
+    let video_mid = received.iter().find(|p| p.layer != 255).unwrap().mid;
+    let seqs: Vec<u64> = received
+        .iter()
+        .filter(|p| p.mid == video_mid)
+        .map(|p| p.seq)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gapless sequence numbers"
+    );
+
+    // Hostile input from another WebTransport participant: each refused with its code, the
+    // session stays up, and the subscriber keeps receiving.
+    let mut mallory = wt_joined(&server, "wtm", "mallory", false).await;
+    let own = publish_frames(&mut mallory, json!({ "codec": "vp8" })).await;
+    let conn = mallory.wt_connection().clone();
+
+    let mut s = TrackStream::open(&conn, video, 0).await.unwrap();
+    s.write_frame(true, 0, &[0, 0, 0, 0]).await.unwrap();
+    assert_eq!(frame_error(&mut mallory).await, "TRACK_NOT_YOURS");
+
+    let mut s = TrackStream::open(&conn, own, 7).await.unwrap();
+    s.write_frame(true, 0, &[0]).await.unwrap();
+    assert_eq!(frame_error(&mut mallory).await, "INVALID_FRAME");
+
+    let mut raw = conn.open_uni().await.unwrap().await.unwrap();
+    raw.write_all(&[9; 18]).await.unwrap();
+    assert_eq!(frame_error(&mut mallory).await, "INVALID_FRAME");
+
+    let mut s = TrackStream::open(&conn, own, 0).await.unwrap();
+    let mut huge = vec![1u8];
+    huge.extend_from_slice(&0u64.to_be_bytes());
+    huge.extend_from_slice(&(64u32 << 20).to_be_bytes());
+    s.write_raw(&huge).await.unwrap();
+    assert_eq!(frame_error(&mut mallory).await, "FRAME_TOO_LARGE");
+
+    let reply = mallory
+        .request("publishFrames", json!({ "codec": "h265" }))
+        .await;
+    assert_eq!(error_code(&reply), "UNSUPPORTED_CODEC");
+    let reply = mallory
+        .request("publishFrames", json!({ "codec": "opus", "layers": ["a"] }))
+        .await;
+    assert_eq!(error_code(&reply), "INVALID_RTP_PARAMETERS");
+    let reply = mallory
+        .request(
+            "publishFrames",
+            json!({ "codec": "vp8", "layers": ["q", "q"] }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "INVALID_RTP_PARAMETERS");
+    // Over WebSocket there is nowhere to send frames.
+    let reply = sub_ws
+        .request("publishFrames", json!({ "codec": "vp8" }))
+        .await;
+    assert_eq!(error_code(&reply), "WEBTRANSPORT_REQUIRED");
+    ok(&mallory.request("ping", json!({})).await, "pong");
+
+    let before = sub.received().await.len();
+    wait_until("media still flowing", Duration::from_secs(5), || async {
+        sub.received().await.len() > before + 50
+    })
+    .await;
+    let status = status(&server).await;
+    let refused: u64 = status["perWorker"]
+        .as_array()
+        .expect("perWorker")
+        .iter()
+        .map(|w| w["media"]["frameStreamsRefused"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(refused, 4, "{status}");
+
+    // A session outside any room cannot open media streams; past a budget it is closed.
+    let mut outsider = connect_wt(&server).await.unwrap();
+    outsider.authenticate(&token(&server, "outsider")).await;
+    let conn = outsider.wt_connection().clone();
+    for _ in 0..17 {
+        let _ = TrackStream::open(&conn, own, 0).await;
+    }
+    assert_eq!(frame_error(&mut outsider).await, "NOT_IN_ROOM");
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    assert!(closed.is_ok(), "the outsider's session is closed");
+
+    // The publisher leaves: its frame producers close for the subscriber.
+    assert!(frames_sent.load(Ordering::Relaxed) > 100);
+    ok(
+        &publisher.request("leaveRoom", json!({})).await,
+        "leaveRoomResponse",
+    );
+    let mut closed = Vec::new();
+    while closed.len() < 2 {
+        let n = sub_ws
+            .notification("producerClosed", Duration::from_secs(5))
+            .await;
+        closed.push(n["data"]["producerId"].as_str().unwrap().to_string());
+    }
+    closed.sort();
+    let mut expected = vec![video.to_string(), audio.to_string()];
+    expected.sort();
+    assert_eq!(closed, expected);
+    sender.abort();
+}
