@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use testkit::wtmedia::{tagged_vp8_frame, TrackStream};
+use testkit::wtmedia::{tagged_vp8_frame, FrameReceiver, ReceivedFrame, TrackStream};
 use uuid::Uuid;
 
 async fn wt_joined(server: &sfu::ServerHandle, room: &str, name: &str, create: bool) -> WsClient {
@@ -278,5 +278,268 @@ async fn frames_from_webtransport_reach_a_webrtc_subscriber() {
     let mut expected = vec![video.to_string(), audio.to_string()];
     expected.sort();
     assert_eq!(closed, expected);
+    sender.abort();
+}
+
+/// A WebTransport subscriber: joined with `media: "webtransport"`, receiving its frames.
+async fn wt_subscriber(
+    server: &sfu::ServerHandle,
+    room: &str,
+    name: &str,
+) -> (WsClient, FrameReceiver) {
+    let mut c = connect_wt(server).await.expect("WebTransport connects");
+    c.authenticate(&token(server, name)).await;
+    let joined = c
+        .request(
+            "joinRoom",
+            json!({ "roomId": room, "displayName": name, "media": "webtransport" }),
+        )
+        .await;
+    ok(&joined, "joinRoomResponse");
+    let frames = FrameReceiver::spawn(c.wt_connection().clone());
+    (c, frames)
+}
+
+async fn consume(c: &mut WsClient, producer: &str) -> Value {
+    let reply = c
+        .request("consumeFrames", json!({ "producerId": producer }))
+        .await;
+    ok(&reply, "consumeFramesResponse").clone()
+}
+
+/// A single-layer WebTransport publisher of `size`-byte VP8-tagged frames at 30 fps, with a
+/// keyframe every second; the payload's byte 1 counts frames (mod 256).
+fn spawn_big_sender(
+    connection: wtransport::Connection,
+    video: Uuid,
+    size: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut stream: Option<TrackStream> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(33));
+        for n in 0u64.. {
+            tick.tick().await;
+            let key = n.is_multiple_of(30);
+            if key {
+                if let Some(old) = stream.take() {
+                    let _ = old.finish().await;
+                }
+                match TrackStream::open(&connection, video, 0).await {
+                    Ok(s) => stream = Some(s),
+                    Err(_) => return,
+                }
+            }
+            let mut payload = vec![0x5au8; size];
+            payload[..4].copy_from_slice(&tagged_vp8_frame(key, 0));
+            payload[1] = n as u8;
+            let ts = start.elapsed().as_micros() as u64;
+            if stream
+                .as_mut()
+                .unwrap()
+                .write_frame(key, ts, &payload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// Frames of `producer` whose payload (as the publisher tagged it) says `layer`.
+fn of(frames: &[ReceivedFrame], producer: Uuid) -> Vec<&ReceivedFrame> {
+    frames.iter().filter(|f| f.producer == producer).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_subscribers_get_frames_from_webrtc_and_webtransport_publishers() {
+    let server = start_server().await;
+    let mut rtc_ws = joined(&server, "wtsub", "rtc", true).await;
+    let rtc = Peer::spawn().await;
+    let published = rtc.publish(&mut rtc_ws).await;
+    let id_of = |kind: &str| {
+        published["producers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == kind)
+            .unwrap()["producerId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (rtc_video, rtc_audio) = (id_of("video"), id_of("audio"));
+    let rtc_video_id: Uuid = rtc_video.parse().unwrap();
+
+    // WebRTC → WebTransport: RTP rebuilt into frames, simulcast layers chosen per subscriber.
+    let (mut a, a_frames) = wt_subscriber(&server, "wtsub", "a").await;
+    let info = consume(&mut a, &rtc_video).await;
+    assert_eq!(info["producer"]["codec"], "video/VP8", "{info}");
+    assert_eq!(info["producer"]["layers"], json!(["q", "h", "f"]));
+    consume(&mut a, &rtc_audio).await;
+    wait_until(
+        "frames of the top layer",
+        Duration::from_secs(10),
+        || async {
+            let f = a_frames.frames();
+            let video = of(&f, rtc_video_id);
+            video.len() >= 10 && video.iter().rev().take(5).all(|f| f.layer == 2)
+        },
+    )
+    .await;
+    let frames = a_frames.frames();
+    let video = of(&frames, rtc_video_id);
+    assert!(
+        video[0].first_in_stream && video[0].keyframe,
+        "a stream starts at a keyframe"
+    );
+    // What the publisher put in each frame: the keyframe bit and the layer it was sent on.
+    for f in &video {
+        assert_eq!(f.payload.len(), 4);
+        assert_eq!(
+            f.payload[3], f.layer,
+            "the frame of the layer the stream names"
+        );
+        assert_eq!(f.payload[0] & 1 == 0, f.keyframe);
+    }
+    let audio_id: Uuid = rtc_audio.parse().unwrap();
+    wait_until("audio frames", Duration::from_secs(5), || async {
+        of(&a_frames.frames(), audio_id).len() > 10
+    })
+    .await;
+    let frames = a_frames.frames();
+    assert!(
+        of(&frames, audio_id)
+            .iter()
+            .filter(|f| f.first_in_stream)
+            .count()
+            == 1,
+        "audio stays on one stream"
+    );
+    // Frames arrive in timestamp order within a stream.
+    assert!(video
+        .windows(2)
+        .all(|w| w[0].stream != w[1].stream || w[0].timestamp_us < w[1].timestamp_us));
+
+    ok(
+        &a.request(
+            "setPreferredLayer",
+            json!({ "producerId": rtc_video, "layer": "low" }),
+        )
+        .await,
+        "setPreferredLayerResponse",
+    );
+    let changed = a.notification("layerChanged", Duration::from_secs(5)).await;
+    assert_eq!(changed["data"]["producerId"], rtc_video);
+    wait_until(
+        "frames of the low layer",
+        Duration::from_secs(5),
+        || async {
+            let f = a_frames.frames();
+            of(&f, rtc_video_id)
+                .iter()
+                .rev()
+                .take(5)
+                .all(|f| f.layer == 0)
+        },
+    )
+    .await;
+    let frames = a_frames.frames();
+    let switched = of(&frames, rtc_video_id)
+        .into_iter()
+        .find(|f| f.layer == 0)
+        .expect("a low-layer frame");
+    assert!(
+        switched.first_in_stream && switched.keyframe,
+        "the switch starts a stream at a keyframe"
+    );
+
+    // WebTransport → WebTransport: the publisher's own bytes, not repacketized.
+    let mut wt_pub = wt_joined(&server, "wtsub", "wtpub", false).await;
+    let big = publish_frames(&mut wt_pub, json!({ "codec": "vp8" })).await;
+    let sender = spawn_big_sender(wt_pub.wt_connection().clone(), big, 100_000);
+    let (mut fast, fast_frames) = wt_subscriber(&server, "wtsub", "fast").await;
+    let (mut slow, slow_frames) = wt_subscriber(&server, "wtsub", "slow").await;
+    consume(&mut fast, &big.to_string()).await;
+    consume(&mut slow, &big.to_string()).await;
+    wait_until("big frames on both", Duration::from_secs(10), || async {
+        of(&fast_frames.frames(), big).len() > 20 && of(&slow_frames.frames(), big).len() > 20
+    })
+    .await;
+    let frames = fast_frames.frames();
+    let f = of(&frames, big)[5];
+    assert_eq!(f.payload.len(), 100_000);
+    assert!(f.payload[4..].iter().all(|b| *b == 0x5a), "byte for byte");
+
+    // A subscriber that stops reading: it is reset and skipped, the others are not held up,
+    // and when it reads again it resumes at a keyframe.
+    slow_frames
+        .paused
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = of(&fast_frames.frames(), big).len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = of(&fast_frames.frames(), big).len() - before;
+    assert!(
+        during >= 90,
+        "the fast subscriber kept receiving: {during} frames in 4 s"
+    );
+    let media = &status(&server).await["media"];
+    assert!(media["framesDropped"].as_u64().unwrap() > 0, "{media}");
+    let slow_before = slow_frames.frames().len();
+    slow_frames
+        .paused
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    wait_until(
+        "the slow subscriber resumes",
+        Duration::from_secs(10),
+        || async {
+            let frames = slow_frames.frames();
+            frames[slow_before..]
+                .iter()
+                .any(|f| f.producer == big && f.first_in_stream && f.keyframe)
+                && frames.len() > slow_before + 30
+        },
+    )
+    .await;
+    // Frame counters (payload byte 1) of the fast subscriber: no frame missing.
+    let counters: Vec<u8> = of(&fast_frames.frames(), big)
+        .iter()
+        .map(|f| f.payload[1])
+        .collect();
+    assert!(
+        counters.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "the fast subscriber lost nothing"
+    );
+
+    // Refusals.
+    let reply = rtc_ws
+        .request("consumeFrames", json!({ "producerId": rtc_video }))
+        .await;
+    assert_eq!(error_code(&reply), "WEBTRANSPORT_REQUIRED");
+    let reply = a
+        .request(
+            "consumeFrames",
+            json!({ "producerId": Uuid::new_v4().to_string() }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "PRODUCER_NOT_FOUND");
+    let mut ws = WsClient::connect(server.http_addr).await;
+    ws.authenticate(&token(&server, "ws")).await;
+    let reply = ws
+        .request(
+            "joinRoom",
+            json!({ "roomId": "wtsub", "displayName": "ws", "media": "webtransport" }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "WEBTRANSPORT_REQUIRED");
+
+    // Leaving ends the subscriber's consumers; the counts go back.
+    for c in [&mut a, &mut fast, &mut slow] {
+        ok(
+            &c.request("leaveRoom", json!({})).await,
+            "leaveRoomResponse",
+        );
+    }
     sender.abort();
 }

@@ -212,6 +212,9 @@ pub struct WorkerStats {
     /// Frames WebTransport publishers sent, and their media streams refused.
     pub frames_in: u64,
     pub frame_streams_refused: u64,
+    /// Frames queued for WebTransport subscribers, and dropped because one was behind.
+    pub frames_out: u64,
+    pub frames_dropped: u64,
 }
 
 impl std::iter::Sum for WorkerStats {
@@ -247,6 +250,8 @@ impl std::ops::AddAssign for WorkerStats {
         self.relay_dropped += o.relay_dropped;
         self.frames_in += o.frames_in;
         self.frame_streams_refused += o.frame_streams_refused;
+        self.frames_out += o.frames_out;
+        self.frames_dropped += o.frames_dropped;
     }
 }
 

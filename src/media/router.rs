@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::core::FrameConsumerInfo;
 use super::core::{ConsumerCreated, Egress, WorkerCore};
 use super::frames::ingest::FrameStream;
+use super::frames::sink::FrameSession;
 use super::frames::FrameCodec;
 use super::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
 use super::worker::{self, Command, WorkerHandle};
@@ -299,14 +301,24 @@ impl MediaRouter {
         producer: ProducerId,
         preference: Preference,
     ) -> Result<(), MediaError> {
-        let worker = self.locate(worker, transport);
-        self.call(worker, |reply| Command::SetPreference {
-            transport,
-            producer,
-            preference,
-            reply,
-        })
-        .await?
+        let home = worker;
+        let worker = self.locate(home, transport);
+        let rtp = self
+            .call(worker, |reply| Command::SetPreference {
+                transport,
+                producer,
+                preference,
+                reply,
+            })
+            .await?;
+        match rtp {
+            Ok(()) => Ok(()),
+            // Not a WebRTC consumer: maybe the participant takes this track as frames.
+            Err(e) => self
+                .set_frame_preference(home, transport, producer, preference)
+                .await
+                .map_err(|_| e),
+        }
     }
 
     /// Rank a consumer against the subscriber's others (1–255) when its link is short.
@@ -355,15 +367,51 @@ impl MediaRouter {
             .map_err(|_| MediaError::WorkerGone)
     }
 
+    /// Send `producer`'s frames to the WebTransport session of subscriber transport
+    /// `subscriber`, from the room's worker (where the producer lives).
+    pub async fn create_frame_consumer(
+        &self,
+        worker: usize,
+        subscriber: TransportId,
+        producer: ProducerId,
+        session: Arc<dyn FrameSession>,
+    ) -> Result<FrameConsumerInfo, MediaError> {
+        self.run(worker, move |core, now, _| {
+            core.create_frame_consumer(subscriber, producer, session, now)
+        })
+        .await?
+    }
+
+    pub async fn set_frame_preference(
+        &self,
+        worker: usize,
+        subscriber: TransportId,
+        producer: ProducerId,
+        preference: Preference,
+    ) -> Result<(), MediaError> {
+        self.run(worker, move |core, now, _| {
+            core.set_frame_preference(subscriber, producer, preference, now)
+        })
+        .await?
+    }
+
     pub async fn close_transport(
         &self,
         worker: usize,
         transport: TransportId,
     ) -> Result<(), MediaError> {
-        let worker = self.locate(worker, transport);
+        let home = worker;
+        let worker = self.locate(home, transport);
         let closed = self
             .call(worker, |reply| Command::CloseTransport { transport, reply })
             .await;
+        // WebTransport consumers under this id live on the room's worker whatever the
+        // placement of its WebRTC transport.
+        if worker != home {
+            let _ = self
+                .call(home, |reply| Command::CloseTransport { transport, reply })
+                .await;
+        }
         self.placements().remove(&transport);
         closed
     }

@@ -44,6 +44,9 @@ pub enum Dialect {
     Whip,
     /// A WHEP player: one HTTP exchange, consumes what was published when it started.
     Whep,
+    /// Media over WebTransport (`joinRoom` with `media: "webtransport"`): consumes explicitly
+    /// with `consumeFrames`; never sent subscriber offers.
+    Frames,
 }
 
 impl Dialect {

@@ -5,7 +5,11 @@
 use super::events::{Notice, ProducerView, RoomEvent};
 use super::model::Dialect;
 use super::{RoomError, RoomErrorKind, Rooms};
+use std::sync::Arc;
+
+use crate::media::core::FrameConsumerInfo;
 use crate::media::frames::ingest::FrameStream;
+use crate::media::frames::sink::FrameSession;
 use crate::media::frames::FrameCodec;
 use crate::media::{NewProducer, Preference, ProducerId};
 
@@ -49,6 +53,39 @@ impl Rooms {
         announced
             .pop()
             .ok_or_else(|| RoomError::new(RoomErrorKind::Internal, "producer not announced"))
+    }
+
+    /// Send `producer_id`'s frames to the participant's WebTransport session.
+    pub async fn consume_frames(
+        &self,
+        room_id: &str,
+        participant_id: &str,
+        producer_id: &str,
+        session: Arc<dyn FrameSession>,
+    ) -> Result<(ProducerView, FrameConsumerInfo), RoomError> {
+        let no_such = || {
+            RoomError::new(
+                RoomErrorKind::ProducerNotFound,
+                "no such producer in this room",
+            )
+        };
+        let producer: ProducerId = producer_id.parse().map_err(|_| no_such())?;
+        let (worker, view, subscriber) =
+            self.with_participant(room_id, participant_id, |room, pid| {
+                let view = room
+                    .participants
+                    .values()
+                    .flat_map(|p| p.producers.iter())
+                    .find(|v| v.producer_id == producer)
+                    .cloned();
+                Ok((room.worker, view, Self::participant(room, pid).subscriber))
+            })?;
+        let view = view.ok_or_else(no_such)?;
+        let info = self
+            .media
+            .create_frame_consumer(worker, subscriber, producer, session)
+            .await?;
+        Ok((view, info))
     }
 
     /// One of the participant's media streams; its room's worker reads it from now on.

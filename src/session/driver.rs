@@ -14,6 +14,7 @@ use tokio::time::Sleep;
 use super::protocol::{ErrorCode, OutboundEnvelope};
 use super::{Flow, Session, SharedSession};
 use crate::auth::Identity;
+use crate::media::frames::sink::FrameSession;
 use crate::AppContext;
 
 /// Outbound frames a connection may have queued before the client counts as stuck; also
@@ -37,6 +38,10 @@ pub trait SignalingConnection: Send {
     fn send(&mut self, text: Arc<str>) -> impl Future<Output = bool> + Send;
     /// A short name for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// Where media frames can be sent to this client (WebTransport only).
+    fn frame_session(&self) -> Option<Arc<dyn FrameSession>> {
+        None
+    }
     /// End the connection on the server's initiative, after what was sent reached the client
     /// (bounded wait); `reason` is a short text for the close frame.
     fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
@@ -48,7 +53,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
     let mut session: SharedSession = Arc::new(tokio::sync::Mutex::new(Session::new(ctx.clone())));
     let mut generation = session.lock().await.sink().attach(tx.clone(), kick.clone());
     let transport = conn.kind();
-    session.lock().await.set_carrier(transport);
+    session.lock().await.set_carrier(conn.frame_session());
     metrics::counter!("sfu_signaling_connections_total", "transport" => transport).increment(1);
     // Until `authenticate` (or `resume`) succeeds the connection is on a deadline.
     let auth_timeout = Duration::from_secs(ctx.settings.config.auth_timeout_secs);
@@ -101,7 +106,7 @@ pub async fn drive(ctx: Arc<AppContext>, mut conn: impl SignalingConnection) {
                         if let Some(TakenOver { session: existing, generation: new_generation, alive }) = taken {
                             authenticated = true;
                             session = existing;
-                            session.lock().await.set_carrier(transport);
+                            session.lock().await.set_carrier(conn.frame_session());
                             generation = new_generation;
                             if !alive {
                                 break;

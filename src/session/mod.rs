@@ -21,6 +21,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::auth::Identity;
+use crate::media::frames::sink::FrameSession;
 use crate::AppContext;
 use protocol::{parse_request, ErrorCode, OutboundEnvelope, ParseFailure, ParsedRequest, Request};
 
@@ -40,8 +41,8 @@ pub struct Session {
     membership: Option<Membership>,
     /// Failed `authenticate`s on this connection (only the first is logged at warn).
     auth_failures: u32,
-    /// What carries the session now (`webtransport`, `websocket`): frames need WebTransport.
-    carrier: &'static str,
+    /// The WebTransport session carrying this one, to send it frames (`None` on WebSocket).
+    frame_session: Option<Arc<dyn FrameSession>>,
     /// Media streams refused because the session could not take them (not in a room).
     refused_streams: u32,
 }
@@ -83,14 +84,15 @@ impl Session {
             resume_token: None,
             membership: None,
             auth_failures: 0,
-            carrier: "",
+            frame_session: None,
             refused_streams: 0,
         }
     }
 
-    /// The connection now carrying this session (set at connect and on resume).
-    pub fn set_carrier(&mut self, kind: &'static str) {
-        self.carrier = kind;
+    /// The connection now carrying this session (set at connect and on resume): frames can
+    /// be sent only over a WebTransport one.
+    pub fn set_carrier(&mut self, frame_session: Option<Arc<dyn FrameSession>>) {
+        self.frame_session = frame_session;
     }
 
     pub fn connection_id(&self) -> Uuid {

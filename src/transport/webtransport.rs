@@ -24,6 +24,7 @@ use wtransport::tls::self_signed::time::OffsetDateTime;
 use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
 use super::admission::{self, Caller, Entry};
+use crate::media::frames::sink::{BoxFuture, FrameSession, FrameStreamOut};
 use crate::session::driver::{drive, Inbound, SignalingConnection};
 use crate::session::protocol::{ErrorCode, OutboundEnvelope};
 use crate::AppContext;
@@ -419,6 +420,10 @@ impl SignalingConnection for WtConnection {
         "webtransport"
     }
 
+    fn frame_session(&self) -> Option<Arc<dyn FrameSession>> {
+        Some(Arc::new(WtFrameSession(self.connection.clone())))
+    }
+
     async fn close(&mut self, reason: &'static str) {
         // Closing the connection at once would discard stream data still in flight: finish
         // the stream and give the client a moment to read it first.
@@ -430,5 +435,31 @@ impl SignalingConnection for WtConnection {
         .await;
         self.connection
             .close(VarInt::from_u32(6), reason.as_bytes());
+    }
+}
+
+/// Frames to a WebTransport subscriber go on unidirectional streams of its session.
+struct WtFrameSession(Connection);
+
+/// Application error code of a stream the server abandoned (the subscriber was behind).
+const STALE_STREAM: u32 = 0x10;
+
+impl FrameSession for WtFrameSession {
+    fn open_stream(&self) -> BoxFuture<'static, Option<Box<dyn FrameStreamOut>>> {
+        let connection = self.0.clone();
+        Box::pin(async move {
+            let stream = connection.open_uni().await.ok()?.await.ok()?;
+            Some(Box::new(stream) as Box<dyn FrameStreamOut>)
+        })
+    }
+}
+
+impl FrameStreamOut for SendStream {
+    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> BoxFuture<'a, bool> {
+        Box::pin(async move { self.write_all(bytes).await.is_ok() })
+    }
+
+    fn reset(&mut self) {
+        let _ = SendStream::reset(self, VarInt::from_u32(STALE_STREAM));
     }
 }

@@ -61,3 +61,93 @@ impl TrackStream {
 pub fn tagged_vp8_frame(keyframe: bool, layer: u8) -> [u8; 4] {
     [if keyframe { 0x00 } else { 0x01 }, 0x00, 0x00, layer]
 }
+
+/// One frame a WebTransport subscriber received.
+#[derive(Debug, Clone)]
+pub struct ReceivedFrame {
+    pub producer: Uuid,
+    pub layer: u8,
+    pub keyframe: bool,
+    pub timestamp_us: u64,
+    pub payload: Vec<u8>,
+    /// Which stream (in order of acceptance) carried it.
+    pub stream: u64,
+    /// Whether it was the first frame of its stream.
+    pub first_in_stream: bool,
+}
+
+/// Accepts the server's media streams on a session and records their frames. `paused`
+/// stops reading (a slow subscriber) until cleared.
+#[derive(Clone, Default)]
+pub struct FrameReceiver {
+    pub frames: std::sync::Arc<std::sync::Mutex<Vec<ReceivedFrame>>>,
+    pub paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Streams that ended in a reset (the server abandoned them).
+    pub resets: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FrameReceiver {
+    pub fn spawn(connection: Connection) -> Self {
+        let receiver = FrameReceiver::default();
+        let r = receiver.clone();
+        tokio::spawn(async move {
+            let mut index = 0u64;
+            while let Ok(stream) = connection.accept_uni().await {
+                index += 1;
+                tokio::spawn(r.clone().read(stream, index));
+            }
+        });
+        receiver
+    }
+
+    pub fn frames(&self) -> Vec<ReceivedFrame> {
+        self.frames.lock().unwrap().clone()
+    }
+
+    async fn wait_while_paused(&self) {
+        while self.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn read(self, mut stream: wtransport::RecvStream, index: u64) {
+        let mut header = [0u8; 18];
+        self.wait_while_paused().await;
+        if stream.read_exact(&mut header).await.is_err() || header[0] != 1 {
+            return;
+        }
+        let producer = Uuid::from_bytes(header[1..17].try_into().unwrap());
+        let layer = header[17];
+        let mut first = true;
+        loop {
+            self.wait_while_paused().await;
+            let mut head = [0u8; 13];
+            match stream.read_exact(&mut head).await {
+                Ok(()) => {}
+                Err(wtransport::error::StreamReadExactError::FinishedEarly(0)) => return,
+                Err(_) => {
+                    self.resets
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+            let length = u32::from_be_bytes(head[9..13].try_into().unwrap()) as usize;
+            let mut payload = vec![0u8; length];
+            if stream.read_exact(&mut payload).await.is_err() {
+                self.resets
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            self.frames.lock().unwrap().push(ReceivedFrame {
+                producer,
+                layer,
+                keyframe: head[0] & 1 == 1,
+                timestamp_us: u64::from_be_bytes(head[1..9].try_into().unwrap()),
+                payload,
+                stream: index,
+                first_in_stream: first,
+            });
+            first = false;
+        }
+    }
+}

@@ -104,6 +104,9 @@ impl WorkerCore {
         now: Instant,
         egress: &mut dyn Egress,
     ) {
+        if !self.producers[pk].frame_consumers.is_empty() {
+            self.depacketize_for_frames(pk, packet.layer, packet, now);
+        }
         let producer = &mut self.producers[pk];
         let video = producer.kind == Kind::Video;
         let info = if video {

@@ -89,6 +89,7 @@ impl WorkerCore {
             voice: Default::default(),
             exports: Exports::default(),
             idle_since: None,
+            frame_consumers: Vec::new(),
         });
         self.producer_by_id.insert(id, pk);
         Ok(NewProducer {
@@ -164,11 +165,13 @@ impl WorkerCore {
             }
             FrameInput::Frame {
                 stream,
+                keyframe,
                 timestamp_us,
                 payload,
             } => {
                 if let Some(((producer, layer), _)) = self.frame_streams.get(&stream).copied() {
-                    self.forward_frame(producer, layer, timestamp_us, &payload, now, egress);
+                    let frame = (keyframe, timestamp_us, payload);
+                    self.forward_frame(producer, layer, frame, now, egress);
                 }
             }
             FrameInput::Failed {
@@ -202,8 +205,7 @@ impl WorkerCore {
         &mut self,
         producer: Uuid,
         layer: u8,
-        timestamp_us: u64,
-        frame: &[u8],
+        (keyframe, timestamp_us, frame): (bool, u64, std::sync::Arc<[u8]>),
         now: Instant,
         egress: &mut dyn Egress,
     ) {
@@ -211,6 +213,11 @@ impl WorkerCore {
             return;
         };
         self.stats.frames_in += 1;
+        // WebTransport subscribers get the frame as it came, before any RTP is made of it.
+        if !self.producers[pk].frame_consumers.is_empty() && !self.producers[pk].paused {
+            self.note_packet(pk, layer, now);
+            self.deliver_frame(pk, layer, keyframe, timestamp_us, frame.clone(), now);
+        }
         let mut pieces: Vec<RtpPiece> = Vec::with_capacity(frame.len() / 1000 + 1);
         let p = &mut self.producers[pk];
         let Some(packetizer) = p
@@ -220,7 +227,7 @@ impl WorkerCore {
         else {
             return;
         };
-        packetizer.packetize(frame, timestamp_us, |piece| pieces.push(piece));
+        packetizer.packetize(&frame, timestamp_us, |piece| pieces.push(piece));
         let (Some(pt), params) = (p.codec_pt, p.codec_params) else {
             return;
         };

@@ -15,6 +15,7 @@ mod drain;
 mod dynacast;
 mod forward;
 mod frames;
+mod frames_out;
 mod keyframes;
 mod ortc;
 mod relay;
@@ -41,12 +42,15 @@ use self::arena::{ConsumerKey, ProducerKey, TransportKey};
 pub use self::bandwidth::BweSettings;
 use self::bandwidth::{LayerMeter, SubscriberBwe};
 use self::dynacast::Dynacast;
+use self::frames_out::FrameConsumer;
+pub use self::frames_out::FrameConsumerInfo;
 use self::keyframes::KeyframeRequests;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
 use self::relay::Exports;
 pub use self::relay::{MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
 use super::allocator::TrackState;
 use super::codec::{apply_codecs, CodecName};
+use super::frames::depacketize::Depacketizer;
 use super::frames::packetize::Packetizer;
 use super::ortc::{PublishedLine, RemoteIdentity, RtpCodecParameters};
 use super::simulcast::{LayerSelector, Munger, Preference};
@@ -145,6 +149,8 @@ struct Layer {
     suspended: bool,
     /// Frame producers (WebTransport publishers): turns the layer's frames into RTP.
     packetizer: Option<Packetizer>,
+    /// WebRTC producers with WebTransport subscribers: rebuilds the layer's frames from RTP.
+    depacketizer: Option<Depacketizer>,
 }
 
 impl Layer {
@@ -156,6 +162,7 @@ impl Layer {
             meter: LayerMeter::default(),
             suspended: false,
             packetizer: None,
+            depacketizer: None,
         }
     }
 }
@@ -197,6 +204,8 @@ struct Producer {
     exports: Exports,
     /// Mirror side: since when nobody consumes it.
     idle_since: Option<Instant>,
+    /// WebTransport subscribers of it (`frames_out.rs`), by key.
+    frame_consumers: Vec<usize>,
 }
 
 struct Consumer {
@@ -267,6 +276,8 @@ pub struct WorkerCore {
     speakers: Vec<TransportId>,
     /// Open media streams of WebTransport publishers: (producer, layer) and the publisher.
     frame_streams: HashMap<u64, ((ProducerId, u8), TransportId)>,
+    /// WebTransport subscribers' consumers.
+    frame_consumers: slab::Slab<FrameConsumer>,
 }
 
 impl WorkerCore {
@@ -313,6 +324,7 @@ impl WorkerCore {
             relay_batches: Vec::new(),
             speakers: Vec::new(),
             frame_streams: HashMap::new(),
+            frame_consumers: slab::Slab::new(),
         }
     }
 

@@ -183,6 +183,7 @@ impl WorkerCore {
             voice: Default::default(),
             exports: Exports::default(),
             idle_since: Some(now),
+            frame_consumers: Vec::new(),
         });
         self.producer_by_id.insert(spec.producer, pk);
         nonce
@@ -271,6 +272,9 @@ impl WorkerCore {
 
     /// Home side: a producer went away; its mirrors must follow.
     pub(super) fn producer_removed(&mut self, removed: &Producer) {
+        for key in &removed.frame_consumers {
+            self.frame_consumers.try_remove(*key);
+        }
         for (worker, _) in &removed.exports.to {
             let producer = removed.id;
             self.relay_to(*worker, Relay::ProducerGone { producer });

@@ -181,6 +181,7 @@ impl WorkerCore {
             voice: Default::default(),
             exports: Default::default(),
             idle_since: None,
+            frame_consumers: Vec::new(),
         });
         self.producer_by_id.insert(id, pk);
         self.transports[key].producers_by_mid.insert(mid, pk);

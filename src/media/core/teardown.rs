@@ -43,6 +43,7 @@ impl WorkerCore {
         }
         // A WebTransport publisher's producers hang off its id, not off an `Rtc`.
         self.close_frame_producers(id, now, egress);
+        self.close_frame_consumers(id);
     }
 
     pub(super) fn remove_transport(

@@ -36,11 +36,12 @@ pub(crate) enum FrameInput {
         header: StreamHeader,
         stop: Arc<AtomicBool>,
     },
-    /// One whole frame (its keyframe flag is read from the payload by the forwarder).
+    /// One whole frame.
     Frame {
         stream: u64,
+        keyframe: bool,
         timestamp_us: u64,
-        payload: Vec<u8>,
+        payload: Arc<[u8]>,
     },
     /// The stream broke the framing or timed out; it is dropped.
     Failed {
@@ -114,8 +115,9 @@ async fn read_frames(
         }
         let input = FrameInput::Frame {
             stream,
+            keyframe: frame.keyframe,
             timestamp_us: frame.timestamp_us,
-            payload,
+            payload: payload.into(),
         };
         if inbox.send(input).await.is_err() {
             return Ok(());
@@ -200,9 +202,11 @@ mod tests {
         let out = run(stream_with(&[(true, b"key"), (false, b"delta")])).await;
         assert!(matches!(&out[0], FrameInput::Opened { header, .. }
             if header.producer == Uuid::from_u128(42) && header.layer == 1));
-        assert!(matches!(&out[1], FrameInput::Frame { payload, .. } if payload == b"key"));
         assert!(
-            matches!(&out[2], FrameInput::Frame { timestamp_us: 33_000, payload, .. } if payload == b"delta")
+            matches!(&out[1], FrameInput::Frame { keyframe: true, payload, .. } if &payload[..] == b"key")
+        );
+        assert!(
+            matches!(&out[2], FrameInput::Frame { keyframe: false, timestamp_us: 33_000, payload, .. } if &payload[..] == b"delta")
         );
         assert!(matches!(out[3], FrameInput::Ended { stream: 7 }));
     }

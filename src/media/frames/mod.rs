@@ -1,9 +1,12 @@
 //! Media as whole encoded frames, the way WebTransport clients send and receive it
-//! (WebCodecs): the framing (`wire`), reading publishers' streams on the worker (`ingest`)
-//! and turning frames into RTP for WebRTC subscribers (`packetize`).
+//! (WebCodecs): the framing (`wire`), reading publishers' streams on the worker (`ingest`),
+//! frames into RTP for WebRTC subscribers (`packetize`), RTP into frames for WebTransport
+//! subscribers (`depacketize`), and writing to those subscribers without waiting (`sink`).
 
+pub mod depacketize;
 pub mod ingest;
 pub mod packetize;
+pub mod sink;
 pub mod wire;
 
 use super::Kind;
@@ -48,6 +51,17 @@ impl FrameCodec {
         match self {
             FrameCodec::Vp8 => str0m::format::Codec::Vp8,
             FrameCodec::Opus => str0m::format::Codec::Opus,
+        }
+    }
+}
+
+impl FrameCodec {
+    /// The frame codec of a str0m codec, when frames of it can be sent.
+    pub(crate) fn from_str0m(codec: str0m::format::Codec) -> Option<Self> {
+        match codec {
+            str0m::format::Codec::Vp8 => Some(FrameCodec::Vp8),
+            str0m::format::Codec::Opus => Some(FrameCodec::Opus),
+            _ => None,
         }
     }
 }

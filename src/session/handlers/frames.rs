@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::super::protocol::wire::ProducerInfo;
-use super::super::protocol::{ErrorCode, OutboundEnvelope, PublishFrames};
+use super::super::protocol::{ConsumeFrames, ErrorCode, OutboundEnvelope, PublishFrames};
 use super::super::{Flow, Reply, Session};
 use super::publish_denied;
 use crate::auth::Identity;
@@ -18,11 +18,8 @@ const REFUSED_STREAM_BUDGET: u32 = 16;
 
 impl Session {
     pub(super) async fn publish_frames(&mut self, identity: &Identity, r: PublishFrames) -> Reply {
-        if self.carrier != "webtransport" {
-            return Err(Failure::new(
-                ErrorCode::WebTransportRequired,
-                "publishFrames needs a WebTransport session: the frames travel on its streams",
-            ));
+        if self.frame_session.is_none() {
+            return Err(webtransport_required("publishFrames"));
         }
         let m = self.membership_in(r.room_id.as_deref())?;
         let codec = FrameCodec::parse(&r.codec).ok_or_else(|| {
@@ -47,6 +44,27 @@ impl Session {
         producer["codec"] = json!(codec.mime_type());
         Ok((
             "publishFramesResponse",
+            json!({ "producerId": view.producer_id.to_string(), "producer": producer }),
+        ))
+    }
+
+    pub(super) async fn consume_frames(&mut self, identity: &Identity, r: ConsumeFrames) -> Reply {
+        let Some(session) = self.frame_session.clone() else {
+            return Err(webtransport_required("consumeFrames"));
+        };
+        if !identity.grants.subscribe {
+            return Err(super::subscribe_denied());
+        }
+        let m = self.membership_in(r.room_id.as_deref())?;
+        let (view, info) = self
+            .ctx
+            .rooms
+            .consume_frames(&m.room_id, &m.participant_id, &r.producer_id, session)
+            .await?;
+        let mut producer = json!(ProducerInfo::from(&view));
+        producer["codec"] = json!(info.codec);
+        Ok((
+            "consumeFramesResponse",
             json!({ "producerId": view.producer_id.to_string(), "producer": producer }),
         ))
     }
@@ -76,4 +94,12 @@ impl Session {
         }
         Flow::Continue
     }
+}
+
+/// The coded refusal of a media-over-WebTransport request on another carrier.
+pub(super) fn webtransport_required(what: &str) -> Failure {
+    Failure::new(
+        ErrorCode::WebTransportRequired,
+        format!("{what} needs a WebTransport session: the frames travel on its streams"),
+    )
 }

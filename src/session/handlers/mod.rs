@@ -64,6 +64,7 @@ impl Session {
             Request::SetConsumerPreferredLayers(r) => self.set_consumer_layers(r).await,
             Request::SetConsumerPriority(r) => self.set_consumer_priority(r).await,
             Request::PublishFrames(r) => self.publish_frames(&identity, r).await,
+            Request::ConsumeFrames(r) => self.consume_frames(&identity, r).await,
             Request::RestartIce(r) => self.restart_ice(r).await,
         }
     }

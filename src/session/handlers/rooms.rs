@@ -5,8 +5,11 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::super::protocol::wire::{ParticipantInfo, RoomInfo};
-use super::super::protocol::{CreateRoom, ErrorCode, JoinRoom, KickParticipant, RoomRef};
+use super::super::protocol::{
+    CreateRoom, ErrorCode, JoinRoom, KickParticipant, MediaPath, RoomRef,
+};
 use super::super::{deny, Failure, Membership, Reply, Session};
+use super::frames::webtransport_required;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::auth::Identity;
 use crate::room::{Dialect, Member, RoomSpec};
@@ -82,7 +85,14 @@ impl Session {
             notifier: Arc::new(self.sink.clone()),
         };
         let token = self.token.clone().unwrap_or_default();
-        let joined = rooms.join(&r.room_id, member, &token, Dialect::Sdp).await?;
+        let dialect = match r.media {
+            MediaPath::Webrtc => Dialect::Sdp,
+            MediaPath::Webtransport if self.frame_session.is_some() => Dialect::Frames,
+            MediaPath::Webtransport => {
+                return Err(webtransport_required("media: \"webtransport\""))
+            }
+        };
+        let joined = rooms.join(&r.room_id, member, &token, dialect).await?;
         self.membership = Some(Membership {
             room_id: r.room_id.clone(),
             participant_id: joined.participant_id.clone(),

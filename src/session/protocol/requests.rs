@@ -34,6 +34,18 @@ pub struct CreateRoom {
 pub struct JoinRoom {
     pub room_id: String,
     pub display_name: String,
+    /// How this client receives media: `webrtc` (default: the server pushes subscriber
+    /// offers) or `webtransport` (it asks for each track with `consumeFrames`).
+    #[serde(default)]
+    pub media: MediaPath,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaPath {
+    #[default]
+    Webrtc,
+    Webtransport,
 }
 
 /// The client's offer for its publisher PeerConnection (it sends, we receive).
@@ -203,6 +215,17 @@ pub struct PublishFrames {
     pub layers: Vec<String>,
 }
 
+/// `consumeFrames` (WebTransport sessions only): receive a track as frames on the session's
+/// streams.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsumeFrames {
+    /// The joined room, as the seed's clients send it on every room request (checked).
+    #[serde(default)]
+    pub room_id: Option<String>,
+    pub producer_id: String,
+}
+
 /// `leaveRoom`, `closeRoom`: nothing but the optional room id.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -251,6 +274,7 @@ pub enum Request {
     SetConsumerPreferredLayers(SetConsumerPreferredLayers),
     SetConsumerPriority(SetConsumerPriority),
     PublishFrames(PublishFrames),
+    ConsumeFrames(ConsumeFrames),
     RestartIce(TransportRef),
     SubscriberAnswer(SubscriberAnswer),
     SetPreferredLayer(SetPreferredLayer),
@@ -431,6 +455,7 @@ fn request_of_type(kind: &str, data: Option<Value>) -> Option<Result<Request, St
         }
         "setConsumerPriority" => payload(kind, data).map(Request::SetConsumerPriority),
         "publishFrames" => payload(kind, data).map(Request::PublishFrames),
+        "consumeFrames" => payload(kind, data).map(Request::ConsumeFrames),
         "restartIce" => payload(kind, data).map(Request::RestartIce),
         "subscriberAnswer" => payload(kind, data).map(Request::SubscriberAnswer),
         "setPreferredLayer" => payload(kind, data).map(Request::SetPreferredLayer),
