@@ -150,7 +150,7 @@ mod tests {
         let delta = vec![0x31u8; 500];
         let mut frames = Vec::new();
         for (i, f) in [&key, &delta].into_iter().enumerate() {
-            out.packetize(f, i as u64 * 33_333, |p| {
+            out.packetize(f, i as u64 * 33_000, |p| {
                 frames.extend(back.push(p.seq, p.rtp_timestamp, p.marker, &p.payload, 1_000));
             });
         }
@@ -159,8 +159,8 @@ mod tests {
         assert_eq!(&*frames[0].data, &key[..]);
         assert_eq!(&*frames[1].data, &delta[..]);
         assert_eq!(frames[0].timestamp_us, 1_000);
-        // 3000 ticks of 90 kHz later.
-        assert_eq!(frames[1].timestamp_us, 1_000 + 33_333);
+        // 2970 ticks of 90 kHz later.
+        assert_eq!(frames[1].timestamp_us, 1_000 + 33_000);
     }
 
     #[test]
