@@ -122,3 +122,15 @@ async fn whip_publish_and_whep_playback_in_chromium() {
     run_script(&server, "whip_whep.mjs", &[]).await;
     server.stop().await;
 }
+
+/// Media over WebTransport (WebCodecs): a WebTransport publisher decoded by a WebRTC page and
+/// a WebTransport page, a WebRTC publisher decoded by the WebTransport page, audio both ways,
+/// a layer switch on the WebTransport subscriber (tests/browser/wt_media.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_sends_and_receives_media_over_webtransport_bridged_with_webrtc() {
+    let server = common::start_server().await;
+    run_script(&server, "wt_media.mjs", &[]).await;
+    let stats = server.ctx.media.stats().await;
+    assert!(stats.frames_in > 0 && stats.frames_out > 0, "{stats:?}");
+    server.stop().await;
+}

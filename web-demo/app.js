@@ -18,6 +18,7 @@
 // Test hooks live on `window.sfuDemo` (see the bottom of this file).
 
 import { connectSignaling, DEFAULT_WT_TIMEOUT_MS } from './signaling.js';
+import { FramePublisher, FrameSubscriber, webTransportMediaSupport } from './wt-media.js';
 
 const LAYER_CHOICES = ['auto', 'low', 'medium', 'high'];
 const REQUEST_TIMEOUT_MS = 15000;
@@ -48,6 +49,7 @@ const ui = {
   localInfo: document.getElementById('local-info'),
   log: document.getElementById('log'),
   transport: document.getElementById('transport'),
+  media: document.getElementById('media'),
 };
 
 const params = new URLSearchParams(location.search);
@@ -57,6 +59,9 @@ const TRANSPORT_PREFERENCE = ({ wt: 'wt', webtransport: 'wt', ws: 'ws', websocke
 const WT_TIMEOUT_MS = Number(params.get('wtTimeout')) > 0 ? Number(params.get('wtTimeout')) : DEFAULT_WT_TIMEOUT_MS;
 const VIDEO_CODEC = (params.get('codec') ?? '').toLowerCase(); // '' = the browser's choice
 const SINGLE_LAYER = params.get('layers') === '1';
+// How media travels: 'webrtc' (default), 'webtransport' (WebCodecs frames on the signaling
+// session, bridged by the server) or 'auto' (WebTransport when it and WebCodecs exist).
+const MEDIA_PREFERENCE = ({ auto: 'auto', webrtc: 'webrtc', wt: 'webtransport', webtransport: 'webtransport' })[params.get('media')] ?? 'webrtc';
 // `?relay=1`: only TURN relay candidates (needs TURN_URLS on the server), to try the relay path.
 const RELAY_ONLY = params.get('relay') === '1';
 
@@ -243,6 +248,10 @@ class Session {
     this.participants = new Map(); // participantId -> {displayName, producers: Map, tile, media}
     this.remotes = new Map(); // producerId -> remote media entry (see attachRemote)
     this.layers = new Map(); // producerId -> last layerChanged value
+    this.mediaPath = null; // 'webrtc' | 'webtransport', decided at joinRoom
+    this.frames = null; // FrameSubscriber (media over WebTransport)
+    this.framePublisher = null;
+    this.frameProducers = new Map(); // producerId -> producer info, consumed as frames
     this.estimateBps = null; // the server's estimate of our downlink (bandwidthEstimate)
     this.pingTimer = null;
     this.statsTimer = null;
@@ -489,12 +498,21 @@ class Session {
         break;
       case 'producerClosed':
         log(`producer ${data.producerId} closed`);
+        this.frames?.remove(data.producerId);
+        this.frameProducers.delete(data.producerId);
         this.participants.get(data.participantId)?.producers.delete(data.producerId);
         this.removeRemote(data.producerId);
         break;
       case 'layersWanted':
         // Dynacast: no subscriber needs some of our simulcast layers; stop (or resume) them.
         this.applyLayersWanted(data.layers ?? []).catch((err) => log(`layersWanted: ${err.message}`));
+        break;
+      case 'keyFrameRequest':
+        // A subscriber needs a keyframe of our WebTransport video (layer as the server counts).
+        this.framePublisher?.requestKeyframe(data.producerId, data.layer);
+        break;
+      case 'frameError':
+        log(`server refused a media stream: ${data.code}: ${data.message}`, 'warn');
         break;
       case 'bandwidthEstimate':
         // What the server's estimator thinks our downlink carries; it picks layers to fit.
@@ -591,6 +609,7 @@ class Session {
     }, PING_INTERVAL_MS);
     this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
 
+    if (this.mediaPath === 'webtransport') this.startFrames(joined);
     return this.publish();
   }
 
@@ -634,12 +653,63 @@ class Session {
 
   async joinFollowingRedirect(roomId, displayName) {
     try {
-      return await this.request('joinRoom', { roomId, displayName });
+      return await this.request('joinRoom', this.joinRequest(roomId, displayName));
     } catch (err) {
       if (err.code !== 'ROOM_ON_OTHER_NODE' || !err.nodeUrl) throw err;
       await this.moveTo(err.nodeUrl);
-      return this.request('joinRoom', { roomId, displayName });
+      return this.request('joinRoom', this.joinRequest(roomId, displayName));
     }
+  }
+
+  /** joinRoom's data; decides (on the connection in use) how media travels for this join. */
+  joinRequest(roomId, displayName) {
+    this.mediaPath = this.chooseMediaPath();
+    return this.mediaPath === 'webtransport'
+      ? { roomId, displayName, media: 'webtransport' }
+      : { roomId, displayName };
+  }
+
+  chooseMediaPath() {
+    const choice = ui.media?.value || MEDIA_PREFERENCE;
+    if (choice === 'webrtc') return 'webrtc';
+    const missing = webTransportMediaSupport(this.transport);
+    if (!missing) return 'webtransport';
+    if (choice === 'webtransport') throw new Error(`media over WebTransport is not possible: ${missing}`);
+    log(`media over WebRTC (${missing})`);
+    return 'webrtc';
+  }
+
+  // --- media over WebTransport ----------------------------------------------------------------
+
+  startFrames(joined) {
+    this.frames = new FrameSubscriber({
+      wt: this.transport.wt,
+      log,
+      onTrack: ({ producerId, kind, track, stats }) => {
+        const participantId = this.frameProducers.get(producerId)?.participantId;
+        if (!participantId) return;
+        // What attachRemote and readStats read of a receiver: the track, and frame counters.
+        this.attachRemote({ producerId, participantId, kind, mid: null }, { track, frameStats: stats });
+      },
+    });
+    for (const p of joined.participants ?? []) {
+      for (const producer of p.producers ?? []) this.consumeFrames({ ...producer, participantId: p.participantId });
+    }
+  }
+
+  consumeFrames(producer) {
+    if (!this.frames || this.frameProducers.has(producer.producerId)) return;
+    this.frameProducers.set(producer.producerId, producer);
+    this.frames.expect(producer.producerId, producer.kind);
+    this.request('consumeFrames', { producerId: producer.producerId })
+      .then(() => log(`receiving ${producer.kind} ${producer.producerId} over WebTransport`))
+      .catch((err) => log(`consumeFrames ${producer.producerId}: ${err.message}`, 'warn'));
+  }
+
+  async publishFrames() {
+    this.framePublisher = new FramePublisher({ wt: this.transport.wt, request: (type, data) => this.request(type, data), log });
+    const producers = await this.framePublisher.start(this.localStream);
+    log(`publishing ${producers.map((p) => `${p.kind}${p.layers?.length ? ` [${p.layers.join(',')}]` : ''}`).join(', ') || 'nothing'} over WebTransport`);
   }
 
   // RTCPeerConnection configuration: the TURN servers the SFU handed out (none without TURN_URLS).
@@ -651,6 +721,7 @@ class Session {
 
   async publish() {
     if (!this.localStream) return;
+    if (this.mediaPath === 'webtransport') return this.publishFrames();
     const pc = new RTCPeerConnection(this.pcConfig());
     this.pubPc = pc;
     pc.onconnectionstatechange = () => log(`publisher connection: ${pc.connectionState}`);
@@ -841,8 +912,9 @@ class Session {
 
   addProducerInfo(producer) {
     if (!producer || producer.participantId === this.participantId) return;
-    // Media follows in the next subscriberOffer; for now just remember what exists.
+    // Media follows in the next subscriberOffer (or, over WebTransport, once consumed).
     this.ensureParticipant(producer.participantId).producers.set(producer.producerId, producer);
+    if (this.mediaPath === 'webtransport') this.consumeFrames(producer);
     log(`new ${producer.kind} producer ${producer.producerId}`);
   }
 
@@ -874,6 +946,7 @@ class Session {
   }
 
   async readStats(remote) {
+    if (remote.receiver.frameStats) return frameTrackStats(remote);
     let s = null;
     let codec = null;
     try {
@@ -917,9 +990,9 @@ class Session {
         const estimate = this.estimateBps == null ? '' : ` · link ≈ ${Math.round(this.estimateBps / 1000)} kbps`;
         remote.statsEl.textContent =
           `layer ${layer} · ${s.frameWidth}x${s.frameHeight} · ${Math.round(s.framesPerSecond)} fps · ` +
-          `${kbps} kbps${estimate} · ${s.framesDecoded} frames decoded`;
+          `${kbps} kbps${estimate} · ${s.framesDecoded} frames decoded · via ${mediaPathOf(remote)}`;
       } else {
-        remote.statsEl.textContent = `audio · ${kbps} kbps · ${s.packetsReceived} packets`;
+        remote.statsEl.textContent = `audio · ${kbps} kbps · ${s.packetsReceived} packets · via ${mediaPathOf(remote)}`;
       }
     }
   }
@@ -934,6 +1007,7 @@ class Session {
         layer: this.layers.get(r.producerId) ?? null,
         preferredLayer: r.preferred,
         pinned: Boolean(r.pinned),
+        path: mediaPathOf(r),
         estimateBps: this.estimateBps,
         stats: { codec, framesDecoded, frameWidth, frameHeight, framesPerSecond, packetsReceived, bytesReceived },
       };
@@ -941,6 +1015,11 @@ class Session {
   }
 
   async applyLayersWanted(layers) {
+    if (this.framePublisher) {
+      this.framePublisher.setActive(layers);
+      log(`dynacast: encoding ${layers.filter((l) => l.active).map((l) => l.rid).join(',') || 'no layer'}`);
+      return;
+    }
     const sender = this.pubPc?.getSenders().find((s) => s.track?.kind === 'video');
     if (!sender) return;
     const p = sender.getParameters();
@@ -1004,6 +1083,8 @@ class Session {
     this.reconnecting = false;
     this.pubPc?.close();
     this.subPc?.close();
+    this.framePublisher?.close();
+    this.frames?.close();
     this.localStream?.getTracks().forEach((t) => t.stop());
     ui.localVideo.srcObject = null;
     ui.localInfo.textContent = '';
@@ -1109,6 +1190,10 @@ window.sfuDemo = {
   get lastSeq() { return app.session?.lastSeq ?? 0; },
   /** Every remote track with fresh inbound-rtp stats. */
   remotes: async () => (app.session ? app.session.snapshot() : []),
+  /** How this page's media travels: 'webrtc' | 'webtransport' (null before a join). */
+  get mediaPath() { return app.session?.mediaPath ?? null; },
+  /** Our WebTransport video layers: [{rid, width, framesSent, skipped, active}]. */
+  framesSent: () => app.session?.framePublisher?.stats() ?? [],
   /** Our published video layers as encoded: [{rid, codec, encoder, frameWidth, framesEncoded, scalabilityMode}]. */
   sent: async () => (app.session ? app.session.sendSnapshot() : []),
   /** Sends setPreferredLayer; resolves with the server's response data. */
@@ -1128,6 +1213,28 @@ window.sfuDemo = {
   }),
 };
 
+/** Which path a remote track arrives on. */
+const mediaPathOf = (remote) => (remote.receiver.frameStats ? 'WebTransport' : 'WebRTC');
+
+/** A WebTransport track's counters in the shape of inbound-rtp stats (fps over the last read). */
+function frameTrackStats(remote) {
+  const f = remote.receiver.frameStats;
+  const now = performance.timeOrigin + performance.now();
+  const last = remote.fpsMark;
+  const framesPerSecond = last && now > last.at ? ((f.framesDecoded - last.decoded) * 1000) / (now - last.at) : 0;
+  remote.fpsMark = { at: now, decoded: f.framesDecoded };
+  return {
+    codec: remote.kind === 'video' ? 'video/VP8' : 'audio/opus',
+    framesDecoded: f.framesDecoded,
+    frameWidth: f.frameWidth,
+    frameHeight: f.frameHeight,
+    framesPerSecond,
+    packetsReceived: f.framesReceived,
+    bytesReceived: f.bytesReceived,
+    timestamp: now,
+  };
+}
+
 const pick = (c) => (c ? { candidateType: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol ?? null } : null);
 
 async function selectedLocalCandidate(pc) {
@@ -1144,6 +1251,7 @@ async function selectedLocalCandidate(pc) {
 
 ui.room.value = params.get('room') ?? '';
 ui.name.value = params.get('name') ?? '';
+if (ui.media) ui.media.value = MEDIA_PREFERENCE;
 setState('idle');
 renderTransport();
 if (params.get('autojoin') === '1' && ui.room.value && ui.name.value) join(ui.room.value, ui.name.value);
