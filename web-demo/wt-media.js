@@ -190,15 +190,8 @@ export class FramePublisher {
       const keyFrame = layer.frames % KEYFRAME_INTERVAL_FRAMES === 0 || layer.forceKey || this.keyframeWanted.delete(layer.index);
       layer.forceKey = false;
       layer.frames++;
-      if (layer.scale === 1) {
-        layer.encoder.encode(frame, { keyFrame });
-      } else {
-        const bitmap = await createImageBitmap(frame, { resizeWidth: width, resizeHeight: height, resizeQuality: 'low' });
-        const scaled = new VideoFrame(bitmap, { timestamp: frame.timestamp });
-        layer.encoder.encode(scaled, { keyFrame });
-        scaled.close();
-        bitmap.close();
-      }
+      // The encoder scales the frame to its configured size (Chromium does, in its pipeline).
+      layer.encoder.encode(frame, { keyFrame });
     }
   }
 
