@@ -11,6 +11,7 @@ pub mod capacity;
 pub mod chart;
 pub mod cli;
 pub mod floor;
+mod frames;
 pub mod janus;
 pub mod readme;
 mod report;
@@ -70,6 +71,8 @@ pub enum MediaTransport {
     #[default]
     Udp,
     Tcp,
+    /// Media over WebTransport: whole frames on the signaling session (`consumeFrames`).
+    Webtransport,
 }
 
 impl MediaTransport {
@@ -77,6 +80,7 @@ impl MediaTransport {
         match self {
             MediaTransport::Udp => "udp",
             MediaTransport::Tcp => "tcp",
+            MediaTransport::Webtransport => "webtransport",
         }
     }
 }
@@ -341,6 +345,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     };
     let ice_tcp = match config.subscriber_transport {
         MediaTransport::Udp => None,
+        MediaTransport::Webtransport if janus.is_some() => {
+            bail!("--subscriber-transport webtransport needs our SFU")
+        }
+        MediaTransport::Webtransport => None,
         MediaTransport::Tcp if janus.is_some() => {
             bail!("--subscriber-transport tcp needs our SFU (Janus is not set up for ICE-TCP)")
         }
@@ -606,15 +614,20 @@ async fn participant_inner(
             )
             .await?;
     }
-    signal
-        .call(
-            "joinRoom",
-            json!({ "roomId": ctx.room, "displayName": name }),
-        )
-        .await?;
+    let frames_only = role.subscribe
+        && role.publish.is_none()
+        && ctx.config.subscriber_transport == MediaTransport::Webtransport;
+    let mut join = json!({ "roomId": ctx.room, "displayName": name });
+    if frames_only {
+        join["media"] = json!("webtransport");
+    }
+    let room = signal.call("joinRoom", join).await?;
     ctx.joined.fetch_add(1, Ordering::Relaxed);
     if let Some(tx) = joined.take() {
         let _ = tx.send(true);
+    }
+    if frames_only {
+        return frames::subscribe(ctx, &mut signal, &room, stop, outcome).await;
     }
     // Whoever may receive gets a receiving peer; only subscribers' count as "ready".
     let receiver = ctx.peer(role.subscribe).await?;

@@ -117,9 +117,25 @@ fn fmt_percentiles(p: &Option<Percentiles>, scale: f64, unit: &str) -> String {
 }
 
 impl Report {
+    /// What `packets` counts: frames when subscribers receive over WebTransport.
+    pub fn unit(&self) -> &'static str {
+        if self.subscriber_transport == MediaTransport::Webtransport {
+            "frame"
+        } else {
+            "packet"
+        }
+    }
+
+    /// Server CPU nanoseconds per byte delivered to subscribers.
+    pub fn cpu_ns_per_byte(&self) -> Option<f64> {
+        let cpu = self.server.as_ref()?.cpu_seconds;
+        (self.bytes > 0).then(|| cpu * 1e9 / self.bytes as f64)
+    }
+
     /// A plain two-column table.
     pub fn table(&self) -> String {
         let l = self.packets_by_layer;
+        let unit = self.unit();
         let mut rows: Vec<(&str, String)> = vec![
             (
                 "target",
@@ -156,7 +172,11 @@ impl Report {
             ),
             ("measured", format!("{:.1} s", self.measured_secs)),
             (
-                "packets received",
+                if unit == "frame" {
+                    "frames received"
+                } else {
+                    "packets received"
+                },
                 format!(
                     "{} ({:.0}/s, {:.2} Mbit/s)",
                     self.packets, self.packets_per_sec, self.mbit_per_sec
@@ -168,16 +188,20 @@ impl Report {
                     self.subscriber_packets.iter().min(),
                     self.subscriber_packets.iter().max(),
                 ) {
-                    (Some(min), Some(max)) => format!("min {min}  max {max} packets"),
+                    (Some(min), Some(max)) => format!("min {min}  max {max} {unit}s"),
                     _ => "-".into(),
                 },
             ),
             (
                 "loss",
-                format!(
-                    "{:.3} % ({} of {})",
-                    self.loss_percent, self.lost_packets, self.expected_packets
-                ),
+                if unit == "frame" {
+                    "not counted for frames".to_string()
+                } else {
+                    format!(
+                        "{:.3} % ({} of {})",
+                        self.loss_percent, self.lost_packets, self.expected_packets
+                    )
+                },
             ),
             (
                 "by layer",
@@ -217,11 +241,14 @@ impl Report {
             rows.push((
                 "server cpu",
                 format!(
-                    "{:.2} s ({:.1} %), {} µs/forwarded packet",
+                    "{:.2} s ({:.1} %), {} µs/forwarded {unit}, {} ns/byte",
                     server.cpu_seconds,
                     server.cpu_percent,
                     server
                         .cpu_us_per_forwarded_packet
+                        .map(|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| "-".into()),
+                    self.cpu_ns_per_byte()
                         .map(|v| format!("{v:.2}"))
                         .unwrap_or_else(|| "-".into())
                 ),

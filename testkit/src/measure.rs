@@ -106,6 +106,38 @@ impl RxStats {
             });
     }
 
+    /// One whole frame a WebTransport subscriber received (`wtmedia`): counted as one unit,
+    /// its first packet's stamp gives latency and layer. Loss is not counted for frames (a
+    /// frame's stamp numbers packets, not frames).
+    pub fn on_frame(&mut self, frame: &[u8], audio: bool, recv_us: u64) {
+        self.packets += 1;
+        self.bytes += frame.len() as u64;
+        // The stamp follows the Opus TOC byte, or the VP8 frame header (10 bytes for a
+        // keyframe, 3 otherwise).
+        let offset = match (audio, frame.first()) {
+            (true, _) => 1,
+            (false, Some(tag)) if tag & 1 == 0 => 10,
+            (false, Some(_)) => 3,
+            (false, None) => {
+                self.unstamped += 1;
+                return;
+            }
+        };
+        let Some(s) = frame.get(offset..offset + crate::payload::STAMP_LEN) else {
+            self.unstamped += 1;
+            return;
+        };
+        let layer = s[0];
+        let sent_us = u64::from_be_bytes(s[5..13].try_into().expect("8 bytes"));
+        self.latency_us.record(recv_us.saturating_sub(sent_us));
+        let slot = if layer == AUDIO_LAYER {
+            3
+        } else {
+            usize::from(layer).min(2)
+        };
+        self.layer_packets[slot] += 1;
+    }
+
     /// (expected, lost) over all streams; duplicates never make loss negative.
     pub fn loss(&self) -> (u64, u64) {
         self.streams.values().fold((0, 0), |(e, l), s| {
