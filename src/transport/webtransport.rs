@@ -452,6 +452,13 @@ impl FrameSession for WtFrameSession {
             Some(Box::new(stream) as Box<dyn FrameStreamOut>)
         })
     }
+
+    /// Congestion window over smoothed RTT: what QUIC lets this path carry now.
+    fn estimate_bps(&self) -> Option<u64> {
+        let stats = self.0.quic_connection().stats();
+        let rtt = stats.path.rtt.as_secs_f64().max(0.001);
+        Some((stats.path.cwnd as f64 * 8.0 / rtt) as u64)
+    }
 }
 
 impl FrameStreamOut for SendStream {

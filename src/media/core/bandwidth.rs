@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::rtp::Extension;
 
-use super::{ConsumerKey, Deferred, TransportKey, WorkerCore};
+use super::{ConsumerKey, Deferred, Producer, TransportKey, WorkerCore};
 use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
 use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS, MAX_TEMPORAL};
 use crate::media::Kind;
@@ -362,27 +362,7 @@ impl WorkerCore {
     fn demand(&self, ck: ConsumerKey) -> TrackDemand {
         let consumer = &self.consumers[ck];
         let producer = &self.producers[consumer.producer];
-        let mut layer_bps = [0; MAX_LAYERS];
-        let mut temporal_bps = [[0; TEMPORAL_SLOTS]; MAX_LAYERS];
-        let layers = producer.layers.len().min(MAX_LAYERS);
-        let mut measured = true;
-        for (i, layer) in producer.layers.iter().enumerate().take(MAX_LAYERS) {
-            // A layer that just started has no full window yet: assume a typical ladder.
-            layer_bps[i] = match (layer.active, layer.meter.bps) {
-                // Stopped by dynacast, not by the publisher: still on offer at its old rate.
-                (false, _) if layer.suspended => layer.meter.last_bps,
-                (false, _) => 0,
-                (true, 0) if producer.kind == Kind::Audio => 0,
-                (true, 0) => {
-                    measured = false;
-                    TYPICAL_LAYER_BPS[MAX_LAYERS - layers + i]
-                }
-                (true, bps) => bps,
-            };
-            if layer.active {
-                temporal_bps[i] = layer.meter.bps_by_tid;
-            }
-        }
+        let (layer_bps, temporal_bps, measured) = layer_rates(producer);
         TrackDemand {
             audio: producer.kind == Kind::Audio,
             priority: self.priority(ck),
@@ -477,3 +457,33 @@ impl WorkerCore {
             .count()
     }
 }
+
+/// What each layer of `producer` costs (bits/s, measured, or a typical figure for a layer
+/// that just started; 0 = not sent), per temporal layer, and whether all are measurements.
+pub(super) fn layer_rates(producer: &Producer) -> LayerRates {
+    let mut layer_bps = [0; MAX_LAYERS];
+    let mut temporal_bps = [[0; TEMPORAL_SLOTS]; MAX_LAYERS];
+    let layers = producer.layers.len().min(MAX_LAYERS);
+    let mut measured = true;
+    for (i, layer) in producer.layers.iter().enumerate().take(MAX_LAYERS) {
+        // A layer that just started has no full window yet: assume a typical ladder.
+        layer_bps[i] = match (layer.active, layer.meter.bps) {
+            // Stopped by dynacast, not by the publisher: still on offer at its old rate.
+            (false, _) if layer.suspended => layer.meter.last_bps,
+            (false, _) => 0,
+            (true, 0) if producer.kind == Kind::Audio => 0,
+            (true, 0) => {
+                measured = false;
+                TYPICAL_LAYER_BPS[MAX_LAYERS - layers + i]
+            }
+            (true, bps) => bps,
+        };
+        if layer.active {
+            temporal_bps[i] = layer.meter.bps_by_tid;
+        }
+    }
+    (layer_bps, temporal_bps, measured)
+}
+
+/// Bits/s per spatial layer, per temporal layer within it, and "all measured".
+pub(super) type LayerRates = ([u64; MAX_LAYERS], [[u64; TEMPORAL_SLOTS]; MAX_LAYERS], bool);

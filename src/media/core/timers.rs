@@ -89,6 +89,7 @@ impl WorkerCore {
             self.retarget_consumers(pk, now);
         }
         self.allocate_all(now);
+        self.allocate_frames(now);
         self.update_dynacast(now);
         self.retire_idle_mirrors(now, egress);
         self.retry_pending_switches(now);

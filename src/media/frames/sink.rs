@@ -22,6 +22,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait FrameSession: Send + Sync + 'static {
     /// A new unidirectional stream; `None` when the session is gone.
     fn open_stream(&self) -> BoxFuture<'static, Option<Box<dyn FrameStreamOut>>>;
+    /// What the path carries now, by QUIC's own congestion control (bits/s); `None` before
+    /// it knows.
+    fn estimate_bps(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One outgoing unidirectional stream.
@@ -53,14 +58,21 @@ pub(crate) struct SinkHandle {
     pub frames: mpsc::Sender<OutFrame>,
     /// Raised when the worker dropped frames: the writer resets the stream it is writing.
     pub reset: Arc<Notify>,
+    /// The subscriber's session, for its path estimate.
+    pub session: Arc<dyn FrameSession>,
 }
 
 /// Start a writer for one consumer on the current (worker) thread.
 pub(crate) fn spawn_writer(session: Arc<dyn FrameSession>) -> SinkHandle {
+    let writer_session = session.clone();
     let (frames, rx) = mpsc::channel(SINK_QUEUE);
     let reset = Arc::new(Notify::new());
-    tokio::spawn(write_frames(session, rx, reset.clone()));
-    SinkHandle { frames, reset }
+    tokio::spawn(write_frames(writer_session, rx, reset.clone()));
+    SinkHandle {
+        frames,
+        reset,
+        session,
+    }
 }
 
 async fn write_frames(
