@@ -50,7 +50,8 @@ pub struct BenchArgs {
     pub ramp_per_sec: f64,
     #[arg(long, value_enum, default_value = "auto")]
     pub layer: Layer,
-    /// How subscribers receive media: UDP, or ICE-TCP through the server's `ICE_TCP_PORT`.
+    /// How subscribers receive media: UDP, ICE-TCP through the server's `ICE_TCP_PORT`, or
+    /// frames over their WebTransport session (`consumeFrames`; counted per frame).
     #[arg(long, value_enum, default_value = "udp")]
     pub subscriber_transport: MediaTransport,
     /// Read this process's CPU time and RSS from /proc (our SFU's pid).
