@@ -1,7 +1,9 @@
-//! Media over WebTransport, publisher side, with a wtransport client (no browser): a track
+//! Media over WebTransport with a wtransport client (no browser). Publisher side: a track
 //! published with `publishFrames` and sent as frames on unidirectional streams reaches a
-//! WebRTC (str0m) subscriber as RTP — simulcast layers, switches, keyframe requests — and a
-//! client that breaks the framing is refused with a code while everyone else keeps going.
+//! WebRTC (str0m) subscriber and a WHEP player as RTP — simulcast layers, switches, keyframe
+//! requests — and a client that breaks the framing is refused with a code while everyone else
+//! keeps going. Subscriber side: `consumeFrames` of WebRTC and WebTransport publishers, layer
+//! switches, and a subscriber that stops reading.
 
 mod common;
 
@@ -18,6 +20,40 @@ async fn wt_joined(server: &sfu::ServerHandle, room: &str, name: &str, create: b
     let mut c = connect_wt(server).await.expect("WebTransport connects");
     c.join(&token(server, name), room, name, create).await;
     c
+}
+
+/// A str0m peer that offers to receive audio and video and POSTs the offer to `/whep/<room>`.
+async fn whep_viewer(server: &sfu::ServerHandle, room: &str) -> Peer {
+    use str0m::change::SdpAnswer;
+    use str0m::media::{Direction, MediaKind};
+    let peer = Peer::spawn().await;
+    let (offer, pending) = peer
+        .with(|s| {
+            let mut api = s.rtc.sdp_api();
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+            let (offer, pending) = api.apply().expect("offer");
+            (offer.to_sdp_string(), pending)
+        })
+        .await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/whep/{room}", server.http_addr))
+        .bearer_auth(token(server, "whep-viewer"))
+        .header("content-type", "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .expect("WHEP request");
+    assert_eq!(response.status().as_u16(), 201);
+    let answer = SdpAnswer::from_sdp_string(&response.text().await.unwrap()).expect("SDP answer");
+    peer.with(move |s| {
+        s.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accepted")
+    })
+    .await;
+    peer
 }
 
 async fn publish_frames(c: &mut WsClient, data: Value) -> Uuid {
@@ -155,6 +191,18 @@ async fn frames_from_webtransport_reach_a_webrtc_subscriber() {
     assert!(audio_packets > 10, "audio forwarded: {audio_packets}");
     let first_video = received.iter().find(|p| p.layer != 255).expect("video");
     assert!(first_video.keyframe, "video starts at a keyframe");
+
+    // A WHEP player (RFC 9725) plays the WebTransport publisher's tracks too.
+    let viewer = whep_viewer(&server, "wtm").await;
+    wait_until(
+        "WHEP viewer gets video and audio",
+        Duration::from_secs(10),
+        || async {
+            let got = viewer.received().await;
+            got.iter().any(|p| p.layer == 255) && got.iter().filter(|p| p.layer != 255).count() > 10
+        },
+    )
+    .await;
 
     // A layer switch across frames from WebTransport: down to the lowest layer.
     ok(

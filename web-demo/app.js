@@ -62,6 +62,7 @@ const SINGLE_LAYER = params.get('layers') === '1';
 // How media travels: 'webrtc' (default), 'webtransport' (WebCodecs frames on the signaling
 // session, bridged by the server) or 'auto' (WebTransport when it and WebCodecs exist).
 const MEDIA_PREFERENCE = ({ auto: 'auto', webrtc: 'webrtc', wt: 'webtransport', webtransport: 'webtransport' })[params.get('media')] ?? 'webrtc';
+const PUBLISH = params.get('publish') === '0' ? false : true;
 // `?relay=1`: only TURN relay candidates (needs TURN_URLS on the server), to try the relay path.
 const RELAY_ONLY = params.get('relay') === '1';
 
@@ -614,6 +615,8 @@ class Session {
   }
 
   async getLocalMedia() {
+    // `?publish=0`: watch only (no camera or microphone asked for).
+    if (PUBLISH === false) return null;
     try {
       const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: videoConstraints() });
       if (this.closed) {

@@ -46,10 +46,13 @@ impl WorkerCore {
         if (1..rids.len()).any(|i| rids[..i].contains(&rids[i])) {
             return Err(MediaError::InvalidParameters("layer names repeat".into()));
         }
-        let params = self
-            .rtc_template
-            .codec_config()
-            .find(|p| p.spec().codec == codec.str0m_codec())
+        // H264 needs packetization-mode 1 (FU-A) where the server offers both modes.
+        let config = self.rtc_template.codec_config();
+        let params = config
+            .params()
+            .iter()
+            .filter(|p| p.spec().codec == codec.str0m_codec())
+            .max_by_key(|p| p.spec().format.packetization_mode == Some(1))
             .copied()
             .ok_or_else(|| {
                 MediaError::UnsupportedCodec(format!(

@@ -75,7 +75,7 @@ impl WorkerCore {
         let codec = match p.codec.or_else(|| self.negotiated_codec(pk)) {
             Some(codec) => Some(FrameCodec::from_str0m(codec).ok_or_else(|| {
                 MediaError::UnsupportedCodec(format!(
-                    "this track is {codec}; frames are sent for VP8 and Opus"
+                    "this track is {codec}; frames are sent for VP8, H264 and Opus"
                 ))
             })?),
             None => None,

@@ -33,6 +33,9 @@ pub struct Depacketizer {
     clock: Option<(u32, u64)>,
     /// Frames lost to gaps (for stats and tests).
     pub broken_frames: u64,
+    h264: super::h264::Reassembly,
+    /// RTP timestamp of the H264 access unit being assembled (H264 has no start bit).
+    unit_timestamp: Option<u32>,
 }
 
 /// Length of a VP8 payload descriptor, or `None` when malformed.
@@ -65,6 +68,8 @@ impl Depacketizer {
             next_seq: None,
             clock: None,
             broken_frames: 0,
+            h264: Default::default(),
+            unit_timestamp: None,
         }
     }
 
@@ -98,6 +103,38 @@ impl Depacketizer {
                 timestamp_us: self.timestamp_us(rtp_timestamp, arrival_us),
                 data: Arc::from(payload),
             }),
+            FrameCodec::H264 => {
+                if self.unit_timestamp != Some(rtp_timestamp) {
+                    if self.assembling && !self.h264.is_empty() {
+                        self.broken_frames += 1;
+                    }
+                    self.h264.clear();
+                    self.assembling = true;
+                    self.unit_timestamp = Some(rtp_timestamp);
+                } else if !in_order && self.assembling {
+                    self.assembling = false;
+                    self.broken_frames += 1;
+                }
+                if !self.assembling {
+                    return None;
+                }
+                if !self.h264.push(payload) || self.h264.len() > MAX_ASSEMBLED {
+                    self.assembling = false;
+                    self.broken_frames += 1;
+                    return None;
+                }
+                if !marker {
+                    return None;
+                }
+                self.assembling = false;
+                self.unit_timestamp = None;
+                let (unit, keyframe) = self.h264.take();
+                Some(Frame {
+                    keyframe,
+                    timestamp_us: self.timestamp_us(rtp_timestamp, arrival_us),
+                    data: unit.into(),
+                })
+            }
             FrameCodec::Vp8 => {
                 let len = vp8_descriptor_len(payload)?;
                 let starts = payload[0] & 0x10 != 0 && payload[0] & 0x0f == 0;
@@ -161,6 +198,31 @@ mod tests {
         assert_eq!(frames[0].timestamp_us, 1_000);
         // 2970 ticks of 90 kHz later.
         assert_eq!(frames[1].timestamp_us, 1_000 + 33_000);
+    }
+
+    #[test]
+    fn h264_access_units_survive_the_round_trip_through_rtp() {
+        let mut out = Packetizer::new(FrameCodec::H264);
+        let mut back = Depacketizer::new(FrameCodec::H264);
+        let mut key = vec![
+            0, 0, 0, 1, 0x67, 0x42, 0, 0x1f, 0, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65,
+        ];
+        key.extend(std::iter::repeat_n(9u8, 4000));
+        let delta = [0, 0, 0, 1, 0x41, 0x9a, 7, 7];
+        let mut frames = Vec::new();
+        for (i, f) in [&key[..], &delta[..]].into_iter().enumerate() {
+            out.packetize(f, i as u64 * 33_000, |p| {
+                frames.extend(back.push(p.seq, p.rtp_timestamp, p.marker, &p.payload, 0));
+            });
+        }
+        assert_eq!(frames.len(), 2);
+        assert!(frames[0].keyframe && !frames[1].keyframe);
+        // Start codes are normalised to four bytes; the NAL units are the same.
+        assert_eq!(
+            crate::media::frames::h264::nal_units(&frames[0].data),
+            crate::media::frames::h264::nal_units(&key)
+        );
+        assert_eq!(&*frames[1].data, &delta[..]);
     }
 
     #[test]

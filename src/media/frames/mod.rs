@@ -4,6 +4,7 @@
 //! subscribers (`depacketize`), and writing to those subscribers without waiting (`sink`).
 
 pub mod depacketize;
+pub mod h264;
 pub mod ingest;
 pub mod packetize;
 pub mod sink;
@@ -15,6 +16,8 @@ use super::Kind;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameCodec {
     Vp8,
+    /// Annex B access units; RTP packetization-mode 1 (`h264.rs`).
+    H264,
     Opus,
 }
 
@@ -24,6 +27,7 @@ impl FrameCodec {
         let name = name.rsplit('/').next().unwrap_or(name);
         match name.to_ascii_lowercase().as_str() {
             "vp8" => Some(FrameCodec::Vp8),
+            "h264" | "avc" => Some(FrameCodec::H264),
             "opus" => Some(FrameCodec::Opus),
             _ => None,
         }
@@ -31,7 +35,7 @@ impl FrameCodec {
 
     pub fn kind(self) -> Kind {
         match self {
-            FrameCodec::Vp8 => Kind::Video,
+            FrameCodec::Vp8 | FrameCodec::H264 => Kind::Video,
             FrameCodec::Opus => Kind::Audio,
         }
     }
@@ -43,6 +47,7 @@ impl FrameCodec {
     pub fn mime_type(self) -> &'static str {
         match self {
             FrameCodec::Vp8 => "video/VP8",
+            FrameCodec::H264 => "video/H264",
             FrameCodec::Opus => "audio/opus",
         }
     }
@@ -50,6 +55,7 @@ impl FrameCodec {
     pub(crate) fn str0m_codec(self) -> str0m::format::Codec {
         match self {
             FrameCodec::Vp8 => str0m::format::Codec::Vp8,
+            FrameCodec::H264 => str0m::format::Codec::H264,
             FrameCodec::Opus => str0m::format::Codec::Opus,
         }
     }
@@ -60,6 +66,7 @@ impl FrameCodec {
     pub(crate) fn from_str0m(codec: str0m::format::Codec) -> Option<Self> {
         match codec {
             str0m::format::Codec::Vp8 => Some(FrameCodec::Vp8),
+            str0m::format::Codec::H264 => Some(FrameCodec::H264),
             str0m::format::Codec::Opus => Some(FrameCodec::Opus),
             _ => None,
         }

@@ -3,7 +3,8 @@
 //!
 //! VP8 (RFC 7741): each packet starts with a 4-byte payload descriptor (X=1, S on the first
 //! packet of a frame, I=1 with a 15-bit picture id that counts frames); the marker bit ends
-//! the frame. Opus (RFC 7587): one frame, one packet. The RTP timestamp is the frame's
+//! the frame. H264 (RFC 6184): NAL units, FU-A for large ones (`h264.rs`). Opus (RFC 7587):
+//! one frame, one packet. The RTP timestamp is the frame's
 //! microsecond timestamp on the codec's clock, from a random base.
 
 use std::sync::Arc;
@@ -65,6 +66,18 @@ impl Packetizer {
                     marker: false,
                     payload: Arc::from(frame),
                 });
+            }
+            FrameCodec::H264 => {
+                let payloads = super::h264::packetize(frame, MAX_RTP_PAYLOAD);
+                let count = payloads.len();
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    out(RtpPiece {
+                        seq: self.take_seq(),
+                        rtp_timestamp,
+                        marker: i + 1 == count,
+                        payload: payload.into(),
+                    });
+                }
             }
             FrameCodec::Vp8 => {
                 let pid = self.picture_id;

@@ -25,7 +25,7 @@ impl Session {
         let codec = FrameCodec::parse(&r.codec).ok_or_else(|| {
             Failure::new(
                 ErrorCode::UnsupportedCodec,
-                "codec: `vp8` or `opus` can be sent as frames",
+                "codec: `vp8`, `h264` or `opus` can be sent as frames",
             )
         })?;
         let kind = match codec.kind() {
