@@ -8,7 +8,8 @@
 // decodes A's video and gets A's audio (WebTransport -> WebRTC), and publishes its own camera
 // over WebRTC. C receives with media=webtransport: it decodes A's video (WebTransport ->
 // WebTransport, frames passed through) and B's (WebRTC -> WebTransport, RTP rebuilt into
-// frames), decodes audio from both, and switches A's layer low and back high.
+// frames), decodes audio from both, and switches A's layer low and back high. D plays A with
+// WHEP (a plain RTCPeerConnection) and decodes it.
 // Exit status: 0 when every check passed, 1 when one failed, 2 on bad usage.
 
 import { createRun, demoState, remotes, sleep, withTimeout } from './harness.mjs';
@@ -69,6 +70,44 @@ await run.main(async () => {
         : { last: `path=${path} ${JSON.stringify(layers)}` };
     });
     return sent.map((l) => `${l.rid} ${l.width}w ${l.framesSent} frames`).join(', ');
+  });
+
+  // A WHEP player (plain RTCPeerConnection, POST /whep/{room}) of the WebTransport publisher,
+  // before anyone else publishes: it plays A's tracks.
+  const D = await run.openPage('D');
+  await check("D (WHEP) decodes A's WebTransport video", async () => {
+    await D.page.goto(`${base}/healthz`);
+    await withTimeout(D.page.evaluate(async (room) => {
+      const { token } = await (await fetch('/dev/token?name=whep')).json();
+      const pc = new RTCPeerConnection();
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      pc.ontrack = (e) => {
+        if (e.track.kind !== 'video') return;
+        const v = document.createElement('video');
+        v.muted = true; v.autoplay = true; v.srcObject = new MediaStream([e.track]);
+        document.body.appendChild(v); v.play().catch(() => {});
+      };
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((r) => { if (pc.iceGatheringState === 'complete') r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); setTimeout(r, 2000); });
+      const res = await fetch(`/whep/${room}`, { method: 'POST', headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${token}` }, body: pc.localDescription.sdp });
+      if (res.status !== 201) throw new Error(`WHEP ${res.status}: ${await res.text()}`);
+      await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+      window.whep = pc;
+    }, room), 15_000, 'WHEP play');
+    const stats = () => D.page.evaluate(async () => {
+      let out = { framesDecoded: 0, width: 0, audioPackets: 0 };
+      for (const s of (await window.whep.getStats()).values()) {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') out = { ...out, framesDecoded: s.framesDecoded ?? 0, width: s.frameWidth ?? 0 };
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') out.audioPackets = s.packetsReceived ?? 0;
+      }
+      return out;
+    });
+    const got = await waitFor('WHEP frames decoded', 20_000, async () => {
+      const x = await stats();
+      return x.framesDecoded > 5 && x.audioPackets > 10 ? { done: true, value: x } : { last: JSON.stringify(x) };
+    });
+    return `framesDecoded=${got.framesDecoded}, ${got.width} wide, audio packets ${got.audioPackets}`;
   });
 
   const B = await run.openPage('B');
