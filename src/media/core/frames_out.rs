@@ -160,15 +160,19 @@ impl WorkerCore {
 
     /// Frame consumers of a subscriber that left (their writers end with them).
     pub(super) fn close_frame_consumers(&mut self, subscriber: TransportId) {
-        let keys: Vec<usize> = self
-            .frame_consumers
-            .iter()
-            .filter(|(_, c)| c.subscriber == subscriber)
-            .map(|(k, _)| k)
-            .collect();
+        let keys = self.frame_consumers_of(subscriber);
         for key in keys {
             self.remove_frame_consumer(key);
         }
+    }
+
+    /// Keys of `subscriber`'s frame consumers.
+    fn frame_consumers_of(&self, subscriber: TransportId) -> Vec<usize> {
+        self.frame_consumers
+            .iter()
+            .filter(|(_, c)| c.subscriber == subscriber)
+            .map(|(k, _)| k)
+            .collect()
     }
 
     pub(super) fn remove_frame_consumer(&mut self, key: usize) {
@@ -225,12 +229,7 @@ impl WorkerCore {
         subscribers.sort_unstable_by_key(|t| t.0);
         subscribers.dedup();
         for subscriber in subscribers {
-            let keys: Vec<usize> = self
-                .frame_consumers
-                .iter()
-                .filter(|(_, c)| c.subscriber == subscriber)
-                .map(|(k, _)| k)
-                .collect();
+            let keys = self.frame_consumers_of(subscriber);
             let Some(estimate) = self.frame_consumers[keys[0]].sink.session.estimate_bps() else {
                 continue;
             };
