@@ -14,7 +14,7 @@ use testkit::measure::{RxStats, PHASE_MEASURE};
 use testkit::signal::SignalClient;
 use uuid::Uuid;
 
-use crate::{Layer, Outcome, RunContext};
+use crate::{next_message, Layer, Outcome, RunContext};
 
 /// Frame counters of one subscriber, and the kind of each consumed producer.
 #[derive(Default)]
@@ -47,20 +47,9 @@ pub(crate) async fn subscribe(
         consume(ctx, signal, producer, &received).await?;
     }
     let result: anyhow::Result<()> = async {
-        while !*stop.borrow() {
-            let message = tokio::select! {
-                m = signal.next_notification(Duration::from_millis(500)) => m?,
-                _ = stop.changed() => break,
-            };
-            let Some(message) = message else { continue };
-            match message["type"].as_str() {
-                Some("newProducer") => {
-                    consume(ctx, signal, &message["data"]["producer"], &received).await?
-                }
-                Some("kicked") | Some("roomClosed") | Some("serverShuttingDown") => {
-                    anyhow::bail!("server ended the session: {message}");
-                }
-                _ => {}
+        while let Some(message) = next_message(signal, &mut stop).await? {
+            if message["type"] == "newProducer" {
+                consume(ctx, signal, &message["data"]["producer"], &received).await?;
             }
         }
         Ok(())

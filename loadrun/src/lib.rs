@@ -642,37 +642,27 @@ async fn participant_inner(
     };
     let mut layered: HashSet<String> = HashSet::new();
     let result: anyhow::Result<()> = async {
-        while !*stop.borrow() {
-            let message = tokio::select! {
-                m = signal.next_notification(Duration::from_millis(500)) => m?,
-                _ = stop.changed() => break,
-            };
-            let Some(message) = message else { continue };
-            match message["type"].as_str() {
-                Some("subscriberOffer") => {
-                    receiver.answer_offer(&mut signal, &message).await?;
-                    if ctx.config.layer == Layer::Auto {
-                        continue;
-                    }
-                    let tracks = message["data"]["tracks"].as_array().cloned();
-                    for track in tracks.unwrap_or_default() {
-                        let Some(producer) = track["producerId"].as_str() else {
-                            continue;
-                        };
-                        if track["kind"] == "video" && layered.insert(producer.to_string()) {
-                            signal
-                                .call(
-                                    "setPreferredLayer",
-                                    json!({ "producerId": producer, "layer": ctx.config.layer.as_str() }),
-                                )
-                                .await?;
-                        }
-                    }
+        while let Some(message) = next_message(&mut signal, &mut stop).await? {
+            if message["type"] != "subscriberOffer" {
+                continue;
+            }
+            receiver.answer_offer(&mut signal, &message).await?;
+            if ctx.config.layer == Layer::Auto {
+                continue;
+            }
+            let tracks = message["data"]["tracks"].as_array().cloned();
+            for track in tracks.unwrap_or_default() {
+                let Some(producer) = track["producerId"].as_str() else {
+                    continue;
+                };
+                if track["kind"] == "video" && layered.insert(producer.to_string()) {
+                    signal
+                        .call(
+                            "setPreferredLayer",
+                            json!({ "producerId": producer, "layer": ctx.config.layer.as_str() }),
+                        )
+                        .await?;
                 }
-                Some("kicked") | Some("roomClosed") | Some("serverShuttingDown") => {
-                    anyhow::bail!("server ended the session: {message}");
-                }
-                _ => {}
             }
         }
         Ok(())
@@ -691,4 +681,27 @@ async fn participant_inner(
     // Leaving is best effort and bounded: the run is over.
     let _ = tokio::time::timeout(Duration::from_secs(2), signal.call("leaveRoom", json!({}))).await;
     Ok(())
+}
+
+/// A participant's next notification: `None` once the run stops, an error when the server
+/// ended the session (kicked, room closed, shutting down).
+pub(crate) async fn next_message(
+    signal: &mut SignalClient,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<Value>> {
+    while !*stop.borrow() {
+        let message = tokio::select! {
+            m = signal.next_notification(Duration::from_millis(500)) => m?,
+            _ = stop.changed() => return Ok(None),
+        };
+        let Some(message) = message else { continue };
+        if matches!(
+            message["type"].as_str(),
+            Some("kicked" | "roomClosed" | "serverShuttingDown")
+        ) {
+            bail!("server ended the session: {message}");
+        }
+        return Ok(Some(message));
+    }
+    Ok(None)
 }

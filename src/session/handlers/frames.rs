@@ -10,7 +10,7 @@ use super::publish_denied;
 use crate::auth::Identity;
 use crate::media::frames::ingest::FrameStream;
 use crate::media::frames::FrameCodec;
-use crate::media::Kind;
+use crate::media::ortc::kind_str;
 use crate::session::errors::Failure;
 
 /// Media streams a session may open while it cannot take them before it is closed.
@@ -28,10 +28,7 @@ impl Session {
                 "codec: `vp8`, `h264` or `opus` can be sent as frames",
             )
         })?;
-        let kind = match codec.kind() {
-            Kind::Audio => "audio",
-            Kind::Video => "video",
-        };
+        let kind = kind_str(codec.kind());
         if !identity.grants.may_publish(kind) {
             return Err(publish_denied(kind));
         }
