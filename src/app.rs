@@ -15,7 +15,7 @@ use crate::limits::Limits;
 use crate::media::MediaRouter;
 use crate::room::Rooms;
 use crate::session::SessionRegistry;
-use crate::{audit, integrations, room, store, telemetry, transport};
+use crate::{audit, cluster, integrations, room, store, telemetry, transport};
 
 /// Everything a session needs, shared by all connections.
 pub struct AppContext {
@@ -31,6 +31,8 @@ pub struct AppContext {
     pub started: Instant,
     /// Set once the WebTransport endpoint is bound (absent when disabled).
     pub webtransport: std::sync::OnceLock<Arc<transport::webtransport::WebTransportState>>,
+    /// Node links (with REDIS_URL, WebTransport and a shared HS256 secret).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     draining: AtomicBool,
 }
 
@@ -80,8 +82,9 @@ async fn heartbeat(ctx: std::sync::Weak<AppContext>, directory: Arc<store::Redis
             return;
         }
         let load = ctx.rooms.counts().participants as u64;
+        let link = link_endpoint(&ctx);
         drop(ctx);
-        match directory.heartbeat(load).await {
+        match directory.heartbeat(load, link.as_ref()).await {
             Ok(()) if !healthy => {
                 tracing::info!(node = %directory.node_id, "Redis reachable again; node re-registered");
                 healthy = true;
@@ -130,7 +133,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
     let redis = redis_directory(&settings, http_addr)?;
     let webhooks = django_webhooks(&settings);
     let rooms = build_rooms(&settings, &media, &audit, webhooks.as_ref(), redis.as_ref());
+    let cluster = build_cluster(&settings, &rooms, &media, redis.as_ref());
     let ctx = Arc::new(AppContext {
+        cluster,
         auth,
         limits: Limits::new(&settings.config, audit.clone()),
         audit,
@@ -249,8 +254,45 @@ fn build_rooms(
         directory,
         catalog,
         observers,
+        owner_links: Default::default(),
     };
     Rooms::new(media.clone(), limits, ports)
+}
+
+/// Node links, when this node can take part in them: rooms are shared through Redis, links
+/// arrive on the WebTransport endpoint, and tokens are signed with the shared secret. With
+/// RELAY_ROOMS the rooms relay other nodes' rooms through it rather than redirect.
+fn build_cluster(
+    settings: &Settings,
+    rooms: &Arc<Rooms>,
+    media: &MediaRouter,
+    redis: Option<&Arc<store::RedisDirectory>>,
+) -> Option<Arc<cluster::Cluster>> {
+    let redis = redis?;
+    let secret = settings.jwt_secret.as_deref()?;
+    if !settings.config.webtransport_enabled {
+        return None;
+    }
+    let cluster = cluster::Cluster::new(rooms.clone(), media.clone(), redis.clone(), secret);
+    if settings.config.relay_rooms {
+        rooms.relay_through(Arc::new(cluster.clone()));
+    }
+    Some(cluster)
+}
+
+/// Where this node accepts node links, for its registry entry.
+fn link_endpoint(ctx: &AppContext) -> Option<cluster::LinkEndpoint> {
+    ctx.cluster.as_ref()?;
+    let wt = ctx.webtransport.get()?;
+    Some(cluster::LinkEndpoint {
+        url: format!(
+            "https://{}:{}{}",
+            ctx.settings.media.announced_ip,
+            wt.local_addr.port(),
+            cluster::LINK_PATH
+        ),
+        cert_hash: wt.certificate_hash(),
+    })
 }
 
 /// Background tasks: limiter pruning, idle-room closing, media events, the node heartbeat.

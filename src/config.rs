@@ -64,6 +64,13 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// With REDIS_URL: a client joining a room another node owns is served here, the room's
+    /// media relayed from its owner over a node link (WebTransport), instead of being sent
+    /// to the owner (`ROOM_ON_OTHER_NODE`). Publishing still happens on the owner. Needs
+    /// DJANGO_JWT_SECRET (shared by all nodes) and WebTransport on every node.
+    #[arg(long, env = "RELAY_ROOMS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub relay_rooms: bool,
+
     /// This node's id in the Redis registry. Default: a random id per process.
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,
@@ -296,6 +303,7 @@ impl Config {
         self.check_webhook(jwt_secret.is_some())?;
         self.check_limits()?;
         self.check_webtransport()?;
+        self.check_relay(jwt_secret.is_some())?;
         let allowed_origins = self.resolve_origins(dev_mode);
         let workers = self.resolve_workers()?;
         let codecs = self.resolve_codecs()?;
@@ -411,6 +419,27 @@ impl Config {
     }
 
     /// An operator certificate comes with its key; a self-signed one lives 10 s to 14 days.
+    /// Relaying needs what node links need.
+    fn check_relay(&self, has_secret: bool) -> Result<(), String> {
+        if !self.relay_rooms {
+            return Ok(());
+        }
+        if self.redis_url.is_none() {
+            return Err("RELAY_ROOMS needs REDIS_URL (rooms are shared through Redis)".into());
+        }
+        if !self.webtransport_enabled {
+            return Err(
+                "RELAY_ROOMS needs WEBTRANSPORT_ENABLED (node links are WebTransport)".into(),
+            );
+        }
+        if !has_secret {
+            return Err(
+                "RELAY_ROOMS needs DJANGO_JWT_SECRET (node links are signed with it)".into(),
+            );
+        }
+        Ok(())
+    }
+
     fn check_webtransport(&self) -> Result<(), String> {
         match (&self.webtransport_cert_file, &self.webtransport_key_file) {
             (Some(_), None) | (None, Some(_)) => {

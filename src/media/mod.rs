@@ -13,6 +13,7 @@ pub mod codec;
 pub mod core;
 mod egress;
 pub mod frames;
+pub mod links;
 pub mod ortc;
 mod router;
 pub mod simulcast;

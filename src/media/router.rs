@@ -15,6 +15,7 @@ use super::core::{ConsumerCreated, Egress, WorkerCore};
 use super::frames::ingest::FrameStream;
 use super::frames::sink::FrameSession;
 use super::frames::FrameCodec;
+use super::links::{RelayPeers, RemoteProducers};
 use super::ortc::{RtpCapabilities, RtpParameters, TransportParameters};
 use super::worker::{self, Command, WorkerHandle};
 use super::{
@@ -36,6 +37,10 @@ pub struct MediaRouter {
     /// Consumers per worker, kept current by each worker after every wake-up.
     loads: Arc<Vec<AtomicUsize>>,
     spread_rooms: bool,
+    /// Every worker's relay inbox and the node links' (`links.rs`).
+    pub(super) peers: Arc<RelayPeers>,
+    /// Producers of other nodes that node links bring here.
+    pub(super) remote: Arc<Mutex<RemoteProducers>>,
 }
 
 /// A room's own worker keeps taking its subscribers until it has this many more consumers
@@ -71,7 +76,7 @@ impl MediaRouter {
         let (relay_senders, relay_inboxes): (Vec<_>, Vec<_>) = (0..config.workers)
             .map(|_| mpsc::channel(super::core::RELAY_QUEUE))
             .unzip();
-        let relay_senders = Arc::new(relay_senders);
+        let relay_senders = Arc::new(RelayPeers::new(relay_senders));
         let loads: Arc<Vec<AtomicUsize>> =
             Arc::new((0..config.workers).map(|_| AtomicUsize::new(0)).collect());
         let mut workers = Vec::with_capacity(config.workers);
@@ -105,6 +110,8 @@ impl MediaRouter {
             placement: Arc::default(),
             loads,
             spread_rooms: config.spread_rooms,
+            peers: relay_senders,
+            remote: Arc::default(),
         })
     }
 
@@ -159,7 +166,7 @@ impl MediaRouter {
         target: usize,
         producer: ProducerId,
     ) -> Result<(), MediaError> {
-        if home == target {
+        if self.ensure_remote_mirror(target, producer).await? || home == target {
             return Ok(());
         }
         let spec = self
@@ -376,6 +383,7 @@ impl MediaRouter {
         producer: ProducerId,
         session: Arc<dyn FrameSession>,
     ) -> Result<FrameConsumerInfo, MediaError> {
+        self.ensure_remote_mirror(worker, producer).await?;
         self.run(worker, move |core, now, _| {
             core.create_frame_consumer(subscriber, producer, session, now)
         })
@@ -422,7 +430,7 @@ impl MediaRouter {
     }
 
     /// Run `task` on a worker's thread, against its core.
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         worker: usize,
         task: impl FnOnce(&mut WorkerCore, std::time::Instant, &mut dyn Egress) -> T + Send + 'static,
@@ -504,6 +512,9 @@ impl MediaRouter {
         sdp: String,
         producers: Vec<(ProducerId, String)>,
     ) -> Result<(String, Vec<ProducerId>), MediaError> {
+        for (producer, _) in &producers {
+            self.ensure_remote_mirror(worker, *producer).await?;
+        }
         self.run(worker, move |core, now, egress| {
             core.whep_offer(transport, &sdp, &producers, now, egress)
         })

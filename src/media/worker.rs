@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::core::{Egress, Relay, WorkerCore};
 use super::egress::BatchEgress;
 use super::frames::ingest::{read_stream, FrameInput, FrameStream, FRAME_INBOX};
+use super::links::RelayPeers;
 use super::tcp::{Adoption, LinkInput, Links, TcpCounters, WORKER_INBOX};
 use super::{
     MediaConfig, MediaError, MediaEvent, NewProducer, Preference, ProducerId, TransportId,
@@ -84,8 +85,8 @@ pub(crate) struct WorkerHandle {
 pub(crate) struct WorkerLinks {
     /// Its own relay inbox.
     pub inbox: mpsc::Receiver<Relay>,
-    /// Every worker's inbox, by index (its own included, never used).
-    pub peers: Arc<Vec<mpsc::Sender<Relay>>>,
+    /// Every worker's inbox, by index (its own included, never used), and the node links'.
+    pub peers: Arc<RelayPeers>,
     /// Consumers on each worker, by index; this worker keeps its own slot current.
     pub loads: Arc<Vec<std::sync::atomic::AtomicUsize>>,
 }
@@ -280,10 +281,8 @@ async fn run(
         // What this wake-up has for other workers leaves in one message per worker; a full
         // inbox drops it (counted) rather than stall this worker's own subscribers.
         for (to, relay) in core.take_relay() {
-            if let Some(peer) = peers.get(to) {
-                if let Err(e) = peer.try_send(relay) {
-                    core.relay_dropped(&e.into_inner());
-                }
+            if let Err(relay) = peers.send(to, relay) {
+                core.relay_dropped(&relay);
             }
         }
         if let Some(load) = loads.get(index) {

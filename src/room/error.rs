@@ -27,6 +27,9 @@ pub enum RoomErrorKind {
     OnOtherNode,
     /// The cross-node directory could not be reached.
     DirectoryUnavailable,
+    /// The node owning a room this node would relay did not answer (it may have just died:
+    /// joining again shortly finds the room taken over).
+    OwnerUnreachable,
     InvalidSdp,
     NoPendingOffer,
     ProducerNotFound,

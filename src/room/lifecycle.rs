@@ -61,7 +61,7 @@ impl Rooms {
     }
 
     /// Whether `room_id` may be created now: not taken here, and no cap reached.
-    fn check_room_quota(
+    pub(super) fn check_room_quota(
         &self,
         state: &State,
         room_id: &str,
@@ -118,6 +118,9 @@ impl Rooms {
                 empty_since: Some(now),
                 worker,
                 participants: BTreeMap::new(),
+                watchers: Vec::new(),
+                relay: None,
+                closing: false,
             },
         );
         drop(state);
@@ -140,8 +143,13 @@ impl Rooms {
     }
 
     /// A room unknown locally may live in the directory: here (create it from its record),
-    /// or on another node (redirect the client there).
-    async fn locate_in_directory(&self, room_id: &str) -> Result<(), RoomError> {
+    /// or on another node: relay it from there when `may_relay` and relaying is on, else
+    /// redirect the client there.
+    pub(super) async fn locate_in_directory(
+        &self,
+        room_id: &str,
+        may_relay: bool,
+    ) -> Result<(), RoomError> {
         if self.room_exists(room_id) {
             return Ok(());
         }
@@ -154,6 +162,11 @@ impl Rooms {
                 max_participants: record.max_participants,
                 node_url: None,
             }),
+            Placement::Elsewhere { node, url }
+                if may_relay && self.ports.owner_links.get().is_some() =>
+            {
+                self.open_relay(room_id, &node, &url).await
+            }
             Placement::Elsewhere { node, url } => Err(RoomError {
                 kind: RoomErrorKind::OnOtherNode,
                 message: format!("room `{room_id}` lives on node {node}; join it at {url}"),
@@ -191,7 +204,7 @@ impl Rooms {
         dialect: Dialect,
     ) -> Result<Joined, RoomError> {
         let display_name = check_display_name(&member.display_name)?;
-        self.locate_in_directory(room_id).await?;
+        self.locate_in_directory(room_id, true).await?;
         self.materialize_from_catalog(room_id, token).await?;
         let worker = {
             let state = self.lock();
@@ -223,6 +236,7 @@ impl Rooms {
             dialect,
             ortc: OrtcParticipant::default(),
             downlink: Default::default(),
+            remote: false,
         };
         let (others, existing) =
             match self.insert_participant(room_id, &participant_id, participant) {
@@ -328,7 +342,10 @@ impl Rooms {
             let Some(participant) = room.participants.remove(participant_id) else {
                 return;
             };
-            self.report_departure(room_id, participant_id, &participant, room);
+            // A relayed room's owner-side participants are the owner's to report.
+            if !participant.remote {
+                self.report_departure(room_id, participant_id, &participant, room);
+            }
             // The leaver is already out of `participants`: everyone left hears it.
             for producer in &participant.producers {
                 orphans.extend(room.announce_producer_closed(
@@ -344,10 +361,12 @@ impl Rooms {
                 None,
             );
             let worker = room.worker;
-            self.ports
-                .directory
-                .participant_left(room_id, participant_id);
-            if room.participants.is_empty() {
+            if !participant.remote {
+                self.ports
+                    .directory
+                    .participant_left(room_id, participant_id);
+            }
+            if room.unused() {
                 tracing::info!(room = room_id, "last participant left; room closed");
                 if let Some(room) = state.rooms.remove(room_id) {
                     self.room_removed(room_id, &room);
@@ -414,8 +433,17 @@ impl Rooms {
         });
     }
 
-    /// A room left the map: release it in the directory and report it.
-    fn room_removed(&self, room_id: &str, room: &Room) {
+    /// A room left the map: release it in the directory and report it; relaying nodes hear
+    /// it is gone.
+    pub(super) fn room_removed(&self, room_id: &str, room: &Room) {
+        room.tell_watchers(&Notice::RoomClosed {
+            room_id: room_id.to_string(),
+        });
+        if room.relay.is_some() {
+            // Not ours to release: the owner holds the directory record.
+            tracing::info!(room = room_id, "relayed room closed");
+            return;
+        }
         self.ports.directory.release(room_id);
         self.emit(RoomEvent::RoomClosed {
             room_id: room_id.to_string(),
@@ -454,10 +482,11 @@ impl Rooms {
     /// Close a room for everyone: each participant is told, all media stops.
     pub async fn close_room(&self, room_id: &str) {
         let participants: Vec<String> = {
-            let state = self.lock();
-            let Some(room) = state.rooms.get(room_id) else {
+            let mut state = self.lock();
+            let Some(room) = state.rooms.get_mut(room_id) else {
                 return;
             };
+            room.closing = true;
             room.broadcast(
                 &Notice::RoomClosed {
                     room_id: room_id.to_string(),
@@ -486,7 +515,7 @@ impl Rooms {
                 .rooms
                 .iter()
                 .filter(|(_, r)| {
-                    r.participants.is_empty()
+                    r.unused()
                         && r.empty_since
                             .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
                 })

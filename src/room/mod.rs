@@ -15,6 +15,7 @@ mod model;
 mod ortc;
 pub mod ports;
 mod publish;
+mod relayed;
 mod validate;
 
 pub use error::{RoomError, RoomErrorKind};
@@ -25,7 +26,8 @@ pub use http::{HttpMediaSession, HttpSessionRef, Requester};
 pub use lifecycle::{Joined, RoomSpec};
 pub use model::{Dialect, Member, RoomSummary};
 pub use ortc::{ConsumerCreated, ConsumerTarget, ProducerPublished, RemoteDtls, TransportCreated};
-pub use ports::{Directory, EventSink, Notifier, RoomCatalog};
+pub use ports::{Directory, EventSink, Notifier, OwnerLinks, RelayFeed, RoomCatalog};
+pub use relayed::Watch;
 pub use validate::{sdp_sending_kinds, DEFAULT_MAX_PARTICIPANTS, MAX_PARTICIPANTS_LIMIT};
 
 use std::collections::BTreeMap;
@@ -53,10 +55,17 @@ pub struct RoomPorts {
     pub catalog: Option<Arc<dyn RoomCatalog>>,
     /// Audit log, webhooks: every one hears every event.
     pub observers: Vec<Arc<dyn EventSink>>,
+    /// Relay rooms of other nodes rather than redirect to them (RELAY_ROOMS), set once the
+    /// cluster layer is up (it needs the rooms first).
+    pub owner_links: std::sync::OnceLock<Arc<dyn OwnerLinks>>,
 }
 
 pub struct Rooms {
+    /// Itself, for tasks a room starts (a relayed room's notice pump).
+    me: std::sync::Weak<Rooms>,
     state: Mutex<State>,
+    /// Relay links open one at a time, so two joins cannot open two links for one room.
+    relay_opening: tokio::sync::Mutex<()>,
     media: MediaRouter,
     limits: RoomLimits,
     ports: RoomPorts,
@@ -86,8 +95,10 @@ pub struct RoomCounts {
 
 impl Rooms {
     pub fn new(media: MediaRouter, limits: RoomLimits, ports: RoomPorts) -> Arc<Self> {
-        Arc::new(Rooms {
+        Arc::new_cyclic(|me| Rooms {
+            me: me.clone(),
             state: Mutex::new(State::default()),
+            relay_opening: tokio::sync::Mutex::new(()),
             media,
             limits,
             ports,
@@ -96,6 +107,11 @@ impl Rooms {
 
     pub fn directory(&self) -> &Arc<dyn Directory> {
         &self.ports.directory
+    }
+
+    /// Relay rooms of other nodes through `links` from now on (RELAY_ROOMS).
+    pub fn relay_through(&self, links: Arc<dyn OwnerLinks>) {
+        let _ = self.ports.owner_links.set(links);
     }
 
     /// Tell every observer. Observers never block.
@@ -113,7 +129,13 @@ impl Rooms {
 
     pub fn counts(&self) -> RoomCounts {
         let state = self.lock();
-        let participants = || state.rooms.values().flat_map(|r| r.participants.values());
+        let participants = || {
+            state
+                .rooms
+                .values()
+                .flat_map(|r| r.participants.values())
+                .filter(|p| !p.remote)
+        };
         RoomCounts {
             rooms: state.rooms.len(),
             participants: participants().count(),

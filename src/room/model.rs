@@ -65,6 +65,22 @@ pub(super) struct Room {
     pub empty_since: Option<Instant>,
     pub worker: usize,
     pub participants: BTreeMap<String, Participant>,
+    /// Owner side: node links relaying this room, told what happens in it (`watch`).
+    pub watchers: Vec<(u64, Arc<dyn Notifier>)>,
+    /// Relay side: the room lives on another node and reaches this one through a link.
+    pub relay: Option<RelayedFrom>,
+    /// `close_room` is removing everyone: nobody may join meanwhile.
+    pub closing: bool,
+}
+
+/// A room this node relays from its owner (`relayed.rs`).
+pub(super) struct RelayedFrom {
+    /// Where the owner is reached (publishing goes there).
+    pub owner_url: String,
+    /// Tells this relayed room from a later one of the same id.
+    pub generation: u64,
+    /// Dropping it ends the link.
+    pub _link: Box<dyn std::any::Any + Send + Sync>,
 }
 
 pub(super) struct Participant {
@@ -79,6 +95,8 @@ pub(super) struct Participant {
     pub dialect: Dialect,
     pub ortc: OrtcParticipant,
     pub downlink: Downlink,
+    /// A participant of the owner node, shown here because this node relays its room.
+    pub remote: bool,
 }
 
 /// What the media worker last said about this participant's subscriber link.
@@ -132,6 +150,10 @@ impl Room {
         except: Option<&str>,
     ) -> Vec<String> {
         let mut orphans = Vec::new();
+        self.tell_watchers(&Notice::ProducerClosed {
+            producer_id: producer,
+            participant_id: owner.to_string(),
+        });
         for (id, p) in self.participants.iter_mut() {
             if except == Some(id.as_str()) {
                 continue;
@@ -161,13 +183,30 @@ impl Room {
         orphans
     }
 
-    /// Tell every participant but `except`.
+    /// Tell every participant but `except`, and the node links relaying the room.
     pub fn broadcast(&self, notice: &Notice, except: Option<&str>) {
         for (id, p) in &self.participants {
             if except != Some(id.as_str()) {
                 p.notifier.notify(notice.clone());
             }
         }
+        self.tell_watchers(notice);
+    }
+
+    pub fn tell_watchers(&self, notice: &Notice) {
+        for (_, watcher) in &self.watchers {
+            watcher.notify(notice.clone());
+        }
+    }
+
+    /// Participants connected to this node (a relayed room's owner-side ones excluded).
+    pub fn local_participants(&self) -> usize {
+        self.participants.values().filter(|p| !p.remote).count()
+    }
+
+    /// Nobody here needs the room any more: no local participant, no relaying node.
+    pub fn unused(&self) -> bool {
+        self.local_participants() == 0 && self.watchers.is_empty()
     }
 
     /// Every producer in the room with its owner, except those of `except`.

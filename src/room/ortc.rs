@@ -66,6 +66,9 @@ impl Rooms {
         participant_id: &str,
         send: bool,
     ) -> Result<TransportCreated, RoomError> {
+        if send {
+            self.refuse_if_relayed(room_id)?;
+        }
         let (worker, id, replaced) =
             self.with_participant(room_id, participant_id, |room, pid| {
                 let worker = room.worker;
@@ -207,6 +210,7 @@ impl Rooms {
         kind: Kind,
         rtp_parameters: RtpParameters,
     ) -> Result<ProducerPublished, RoomError> {
+        self.refuse_if_relayed(room_id)?;
         let (worker, id) =
             self.ortc_transport(room_id, participant_id, transport_id, Some(true))?;
         let created = self

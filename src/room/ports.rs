@@ -107,3 +107,25 @@ pub trait RoomCatalog: Send + Sync {
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<CatalogRoom>, LookupError>>;
 }
+
+/// On a node that relays rooms of other nodes (RELAY_ROOMS): how the room layer reaches the
+/// owner of a room (`cluster` implements it over a node link).
+pub trait OwnerLinks: Send + Sync {
+    /// Link to `node`, the owner of `room_id`: the room as it stands, then what happens in it.
+    fn open<'a>(
+        &'a self,
+        room_id: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<RelayFeed, super::RoomError>>;
+}
+
+/// An owner's room as a node link delivers it.
+pub struct RelayFeed {
+    pub definition: RoomDefinition,
+    pub participants: Vec<super::ParticipantView>,
+    /// What happens next: participants joining and leaving, producers added, closed and
+    /// paused, the room closing. Ends when the link does (the owner is gone).
+    pub notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    /// Dropping it ends the link.
+    pub link: Box<dyn std::any::Any + Send + Sync>,
+}

@@ -25,6 +25,7 @@ impl Rooms {
         participant_id: &str,
         sdp: String,
     ) -> Result<(String, Vec<AnnouncedProducer>), RoomError> {
+        self.refuse_if_relayed(room_id)?;
         let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
         let (answer, created) = self.media.publisher_offer(worker, publisher, sdp).await?;
         let announced = self
@@ -42,6 +43,7 @@ impl Rooms {
         codec: FrameCodec,
         rids: Vec<String>,
     ) -> Result<AnnouncedProducer, RoomError> {
+        self.refuse_if_relayed(room_id)?;
         let (worker, publisher, _) = self.participant_transports(room_id, participant_id)?;
         let created = self
             .media

@@ -57,6 +57,17 @@ pub(super) fn check_display_name(name: &str) -> Result<String, RoomError> {
 }
 
 pub(super) fn check_capacity(room: &Room) -> Result<(), RoomError> {
+    if room.closing {
+        // A relayed room closes when its owner is lost; joining again finds its new home.
+        let (kind, message) = match room.relay {
+            Some(_) => (
+                RoomErrorKind::OwnerUnreachable,
+                "the room's owner node was lost; join again shortly",
+            ),
+            None => (RoomErrorKind::RoomNotFound, "the room is closing"),
+        };
+        return Err(RoomError::new(kind, message));
+    }
     if room.participants.len() >= room.summary.max_participants as usize {
         return Err(RoomError::new(
             RoomErrorKind::RoomFull,

@@ -21,6 +21,7 @@ pub fn room_error_code(kind: RoomErrorKind) -> ErrorCode {
         RoomErrorKind::LookupFailed => ErrorCode::RoomLookupFailed,
         RoomErrorKind::OnOtherNode => ErrorCode::RoomOnOtherNode,
         RoomErrorKind::DirectoryUnavailable => ErrorCode::DirectoryUnavailable,
+        RoomErrorKind::OwnerUnreachable => ErrorCode::OwnerUnreachable,
         RoomErrorKind::InvalidSdp => ErrorCode::InvalidSdp,
         RoomErrorKind::NoPendingOffer => ErrorCode::NoPendingOffer,
         RoomErrorKind::ProducerNotFound => ErrorCode::ProducerNotFound,

@@ -11,6 +11,8 @@
 //! - `sfu:nodes` (set of node ids), `sfu:node:<id>` (hash url, load, updatedMs; TTL NODE_TTL)
 //! - `sfu:room:<id>` (hash node, name, description, maxParticipants, createdMs)
 //! - `sfu:room:<id>:participants` (set of participant ids)
+//! - `sfu:room:<id>:relays` (set of node ids relaying the room, `cluster`)
+//! - the node hash also holds `linkUrl` and `linkCertHash`: where it accepts node links
 //!
 //! Ownership is valid while the owner's node key lives. When a node dies its key expires and
 //! the next join through any node takes the room over (atomically, by Lua compare-and-set).
@@ -26,6 +28,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use crate::cluster::LinkEndpoint;
 use crate::room::ports::{
     Claim, Directory, DirectoryError, DirectoryHealth, Placement, RoomDefinition,
 };
@@ -61,6 +64,18 @@ pub struct RedisDirectory {
     conn: Mutex<Option<ConnectionManager>>,
     pub node_id: String,
     pub public_url: String,
+}
+
+/// 64 hex digits into a SHA-256.
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn node_key(id: &str) -> String {
@@ -116,11 +131,20 @@ impl RedisDirectory {
         Ok(conn)
     }
 
-    /// Refresh this node's registry entry with its current load (participants).
-    pub async fn heartbeat(&self, load: u64) -> Result<(), DirectoryError> {
+    /// Refresh this node's registry entry with its current load (participants) and where it
+    /// accepts node links (`cluster`), if it does.
+    pub async fn heartbeat(
+        &self,
+        load: u64,
+        link: Option<&LinkEndpoint>,
+    ) -> Result<(), DirectoryError> {
         let mut conn = self.conn().await?;
         let key = node_key(&self.node_id);
         let now = unix_millis();
+        let hash = link
+            .and_then(|l| l.cert_hash)
+            .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            .unwrap_or_default();
         redis::pipe()
             .atomic()
             .hset_multiple(
@@ -129,6 +153,8 @@ impl RedisDirectory {
                     ("url", self.public_url.clone()),
                     ("load", load.to_string()),
                     ("updatedMs", now.to_string()),
+                    ("linkUrl", link.map(|l| l.url.clone()).unwrap_or_default()),
+                    ("linkCertHash", hash),
                 ],
             )
             .expire(&key, NODE_TTL.as_secs() as i64)
@@ -136,6 +162,36 @@ impl RedisDirectory {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Where live node `node` accepts node links (None: it does not, or it is gone).
+    pub async fn link_endpoint(&self, node: &str) -> Result<Option<LinkEndpoint>, DirectoryError> {
+        let mut conn = self.conn().await?;
+        let fields: HashMap<String, String> = conn.hgetall(node_key(node)).await?;
+        let Some(url) = fields.get("linkUrl").filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let cert_hash = fields.get("linkCertHash").and_then(|h| parse_hash(h));
+        Ok(Some(LinkEndpoint {
+            url: url.clone(),
+            cert_hash,
+        }))
+    }
+
+    /// Record (or forget) that this node relays `room_id` (`sfu:room:<id>:relays`), in the
+    /// background like participant bookkeeping.
+    pub fn set_relaying(self: &Arc<Self>, room_id: &str, relaying: bool) {
+        let (me, key) = (self.clone(), format!("{}:relays", room_key(room_id)));
+        tokio::spawn(async move {
+            let Ok(mut conn) = me.conn().await else {
+                return;
+            };
+            let _: Result<i64, _> = if relaying {
+                conn.sadd(&key, &me.node_id).await
+            } else {
+                conn.srem(&key, &me.node_id).await
+            };
+        });
     }
 
     /// Remove this node from the registry (graceful shutdown).

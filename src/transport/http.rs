@@ -245,6 +245,7 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "workers": addrs,
         "perWorker": per_worker,
         "iceTcp": ctx.media.ice_tcp_stats(),
+        "cluster": ctx.cluster.as_ref().map(|c| c.stats()),
     }))
 }
 

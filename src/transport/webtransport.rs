@@ -232,6 +232,17 @@ async fn handle_session(ctx: Arc<AppContext>, incoming: IncomingSession) {
                 return;
             }
         };
+    if request.path() == crate::cluster::LINK_PATH {
+        // Another node's link: it proves itself with a node token, not an Origin.
+        let Some(cluster) = ctx.cluster.clone() else {
+            request.not_found().await;
+            return;
+        };
+        if let Ok(connection) = request.accept().await {
+            cluster.serve_link(connection).await;
+        }
+        return;
+    }
     if request.path() != PATH {
         request.not_found().await;
         return;

@@ -64,6 +64,7 @@ fn room_error(e: RoomError) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
         ErrorCode::RoomOnOtherNode => StatusCode::CONFLICT,
+        ErrorCode::OwnerUnreachable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::InternalError | ErrorCode::DirectoryUnavailable => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -46,8 +46,7 @@ use self::frames_out::FrameConsumer;
 pub use self::frames_out::FrameConsumerInfo;
 use self::keyframes::KeyframeRequests;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
-use self::relay::Exports;
-pub use self::relay::{MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
+pub use self::relay::{Exports, MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
 use super::allocator::TrackState;
 use super::codec::{apply_codecs, CodecName};
 use super::frames::depacketize::Depacketizer;
@@ -271,7 +270,8 @@ pub struct WorkerCore {
     next_nonce: u64,
     /// Messages for other workers, and packet batches per worker, sent when a wake-up ends.
     relay_out: Vec<(usize, Relay)>,
-    relay_batches: Vec<Vec<ProducerPacket>>,
+    /// Packets of this wake-up, per destination (worker or node link).
+    relay_batches: Vec<(usize, Vec<ProducerPacket>)>,
     /// Publishers speaking at the last housekeeping tick (`bandwidth.rs`).
     speakers: Vec<TransportId>,
     /// Open media streams of WebTransport publishers: (producer, layer) and the publisher.

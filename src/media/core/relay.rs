@@ -70,6 +70,14 @@ pub enum Relay {
         from: usize,
         nonce: u64,
     },
+    /// To a producer's home: feed the mirror `nonce` that worker `to` holds. The router does
+    /// this itself for local homes; a node link (`cluster`) is told with this message, and
+    /// passes it on to the owner node.
+    Export {
+        producer: ProducerId,
+        to: usize,
+        nonce: u64,
+    },
 }
 
 /// What a worker needs to mirror a producer of another worker.
@@ -84,19 +92,41 @@ pub struct MirrorSpec {
     pub mime_type: Option<String>,
 }
 
-/// On the home worker: who mirrors a producer, and what they want of it.
+/// On the home worker (or a node link): who mirrors a producer, and what they want of it.
 #[derive(Debug, Default)]
-pub(super) struct Exports {
+pub struct Exports {
     /// (worker, nonce of its mirror).
-    pub(super) to: Vec<(usize, u64)>,
+    pub to: Vec<(usize, u64)>,
     /// Layers each mirroring worker's consumers want.
-    pub(super) wants: Vec<(usize, [bool; MAX_LAYERS])>,
+    pub wants: Vec<(usize, [bool; MAX_LAYERS])>,
 }
 
 impl Exports {
+    /// Feed `worker`'s mirror `nonce` (a newer nonce replaces the old one).
+    pub fn add(&mut self, worker: usize, nonce: u64) {
+        match self.to.iter_mut().find(|(w, _)| *w == worker) {
+            Some(entry) => entry.1 = nonce,
+            None => self.to.push((worker, nonce)),
+        }
+    }
+
+    /// `worker` says what its mirror's consumers want.
+    pub fn set_wants(&mut self, worker: usize, layers: [bool; MAX_LAYERS]) {
+        self.wants.retain(|(w, _)| *w != worker);
+        self.wants.push((worker, layers));
+    }
+
+    /// `worker`'s mirror `nonce` is gone; a late message of an older mirror changes nothing.
+    pub fn remove(&mut self, worker: usize, nonce: u64) {
+        if self.to.contains(&(worker, nonce)) {
+            self.to.retain(|(w, _)| *w != worker);
+            self.wants.retain(|(w, _)| *w != worker);
+        }
+    }
+
     /// The layers some mirror wants (`None`: no mirror). A mirror that has not said yet
     /// wants every layer, as a track nobody consumes yet keeps all of them.
-    pub(super) fn wanted(&self) -> Option<[bool; MAX_LAYERS]> {
+    pub fn wanted(&self) -> Option<[bool; MAX_LAYERS]> {
         let mut any = None;
         for (worker, _) in &self.to {
             let layers = self
@@ -132,6 +162,12 @@ impl WorkerCore {
         })
     }
 
+    /// The payload parameters `producer`'s packets use so far (None before the first one).
+    pub fn producer_params(&self, producer: ProducerId) -> Option<PayloadParams> {
+        let pk = self.producer_key(producer).ok()?;
+        self.producers[pk].codec_params
+    }
+
     /// Home side: start (or keep) copying `producer`'s packets to `worker`'s mirror `nonce`.
     pub fn export_to(
         &mut self,
@@ -140,11 +176,7 @@ impl WorkerCore {
         nonce: u64,
     ) -> Result<(), MediaError> {
         let pk = self.producer_key(producer)?;
-        let exports = &mut self.producers[pk].exports.to;
-        match exports.iter_mut().find(|(w, _)| *w == worker) {
-            Some(entry) => entry.1 = nonce,
-            None => exports.push((worker, nonce)),
-        }
+        self.producers[pk].exports.add(worker, nonce);
         Ok(())
     }
 
@@ -211,9 +243,7 @@ impl WorkerCore {
                 layers,
             } => {
                 if let Ok(pk) = self.producer_key(producer) {
-                    let wants = &mut self.producers[pk].exports.wants;
-                    wants.retain(|(w, _)| *w != from);
-                    wants.push((from, layers));
+                    self.producers[pk].exports.set_wants(from, layers);
                 }
             }
             Relay::Unexport {
@@ -222,12 +252,15 @@ impl WorkerCore {
                 nonce,
             } => {
                 if let Ok(pk) = self.producer_key(producer) {
-                    let exports = &mut self.producers[pk].exports;
-                    if exports.to.contains(&(from, nonce)) {
-                        exports.to.retain(|(w, _)| *w != from);
-                        exports.wants.retain(|(w, _)| *w != from);
-                    }
+                    self.producers[pk].exports.remove(from, nonce);
                 }
+            }
+            Relay::Export {
+                producer,
+                to,
+                nonce,
+            } => {
+                let _ = self.export_to(producer, to, nonce);
             }
         }
         self.after_drain(now, egress);
@@ -242,11 +275,16 @@ impl WorkerCore {
     pub(super) fn export_packet(&mut self, pk: ProducerKey, packet: &ProducerPacket) {
         let exports = &self.producers[pk].exports.to;
         for (worker, _) in exports {
-            let batch = &mut self.relay_batches;
-            if batch.len() <= *worker {
-                batch.resize_with(*worker + 1, Vec::new);
-            }
-            batch[*worker].push(packet.clone());
+            // A handful of destinations (workers, node links): a linear search is cheapest.
+            let batches = &mut self.relay_batches;
+            let i = match batches.iter().position(|(w, _)| w == worker) {
+                Some(i) => i,
+                None => {
+                    batches.push((*worker, Vec::new()));
+                    batches.len() - 1
+                }
+            };
+            batches[i].1.push(packet.clone());
             self.stats.relay_packets_out += 1;
         }
     }
@@ -254,9 +292,9 @@ impl WorkerCore {
     /// Everything this wake-up has for other workers, packets batched per worker.
     pub fn take_relay(&mut self) -> Vec<(usize, Relay)> {
         let mut out = std::mem::take(&mut self.relay_out);
-        for (worker, batch) in self.relay_batches.iter_mut().enumerate() {
+        for (worker, batch) in self.relay_batches.iter_mut() {
             if !batch.is_empty() {
-                out.push((worker, Relay::Packets(std::mem::take(batch))));
+                out.push((*worker, Relay::Packets(std::mem::take(batch))));
             }
         }
         out

@@ -64,6 +64,9 @@ pub enum ErrorCode {
     RoomOnOtherNode,
     /// The cross-node room directory (Redis) is unreachable; local rooms keep working.
     DirectoryUnavailable,
+    /// This node relays the room but its owner node did not answer; join again shortly (a
+    /// dead owner's rooms are taken over within seconds).
+    OwnerUnreachable,
     /// The resume token is unknown or expired, or missed messages are no longer buffered:
     /// authenticate and join again.
     ResumeFailed,
