@@ -149,11 +149,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<ServerHandle> {
         draining: AtomicBool::new(false),
     });
     telemetry::metrics::handle();
-    spawn_housekeeping(&ctx, events_rx, redis);
     if ctx.settings.config.webtransport_enabled {
         let state = start_webtransport(&ctx).await?;
         let _ = ctx.webtransport.set(state);
     }
+    // After WebTransport is bound: the first heartbeat already names the link endpoint.
+    spawn_housekeeping(&ctx, events_rx, redis);
     let (metrics_addr, shutdown, task) = serve_http(&ctx, listener).await?;
     tracing::info!(%http_addr, %metrics_addr, dev_mode = ctx.settings.dev_mode, "sfu listening");
     Ok(ServerHandle {

@@ -567,11 +567,20 @@ class Session {
     markTimeline('authenticated');
 
     const roomId = sanitizeRoomId(roomName);
-    const joined = await this.joinOrCreate(roomId, roomName.trim() || roomId, displayName);
-    markTimeline('room');
+    let joined = await this.joinOrCreate(roomId, roomName.trim() || roomId, displayName);
     this.localStream = await media;
     this.assertOpen();
+    if (joined.relayedFrom && this.localStream) {
+      // This node relays the room from its owner: watching works here, publishing does not.
+      log(`this node relays the room; publishing happens on ${joined.relayedFrom}`);
+      await this.request('leaveRoom', {}).catch(() => {});
+      await this.moveTo(joined.relayedFrom);
+      joined = await this.joinFollowingRedirect(roomId, displayName);
+    }
+    markTimeline('room');
     this.participantId = joined.participantId;
+    this.relayedFrom = joined.relayedFrom ?? null;
+    if (this.relayedFrom) log(`watching a room relayed from its owner ${this.relayedFrom}`);
     this.iceServers = Array.isArray(joined.iceServers) ? joined.iceServers : [];
     if (this.iceServers.length) log(`TURN: ${this.iceServers.flatMap((s) => s.urls).join(', ')}`);
     log(`joined room ${joined.roomId ?? roomId} as ${this.participantId}; ${joined.participants?.length ?? 0} other(s) present`);
@@ -1171,6 +1180,8 @@ document.addEventListener('securitypolicyviolation', (ev) => {
 window.sfuDemo = {
   get state() { return app.state; },
   get participantId() { return app.session?.participantId ?? null; },
+  /** The owner's URL when this node relays the room (RELAY_ROOMS), else null. */
+  get relayedFrom() { return app.session?.relayedFrom ?? null; },
   get lastError() { return app.lastError; },
   /** Kind of the signaling connection in use (or last used): 'webtransport' | 'websocket' | null. */
   get transport() { return app.transport; },

@@ -44,6 +44,8 @@ struct OwnerLink {
     room_id: String,
     worker: usize,
     exported: HashSet<ProducerId>,
+    /// The room's producers the relay was told of: the only ones it may ask for.
+    announced: HashSet<ProducerId>,
     /// (producer, payload type) whose parameters the relay was told.
     codecs_sent: HashSet<(ProducerId, Pt)>,
     /// Packets too large for a datagram go here, length-prefixed.
@@ -120,6 +122,7 @@ impl Cluster {
             room_id: room_id.clone(),
             worker: watch.worker,
             exported: HashSet::new(),
+            announced: HashSet::new(),
             codecs_sent: HashSet::new(),
             packet_stream: None,
             datagram: Vec::with_capacity(1500),
@@ -222,6 +225,18 @@ impl OwnerLink {
     /// Something the relay asked for, passed to the room's worker as a mirror's would be.
     fn on_control(&mut self, control: Control) {
         let (from, nonce) = (self.link, LINK_NONCE);
+        let asked_for = match &control {
+            Control::Export { producer_id }
+            | Control::Unexport { producer_id }
+            | Control::Keyframe { producer_id, .. }
+            | Control::Wants { producer_id, .. } => *producer_id,
+            _ => return,
+        };
+        // A link is for one room: another room's producers are not its to take.
+        if !self.announced.contains(&asked_for) {
+            tracing::debug!(room = %self.room_id, producer = %asked_for, "node link asked for a producer not in its room");
+            return;
+        }
         let relay = match control {
             Control::Export { producer_id } => {
                 self.exported.insert(producer_id);
@@ -279,10 +294,13 @@ impl OwnerLink {
             Notice::ProducerClosed {
                 producer_id,
                 participant_id,
-            } => Control::ProducerClosed {
-                producer_id,
-                participant_id,
-            },
+            } => {
+                self.announced.remove(&producer_id);
+                Control::ProducerClosed {
+                    producer_id,
+                    participant_id,
+                }
+            }
             Notice::ProducerPaused {
                 producer_id,
                 participant_id,
@@ -296,7 +314,7 @@ impl OwnerLink {
         })
     }
 
-    async fn participant(&self, view: &ParticipantView) -> LinkParticipant {
+    async fn participant(&mut self, view: &ParticipantView) -> LinkParticipant {
         let mut producers = Vec::with_capacity(view.producers.len());
         for p in &view.producers {
             if let Some(p) = self.producer(p).await {
@@ -312,13 +330,14 @@ impl OwnerLink {
     }
 
     /// A producer with what the relay needs to mirror it (None: it is gone already).
-    async fn producer(&self, view: &ProducerView) -> Option<LinkProducer> {
+    async fn producer(&mut self, view: &ProducerView) -> Option<LinkProducer> {
         let (spec, _) = self
             .cluster
             .media
             .link_export_spec(self.worker, view.producer_id)
             .await
             .ok()?;
+        self.announced.insert(view.producer_id);
         Some(LinkProducer {
             producer_id: view.producer_id,
             participant_id: view.participant_id.clone(),

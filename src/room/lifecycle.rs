@@ -27,6 +27,8 @@ pub struct RoomSpec {
 pub struct Joined {
     pub participant_id: String,
     pub others: Vec<ParticipantView>,
+    /// The room is relayed from its owner, reached at this URL (publish there).
+    pub relayed_from: Option<String>,
 }
 
 impl Rooms {
@@ -269,9 +271,16 @@ impl Rooms {
             }
         }
         tracing::info!(room = room_id, participant = %participant_id, user = %member.user_id, "participant joined");
+        let relayed_from = self
+            .lock()
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.relay.as_ref())
+            .map(|r| r.owner_url.clone());
         Ok(Joined {
             participant_id,
             others,
+            relayed_from,
         })
     }
 

@@ -13,8 +13,10 @@
 import { createRun, demoState, remotes, CheckFailed, sleep, withTimeout } from './harness.mjs';
 
 const base = (process.argv[2] ?? '').replace(/\/+$/, '');
-// Optional: page B opens the demo on another node (multi-node redirect check).
+// Optional: page B opens the demo on another node (multi-node redirect check); with
+// `viewer` after it, B joins without a camera (a relay node serves it the owner's room).
 const baseB = (process.argv[3] ?? base).replace(/\/+$/, '');
+const viewerB = process.argv[4] === 'viewer';
 if (!/^https?:\/\//.test(base)) {
   console.error('usage: node simulcast.mjs <base-url>   e.g. http://127.0.0.1:3000');
   process.exit(2);
@@ -93,8 +95,13 @@ await run.main(async () => {
 
   const B = await run.openPage('B');
   await check('B (Bob) joined', async () => {
-    await B.page.goto(demoUrl(room, 'Bob', {}, baseB));
+    await B.page.goto(demoUrl(room, 'Bob', viewerB ? { publish: '0' } : {}, baseB));
     const s = await waitJoined(B, 15_000);
+    if (viewerB) {
+      const relayedFrom = await B.page.evaluate(() => window.sfuDemo.relayedFrom);
+      if (relayedFrom?.replace(/\/+$/, '') !== base) throw new CheckFailed(`B is not served a relayed room (relayedFrom=${relayedFrom}, owner ${base})`);
+      return `participantId=${s.participantId}, relayed from ${relayedFrom}`;
+    }
     return `participantId=${s.participantId}`;
   });
 

@@ -104,6 +104,10 @@ impl Session {
             "participants": others,
             "routerRtpCapabilities": rooms.router_capabilities(),
         });
+        // Served here from its owner node: watching works here, publishing happens there.
+        if let Some(owner) = &joined.relayed_from {
+            response["relayedFrom"] = json!(owner);
+        }
         // TURN servers with this user's credentials, only when TURN_URLS is configured.
         let turn = self.ctx.settings.turn.as_ref();
         if let Some(servers) = ice_servers_json(turn, &identity.user.id) {
