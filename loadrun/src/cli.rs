@@ -60,6 +60,12 @@ pub struct BenchArgs {
     /// HS256 secret to mint tokens; without it tokens come from `/dev/token`.
     #[arg(long, env = "DJANGO_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Subscribers join through this node (RELAY_ROOMS), which relays the room from --url's.
+    #[arg(long)]
+    pub relay_url: Option<String>,
+    /// The relay node's pid: its CPU is reported as "relay node cpu".
+    #[arg(long)]
+    pub relay_pid: Option<u32>,
     /// Write the report(s) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -121,6 +127,8 @@ impl BenchArgs {
         config.subscriber_transport = self.subscriber_transport;
         config.server_pid = self.server_pid;
         config.jwt_secret = self.jwt_secret.clone();
+        config.relay_url = self.relay_url.clone();
+        config.relay_pid = self.relay_pid;
         config
     }
 

@@ -124,6 +124,11 @@ pub struct BenchConfig {
     pub settle: Duration,
     /// How long to wait for every subscriber's first packet before measuring anyway.
     pub ready_timeout: Duration,
+    /// Subscribers join through this node instead (our SFU with RELAY_ROOMS): the room stays
+    /// on `url`'s node and is relayed to them over a node link.
+    pub relay_url: Option<String>,
+    /// The relay node's pid, whose CPU is measured as `server`'s is.
+    pub relay_pid: Option<u32>,
 }
 
 impl BenchConfig {
@@ -144,6 +149,8 @@ impl BenchConfig {
             json: None,
             settle: Duration::from_secs(1),
             ready_timeout: Duration::from_secs(30),
+            relay_url: None,
+            relay_pid: None,
         }
     }
 }
@@ -219,6 +226,8 @@ pub(crate) struct RunContext {
     /// Our SFU: where its WebTransport signaling is, and tokens for it.
     target: Option<WtTarget>,
     endpoint: Option<Arc<WtEndpoint>>,
+    /// The relay node subscribers join through (`--relay-url`).
+    relay: Option<(WtTarget, Arc<WtEndpoint>)>,
     tokens: Option<Tokens>,
     /// Janus: its API and the run's room.
     janus: Option<janus::JanusTarget>,
@@ -298,6 +307,18 @@ async fn ice_tcp_addr(
 /// Run one benchmark and return its report (also written to `config.json` when set).
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let relay = match (&config.target, &config.relay_url) {
+        (Target::Sfu, Some(url)) => {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let target = testkit::signal::discover(&http, url.trim_end_matches('/')).await?;
+            let endpoint = testkit::signal::client_endpoint(&target)?;
+            Some((target, endpoint))
+        }
+        (Target::Janus(_), Some(_)) => bail!("--relay-url needs our SFU"),
+        (_, None) => None,
+    };
     let (base, target, endpoint, tokens, janus) = match &config.target {
         Target::Sfu => {
             let base = config.url.trim_end_matches('/').to_string();
@@ -366,6 +387,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         ice_tcp,
         target,
         endpoint,
+        relay,
         tokens,
         janus,
         shared: Shared::new(),
@@ -422,6 +444,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
 
     // Steady state.
     let cpu_start = config.server_pid.and_then(stats::process_cpu_seconds);
+    let relay_cpu_start = config.relay_pid.and_then(stats::process_cpu_seconds);
     let workers_start = config
         .server_pid
         .map(stats::worker_cpu_seconds)
@@ -433,6 +456,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     ctx.shared.phase.store(PHASE_DONE, Ordering::Relaxed);
     let measured_secs = measure_start.elapsed().as_secs_f64();
     let cpu_end = config.server_pid.and_then(stats::process_cpu_seconds);
+    let relay_cpu_end = config.relay_pid.and_then(stats::process_cpu_seconds);
     let workers_end = config
         .server_pid
         .map(stats::worker_cpu_seconds)
@@ -490,6 +514,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         keyframe_requests_at_publishers: 0,
         packets_by_layer: LayerPackets::default(),
         server: None,
+        relay: None,
         floor,
         udp_rcvbuf_errors: rcvbuf_errors,
     };
@@ -547,6 +572,20 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
                 .map(|(after, before)| after.saturating_sub(before) as f64 / subscribers as f64),
         });
     }
+    if let (Some(pid), Some(start), Some(end)) = (config.relay_pid, relay_cpu_start, relay_cpu_end) {
+        let cpu = (end - start).max(0.0);
+        report.relay = Some(ServerUsage {
+            pid,
+            cpu_seconds: cpu,
+            cpu_percent: cpu * 100.0 / measured_secs.max(1e-9),
+            cpu_us_per_forwarded_packet: (report.packets > 0)
+                .then(|| cpu * 1e6 / report.packets as f64),
+            worker_cpu_seconds: Vec::new(),
+            rss_bytes: stats::process_rss_bytes(pid),
+            rss_bytes_per_subscriber: None,
+            rss_growth_per_subscriber: None,
+        });
+    }
     if let Some(path) = &config.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -598,6 +637,11 @@ async fn participant_inner(
     let name = format!("bench-{}-{}", ctx.room, role.index);
     let token = tokens.token(&name, &role, ctx.config.scenario).await?;
     outcome.connect_at = Some(Instant::now());
+    // Pure subscribers go through the relay node when there is one.
+    let (endpoint, target) = match &ctx.relay {
+        Some((target, endpoint)) if role.publish.is_none() && role.index != 0 => (endpoint, target),
+        _ => (endpoint, target),
+    };
     let mut signal = SignalClient::connect_wt(endpoint.clone(), target).await?;
     signal
         .call("authenticate", json!({ "token": token }))

@@ -75,6 +75,9 @@ pub struct Report {
     #[serde(default)]
     pub packets_by_layer: LayerPackets,
     pub server: Option<ServerUsage>,
+    /// The relay node's cost, when subscribers joined through one (`--relay-url`).
+    #[serde(default)]
+    pub relay: Option<ServerUsage>,
     /// The machine's floor per packet, measured before the run (`floor.rs`).
     #[serde(default)]
     pub floor: Option<Floor>,
@@ -234,6 +237,20 @@ impl Report {
                     self.cpu_times_floor()
                         .map(|x| format!("{x:.2}× the floor"))
                         .unwrap_or_else(|| "-".into())
+                ),
+            ));
+        }
+        if let Some(relay) = &self.relay {
+            rows.push((
+                "relay node cpu",
+                format!(
+                    "{:.2} s ({:.1} %), {} µs/forwarded {unit}",
+                    relay.cpu_seconds,
+                    relay.cpu_percent,
+                    relay
+                        .cpu_us_per_forwarded_packet
+                        .map(|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| "-".into()),
                 ),
             ));
         }
