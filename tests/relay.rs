@@ -343,3 +343,49 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
     }
     drop(b);
 }
+
+/// The load runner's relay mode: the room on one node, its subscribers on another; every
+/// subscriber receives, and both nodes' CPU is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_runner_measures_a_livestream_relayed_to_another_node() {
+    let a = spawn_node("bench-owner", &[]).await;
+    let b = spawn_node("bench-relay", &[("RELAY_ROOMS", "true")]).await;
+    let pid = |n: &Node| n.process.as_ref().expect("running").child.id();
+    let mut config =
+        loadrun::BenchConfig::new(format!("http://{}", a.addr), loadrun::Scenario::Livestream);
+    config.ramp_per_sec = 50.0;
+    config.jwt_secret = Some(common::SECRET.to_string());
+    config.subscribers = 6;
+    config.layer = loadrun::Layer::High;
+    config.duration = Duration::from_secs(2);
+    config.settle = Duration::from_millis(300);
+    config.ready_timeout = Duration::from_secs(10);
+    config.floor_budget = None;
+    config.server_pid = Some(pid(&a));
+    config.relay_url = Some(format!("http://{}", b.addr));
+    config.relay_pid = Some(pid(&b));
+    let report = loadrun::run(config).await.expect("bench runs");
+    println!("{report:#?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.subscribers_ready, 6);
+    assert!(
+        report.subscriber_packets.iter().all(|p| *p > 50),
+        "every relayed subscriber receives: {:?}",
+        report.subscriber_packets
+    );
+    assert!(report.loss_percent < 2.0, "loss {}", report.loss_percent);
+    let relay = report.relay.as_ref().expect("relay node measured");
+    assert!(relay.cpu_seconds > 0.0 && relay.cpu_us_per_forwarded_packet.is_some());
+    assert!(report.server.is_some());
+    let status = status_at(b.addr).await;
+    assert!(
+        status["cluster"]["datagramsIn"].as_u64().unwrap() > 500,
+        "{status}"
+    );
+    // The runner's subscribers left: the relay ends with the last of them, on both nodes.
+    wait_until("the link ends", Duration::from_secs(5), || async {
+        status_at(b.addr).await["cluster"]["relayLinks"] == 0
+            && status_at(a.addr).await["cluster"]["ownerLinks"] == 0
+    })
+    .await;
+}

@@ -572,7 +572,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
                 .map(|(after, before)| after.saturating_sub(before) as f64 / subscribers as f64),
         });
     }
-    if let (Some(pid), Some(start), Some(end)) = (config.relay_pid, relay_cpu_start, relay_cpu_end) {
+    if let (Some(pid), Some(start), Some(end)) = (config.relay_pid, relay_cpu_start, relay_cpu_end)
+    {
         let cpu = (end - start).max(0.0);
         report.relay = Some(ServerUsage {
             pid,

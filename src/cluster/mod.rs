@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::media::MediaRouter;
 use crate::room::Rooms;
+pub use crate::store::LinkEndpoint;
 use crate::store::RedisDirectory;
 
 /// WebTransport path of node links on every node's endpoint.
@@ -44,15 +45,6 @@ pub const LINK_PATH: &str = "/relay";
 /// Audience of node tokens: a user token is never a node token, nor the other way round.
 pub const TOKEN_AUDIENCE: &str = "sfu-node-link";
 const TOKEN_TTL_SECS: u64 = 60;
-
-/// Where a node accepts node links (published in its Redis registry entry).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkEndpoint {
-    /// `https://host:port/relay`.
-    pub url: String,
-    /// SHA-256 of its self-signed certificate; `None` for a CA-verified one.
-    pub cert_hash: Option<[u8; 32]>,
-}
 
 /// Counters of node links (`/status` `cluster`).
 #[derive(Debug, Default)]

@@ -6,4 +6,4 @@ mod memory;
 mod redis_directory;
 
 pub use self::memory::LocalDirectory;
-pub use self::redis_directory::{RedisDirectory, HEARTBEAT};
+pub use self::redis_directory::{LinkEndpoint, RedisDirectory, HEARTBEAT};

@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::cluster::LinkEndpoint;
 use crate::room::ports::{
     Claim, Directory, DirectoryError, DirectoryHealth, Placement, RoomDefinition,
 };
@@ -50,6 +49,15 @@ impl From<redis::RedisError> for DirectoryError {
     fn from(e: redis::RedisError) -> Self {
         DirectoryError(e.to_string())
     }
+}
+
+/// Where a node accepts node links (`cluster`), as its registry entry says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEndpoint {
+    /// `https://host:port/relay`.
+    pub url: String,
+    /// SHA-256 of its self-signed certificate; `None` for a CA-verified one.
+    pub cert_hash: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
