@@ -79,6 +79,14 @@ async fn client(addr: SocketAddr, user: &str) -> SignalClient {
     c
 }
 
+/// A WHEP/WHIP offer of one video m-line (`direction` is the client's side).
+fn http_offer(direction: str0m::media::Direction) -> String {
+    let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(str0m::media::MediaKind::Video, direction, None, None, None);
+    api.apply().expect("offer").0.to_sdp_string()
+}
+
 fn layer_counts(rx: &testkit::measure::RxStats) -> [u64; 4] {
     let l = &rx.layer_packets;
     [l[0], l[1], l[2], l[3]]
@@ -255,6 +263,38 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         refused["data"]["nodeUrl"],
         format!("http://127.0.0.1:{}", a.addr.port())
     );
+
+    // WHEP plays the relayed room on B itself; WHIP is sent to the owner.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (endpoint, direction, status) in [
+        ("whep", str0m::media::Direction::RecvOnly, 201),
+        ("whip", str0m::media::Direction::SendOnly, 307),
+    ] {
+        let reply = http
+            .post(format!("http://{}/{endpoint}/{room}", b.addr))
+            .bearer_auth(token_for(&format!("{endpoint}-user")))
+            .header("content-type", "application/sdp")
+            .body(http_offer(direction))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), status, "{endpoint} on the relay node");
+        if status == 307 {
+            assert_eq!(
+                reply.headers()["location"].to_str().unwrap(),
+                format!("http://127.0.0.1:{}/whip/{room}", a.addr.port())
+            );
+        } else {
+            let answer = reply.text().await.unwrap();
+            assert!(
+                answer.contains("m=video") && answer.contains("a=sendonly"),
+                "{answer}"
+            );
+        }
+    }
 
     // A participant joining on A is announced on B.
     let mut late = client(a.addr, "late").await;

@@ -550,13 +550,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.latency_us = latency.summary();
     report.join_ms = joins.summary();
     if let (Some(pid), Some(start), Some(end)) = (config.server_pid, cpu_start, cpu_end) {
-        let cpu = (end - start).max(0.0);
         report.server = Some(ServerUsage {
-            pid,
-            cpu_seconds: cpu,
-            cpu_percent: cpu * 100.0 / measured_secs.max(1e-9),
-            cpu_us_per_forwarded_packet: (report.packets > 0)
-                .then(|| cpu * 1e6 / report.packets as f64),
             worker_cpu_seconds: workers_end
                 .iter()
                 .zip(&workers_start)
@@ -570,21 +564,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
                 .zip(rss_before)
                 .filter(|_| subscribers > 0)
                 .map(|(after, before)| after.saturating_sub(before) as f64 / subscribers as f64),
+            ..ServerUsage::measured(pid, end - start, measured_secs, report.packets)
         });
     }
     if let (Some(pid), Some(start), Some(end)) = (config.relay_pid, relay_cpu_start, relay_cpu_end)
     {
-        let cpu = (end - start).max(0.0);
         report.relay = Some(ServerUsage {
-            pid,
-            cpu_seconds: cpu,
-            cpu_percent: cpu * 100.0 / measured_secs.max(1e-9),
-            cpu_us_per_forwarded_packet: (report.packets > 0)
-                .then(|| cpu * 1e6 / report.packets as f64),
-            worker_cpu_seconds: Vec::new(),
             rss_bytes: stats::process_rss_bytes(pid),
-            rss_bytes_per_subscriber: None,
-            rss_growth_per_subscriber: None,
+            ..ServerUsage::measured(pid, end - start, measured_secs, report.packets)
         });
     }
     if let Some(path) = &config.json {

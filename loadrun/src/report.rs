@@ -24,6 +24,23 @@ pub struct ServerUsage {
     pub rss_growth_per_subscriber: Option<f64>,
 }
 
+impl ServerUsage {
+    /// `cpu` seconds of process `pid` over `secs` in which subscribers received `packets`.
+    pub fn measured(pid: u32, cpu: f64, secs: f64, packets: u64) -> Self {
+        let cpu = cpu.max(0.0);
+        ServerUsage {
+            pid,
+            cpu_seconds: cpu,
+            cpu_percent: cpu * 100.0 / secs.max(1e-9),
+            cpu_us_per_forwarded_packet: (packets > 0).then(|| cpu * 1e6 / packets as f64),
+            worker_cpu_seconds: Vec::new(),
+            rss_bytes: None,
+            rss_bytes_per_subscriber: None,
+            rss_growth_per_subscriber: None,
+        }
+    }
+}
+
 /// Packets received while measuring, by the publisher layer their stamp names.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LayerPackets {

@@ -64,8 +64,9 @@ pub struct Rooms {
     /// Itself, for tasks a room starts (a relayed room's notice pump).
     me: std::sync::Weak<Rooms>,
     state: Mutex<State>,
-    /// Relay links open one at a time, so two joins cannot open two links for one room.
-    relay_opening: tokio::sync::Mutex<()>,
+    /// Per room being relayed: links open one at a time, so two joins cannot open two links
+    /// for one room (a slow owner holds up only its own rooms' joins).
+    relay_opening: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     media: MediaRouter,
     limits: RoomLimits,
     ports: RoomPorts,
@@ -98,7 +99,7 @@ impl Rooms {
         Arc::new_cyclic(|me| Rooms {
             me: me.clone(),
             state: Mutex::new(State::default()),
-            relay_opening: tokio::sync::Mutex::new(()),
+            relay_opening: Mutex::default(),
             media,
             limits,
             ports,

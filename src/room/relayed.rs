@@ -110,7 +110,26 @@ impl Rooms {
         node: &str,
         url: &str,
     ) -> Result<(), RoomError> {
-        let _one_at_a_time = self.relay_opening.lock().await;
+        let gate = self
+            .relay_opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(room_id.to_string())
+            .or_default()
+            .clone();
+        let opened = {
+            let _one_at_a_time = gate.lock().await;
+            self.open_relay_now(room_id, node, url).await
+        };
+        let mut gates = self.relay_opening.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's and ours: nobody else waits for this room.
+        if Arc::strong_count(&gate) <= 2 {
+            gates.remove(room_id);
+        }
+        opened
+    }
+
+    async fn open_relay_now(&self, room_id: &str, node: &str, url: &str) -> Result<(), RoomError> {
         if self.room_exists(room_id) {
             return Ok(());
         }
