@@ -314,6 +314,16 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         }
     }
 
+    // And leaving on A is announced on B too.
+    ok(
+        &late.request("leaveRoom", json!({})).await,
+        "leaveRoomResponse",
+    );
+    let left = ws
+        .notification("participantLeft", Duration::from_secs(5))
+        .await;
+    assert!(left["data"]["participantId"].is_string(), "{left}");
+
     // A dies hard: B's subscribers are told, and their next join finds the room again
     // (taken over by B once A's registry entry expires).
     let mut a = a;
