@@ -296,13 +296,28 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         }
     }
 
-    // A participant joining on A is announced on B.
+    // One room: A's publisher was told of the viewers joining on B.
+    let mut seen_on_a = std::collections::HashSet::new();
+    while seen_on_a.len() < 4 {
+        let joined = publisher_ws
+            .notification("participantJoined", Duration::from_secs(5))
+            .await;
+        seen_on_a.insert(joined["data"]["participant"]["displayName"].to_string());
+    }
+    // A participant joining on A sees B's viewers, and is announced on B.
     let mut late = client(a.addr, "late").await;
-    ok(
-        &late
-            .request("joinRoom", json!({ "roomId": room, "displayName": "Late" }))
-            .await,
-        "joinRoomResponse",
+    let late_joined = late
+        .request("joinRoom", json!({ "roomId": room, "displayName": "Late" }))
+        .await;
+    let names: Vec<String> = ok(&late_joined, "joinRoomResponse")["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["displayName"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        (0..4).all(|i| names.contains(&format!("Sub {i}"))) && names.contains(&"Pub".to_string()),
+        "the owner lists the relay's participants: {names:?}"
     );
     // (Earlier ones announced the other subscribers joining on B.)
     loop {

@@ -138,7 +138,7 @@ impl Cluster {
             self.media.send_relay(this.worker, unexport);
         }
         self.media.detach_link(link);
-        self.rooms.unwatch(&room_id, watch_id);
+        self.rooms.unwatch(&room_id, watch_id).await;
         this.connection
             .close(VarInt::from_u32(0), reason.as_bytes());
         self.counters.owner_links.fetch_sub(1, Ordering::Relaxed);
@@ -163,6 +163,7 @@ impl OwnerLink {
         mut notices: mpsc::UnboundedReceiver<Notice>,
         mut inbox: mpsc::Receiver<Relay>,
     ) -> &'static str {
+        let watch_id = watch.watch_id;
         let mut participants = Vec::with_capacity(watch.participants.len());
         for view in &watch.participants {
             participants.push(self.participant(view).await);
@@ -183,6 +184,21 @@ impl OwnerLink {
         loop {
             tokio::select! {
                 control = controls.recv() => match control {
+                    Some(Ok(Control::LocalJoined { participant })) => {
+                        let view = ParticipantView {
+                            participant_id: participant.participant_id,
+                            user_id: participant.user_id,
+                            display_name: participant.display_name,
+                            producers: Vec::new(),
+                        };
+                        self.cluster.rooms.relay_participant_joined(&self.room_id, watch_id, view);
+                    }
+                    Some(Ok(Control::LocalLeft { participant_id })) => {
+                        self.cluster
+                            .rooms
+                            .relay_participant_left(&self.room_id, watch_id, &participant_id)
+                            .await;
+                    }
                     Some(Ok(control)) => self.on_control(control),
                     Some(Err(e)) => {
                         tracing::debug!(room = %self.room_id, error = %e, "node link control stream");

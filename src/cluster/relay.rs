@@ -104,6 +104,7 @@ impl Cluster {
             .map(|p| this.participant_arrived(p))
             .collect();
         let (notices_tx, notices) = mpsc::unbounded_channel();
+        let (to_owner, from_room) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         self.counters.relay_links.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -113,7 +114,7 @@ impl Cluster {
         );
         let (room_id, node) = (room_id.to_string(), node.to_string());
         tokio::spawn(async move {
-            let reason = this.run(recv, inbox, notices_tx, stopped).await;
+            let reason = this.run(recv, inbox, notices_tx, from_room, stopped).await;
             tracing::info!(room = %room_id, owner = %node, reason, "node link to the owner closed");
             this.close(reason);
         });
@@ -126,6 +127,7 @@ impl Cluster {
             },
             participants: views,
             notices,
+            to_owner,
             link: Box::new(LinkHandle { _stop: stop }),
         })
     }
@@ -182,6 +184,7 @@ impl RelayLink {
         recv: wtransport::RecvStream,
         mut inbox: mpsc::Receiver<Relay>,
         notices: mpsc::UnboundedSender<Notice>,
+        mut from_room: mpsc::UnboundedReceiver<Notice>,
         mut stopped: oneshot::Receiver<()>,
     ) -> &'static str {
         let mut controls = spawn_control_reader(recv);
@@ -195,6 +198,12 @@ impl RelayLink {
                     Err(_) => return "connection lost",
                 },
                 Some(bytes) = packets.recv() => self.on_packet(&bytes),
+                Some(notice) = from_room.recv() => {
+                    let Some(control) = local_to_owner(notice) else { continue };
+                    if self.control.write_all(&wire::encode_control(&control)).await.is_err() {
+                        return "owner gone";
+                    }
+                }
                 control = controls.recv() => match control {
                     Some(Ok(Control::RoomClosed)) => {
                         let _ = notices.send(Notice::RoomClosed { room_id: String::new() });
@@ -444,6 +453,22 @@ impl RelayLink {
             .relay_links
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What the owner hears of this node's own participants.
+fn local_to_owner(notice: Notice) -> Option<Control> {
+    Some(match notice {
+        Notice::ParticipantJoined(view) => Control::LocalJoined {
+            participant: LinkParticipant {
+                participant_id: view.participant_id,
+                user_id: view.user_id,
+                display_name: view.display_name,
+                producers: Vec::new(),
+            },
+        },
+        Notice::ParticipantLeft { participant_id } => Control::LocalLeft { participant_id },
+        _ => return None,
+    })
 }
 
 /// Packets the owner sent on unidirectional streams (too large for a datagram).

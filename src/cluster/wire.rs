@@ -218,6 +218,14 @@ pub enum Control {
         producer_id: Uuid,
         layers: Vec<bool>,
     },
+    /// Someone joined the room on the relay node: the owner's room shows them too.
+    LocalJoined {
+        participant: LinkParticipant,
+    },
+    #[serde(rename_all = "camelCase")]
+    LocalLeft {
+        participant_id: String,
+    },
 
     // owner → relay
     Welcome {

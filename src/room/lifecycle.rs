@@ -239,6 +239,7 @@ impl Rooms {
             ortc: OrtcParticipant::default(),
             downlink: Default::default(),
             remote: false,
+            via_watch: None,
         };
         let (others, existing) =
             match self.insert_participant(room_id, &participant_id, participant) {
@@ -327,10 +328,11 @@ impl Rooms {
         let others: Vec<ParticipantView> =
             room.participants.iter().map(|(id, p)| p.view(id)).collect();
         let existing = room.producers(None);
-        room.broadcast(
-            &Notice::ParticipantJoined(participant.view(participant_id)),
-            None,
-        );
+        let joined = Notice::ParticipantJoined(participant.view(participant_id));
+        room.broadcast(&joined, None);
+        if let Some(relay) = &room.relay {
+            let _ = relay.to_owner.send(joined);
+        }
         let (publisher, subscriber) = (participant.publisher, participant.subscriber);
         room.participants
             .insert(participant_id.to_string(), participant);
@@ -363,12 +365,13 @@ impl Rooms {
                     None,
                 ));
             }
-            room.broadcast(
-                &Notice::ParticipantLeft {
-                    participant_id: participant_id.to_string(),
-                },
-                None,
-            );
+            let left = Notice::ParticipantLeft {
+                participant_id: participant_id.to_string(),
+            };
+            room.broadcast(&left, None);
+            if let (Some(relay), false) = (&room.relay, participant.remote) {
+                let _ = relay.to_owner.send(left);
+            }
             let worker = room.worker;
             if !participant.remote {
                 self.ports

@@ -79,6 +79,8 @@ pub(super) struct RelayedFrom {
     pub owner_url: String,
     /// Tells this relayed room from a later one of the same id.
     pub generation: u64,
+    /// This node's participants joining and leaving, for the owner's room.
+    pub to_owner: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// Dropping it ends the link.
     pub _link: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -95,8 +97,10 @@ pub(super) struct Participant {
     pub dialect: Dialect,
     pub ortc: OrtcParticipant,
     pub downlink: Downlink,
-    /// A participant of the owner node, shown here because this node relays its room.
+    /// A participant of another node: on a relay, one of the owner's; on the owner, a relay
+    /// node's (`via_watch` says which link brought it).
     pub remote: bool,
+    pub via_watch: Option<u64>,
 }
 
 /// What the media worker last said about this participant's subscriber link.

@@ -126,6 +126,9 @@ pub struct RelayFeed {
     /// What happens next: participants joining and leaving, producers added, closed and
     /// paused, the room closing. Ends when the link does (the owner is gone).
     pub notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    /// Where the room tells the owner who joins and leaves here (`ParticipantJoined`,
+    /// `ParticipantLeft` of this node's participants), so the owner's room shows them too.
+    pub to_owner: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// Dropping it ends the link.
     pub link: Box<dyn std::any::Any + Send + Sync>,
 }

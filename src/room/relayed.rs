@@ -68,17 +68,28 @@ impl Rooms {
             watch_id,
             worker: room.worker,
             definition: definition(&room.summary),
-            participants: room
-                .participants
-                .iter()
-                .filter(|(_, p)| !p.remote)
-                .map(|(id, p)| p.view(id))
-                .collect(),
+            participants: room.participants.iter().map(|(id, p)| p.view(id)).collect(),
         })
     }
 
-    /// Owner side: the link is gone; a room nobody else uses closes now.
-    pub fn unwatch(&self, room_id: &str, watch_id: u64) {
+    /// Owner side: the link is gone, and the participants it brought with it; a room nobody
+    /// else uses closes now.
+    pub async fn unwatch(&self, room_id: &str, watch_id: u64) {
+        let brought: Vec<String> = self
+            .lock()
+            .rooms
+            .get(room_id)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter(|(_, p)| p.via_watch == Some(watch_id))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for participant_id in brought {
+            self.leave(room_id, &participant_id).await;
+        }
         let mut state = self.lock();
         let Some(room) = state.rooms.get_mut(room_id) else {
             return;
@@ -143,6 +154,7 @@ impl Rooms {
             definition,
             participants,
             notices,
+            to_owner,
             link,
         } = links.open(room_id, node).await?;
         let summary = RoomSummary {
@@ -179,6 +191,7 @@ impl Rooms {
                     relay: Some(RelayedFrom {
                         owner_url: url.to_string(),
                         generation,
+                        to_owner,
                         _link: link,
                     }),
                     closing: false,
@@ -206,6 +219,48 @@ impl Rooms {
             .is_some_and(|r| r.generation == generation)
     }
 
+    fn is_remote_participant(&self, room_id: &str, participant_id: &str) -> bool {
+        self.lock()
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.participants.get(participant_id))
+            .is_some_and(|p| p.remote)
+    }
+
+    /// Owner side: a participant of the relay node behind link `watch_id` joined there; the
+    /// room shows it (and counts it against `maxParticipants`) until it leaves or the link
+    /// ends.
+    pub fn relay_participant_joined(&self, room_id: &str, watch_id: u64, view: ParticipantView) {
+        let mut ghost = self.ghost(&view, Instant::now());
+        ghost.via_watch = Some(watch_id);
+        ghost.producers.clear();
+        let mut state = self.lock();
+        let Some(room) = state.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.participants.contains_key(&view.participant_id) {
+            return;
+        }
+        room.broadcast(
+            &Notice::ParticipantJoined(ghost.view(&view.participant_id)),
+            None,
+        );
+        room.participants.insert(view.participant_id, ghost);
+    }
+
+    /// Owner side: a relay node's participant left there.
+    pub async fn relay_participant_left(&self, room_id: &str, watch_id: u64, participant_id: &str) {
+        let brought_by_link = self
+            .lock()
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.participants.get(participant_id))
+            .is_some_and(|p| p.via_watch == Some(watch_id));
+        if brought_by_link {
+            self.leave(room_id, participant_id).await;
+        }
+    }
+
     /// A participant of the owner, as this node shows it.
     fn ghost(&self, view: &ParticipantView, now: Instant) -> Participant {
         Participant {
@@ -221,6 +276,7 @@ impl Rooms {
             ortc: Default::default(),
             downlink: Default::default(),
             remote: true,
+            via_watch: None,
         }
     }
 
@@ -252,11 +308,15 @@ impl Rooms {
                 let Some(room) = state.rooms.get_mut(room_id) else {
                     return;
                 };
+                // The owner echoes this node's own participants back: they are here already.
+                if room.participants.contains_key(&view.participant_id) {
+                    return;
+                }
                 room.broadcast(&Notice::ParticipantJoined(view.clone()), None);
                 room.participants.insert(view.participant_id, ghost);
             }
             Notice::ParticipantLeft { participant_id }
-                if self.is_participant(room_id, &participant_id) =>
+                if self.is_remote_participant(room_id, &participant_id) =>
             {
                 self.leave(room_id, &participant_id).await;
             }
