@@ -615,7 +615,8 @@ class Session {
     for (const p of joined.participants ?? []) this.addParticipant(p);
 
     this.pingTimer = setInterval(() => {
-      if (!this.reconnecting) this.request('ping').catch(() => {});
+      // lastSeq: what arrived need not be kept for a resume any more.
+      if (!this.reconnecting) this.request('ping', { lastSeq: this.lastSeq }).catch(() => {});
     }, PING_INTERVAL_MS);
     this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
 

@@ -717,16 +717,24 @@ async fn participant_inner(
 
 /// A participant's next notification: `None` once the run stops, an error when the server
 /// ended the session (kicked, room closed, shutting down).
+/// How often runner clients acknowledge what they received (`ping {lastSeq}`).
+const ACK_EVERY: Duration = Duration::from_secs(2);
+
 pub(crate) async fn next_message(
     signal: &mut SignalClient,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Value>> {
     while !*stop.borrow() {
+        // What a real client does: say what arrived, so the server's replay ring stays short.
+        signal.acknowledge_every(ACK_EVERY).await?;
         let message = tokio::select! {
             m = signal.next_notification(Duration::from_millis(500)) => m?,
             _ = stop.changed() => return Ok(None),
         };
         let Some(message) = message else { continue };
+        if message["type"] == "pong" {
+            continue;
+        }
         if matches!(
             message["type"].as_str(),
             Some("kicked" | "roomClosed" | "serverShuttingDown")

@@ -53,6 +53,11 @@ impl SessionRegistry {
         self.lock().values().filter(|s| s.is_attached()).count()
     }
 
+    /// Bytes all sessions keep for a resume (`/status` `replayBytes`).
+    pub fn replay_bytes(&self) -> usize {
+        self.lock().values().map(SessionSink::replay_bytes).sum()
+    }
+
     pub fn broadcast(&self, message: &OutboundEnvelope) {
         for sink in self.lock().values() {
             sink.send(message.clone());

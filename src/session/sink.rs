@@ -104,6 +104,25 @@ impl SessionSink {
         }
     }
 
+    /// The client has every message up to `last_seq` (`ping {lastSeq}`): a resume will never
+    /// ask for them, so the ring lets them go. A `last_seq` not sent yet changes nothing.
+    pub fn acknowledge(&self, last_seq: u64) {
+        let mut outbox = self.lock();
+        if last_seq >= outbox.next_seq {
+            return;
+        }
+        while outbox.ring.front().is_some_and(|(seq, _)| *seq <= last_seq) {
+            if let Some((_, text)) = outbox.ring.pop_front() {
+                outbox.ring_bytes -= text.len();
+            }
+        }
+    }
+
+    /// Bytes this session keeps for a resume.
+    pub fn replay_bytes(&self) -> usize {
+        self.lock().ring_bytes
+    }
+
     /// Keep messages for replay from now on (the session authenticated and can resume).
     pub fn enable_replay(&self) {
         self.lock().replayable = true;
@@ -191,6 +210,30 @@ mod tests {
 
     fn note(n: u64) -> OutboundEnvelope {
         OutboundEnvelope::notification("n", json!({ "n": n }))
+    }
+
+    #[test]
+    fn acknowledged_messages_leave_the_ring_and_a_resume_after_them_still_works() {
+        let sink = SessionSink::new(Uuid::new_v4());
+        sink.enable_replay();
+        for n in 1..=5 {
+            sink.send(note(n));
+        }
+        assert_eq!(sink.lock().ring.len(), 5);
+        sink.acknowledge(99); // never sent: ignored
+        assert_eq!(sink.lock().ring.len(), 5);
+        sink.acknowledge(3);
+        let kept: Vec<u64> = sink.lock().ring.iter().map(|(s, _)| *s).collect();
+        assert_eq!(kept, vec![4, 5]);
+        let bytes: usize = sink.lock().ring.iter().map(|(_, t)| t.len()).sum();
+        assert_eq!(sink.lock().ring_bytes, bytes);
+        // Resuming from what was acknowledged replays the rest; from before it, a gap.
+        let (tx, _rx) = mpsc::channel(16);
+        assert!(sink.resume(2, tx, Arc::new(Notify::new())).is_err());
+        let (tx, mut rx) = mpsc::channel(16);
+        let (_, replayed) = sink.resume(3, tx, Arc::new(Notify::new())).unwrap();
+        assert_eq!(replayed, 2);
+        assert!(rx.try_recv().unwrap().contains(r#""seq":4"#));
     }
 
     #[test]

@@ -239,6 +239,7 @@ async fn status(State(ctx): State<Arc<AppContext>>) -> Json<serde_json::Value> {
         "uptimeSeconds": ctx.started.elapsed().as_secs(),
         "draining": ctx.is_draining(),
         "sessions": ctx.sessions.count(),
+        "replayBytes": ctx.sessions.replay_bytes(),
         "rooms": ctx.rooms.counts(),
         "bandwidth": ctx.rooms.bandwidth(),
         "media": media,

@@ -135,6 +135,8 @@ pub struct SignalClient {
     next_id: u64,
     /// Highest `seq` seen, for resume.
     pub last_seq: u64,
+    /// The `seq` last acknowledged with `ping {lastSeq}`, and when.
+    acked: (u64, Instant),
     /// Messages that arrived while a request waited for its reply, oldest first.
     pub backlog: Vec<Value>,
 }
@@ -145,6 +147,7 @@ impl SignalClient {
             pipe,
             next_id: 1,
             last_seq: 0,
+            acked: (0, Instant::now()),
             backlog: Vec::new(),
         }
     }
@@ -276,6 +279,19 @@ impl SignalClient {
                 Some(m) => self.backlog.push(m),
             }
         }
+    }
+
+    /// Tell the server, at most every `every`, which messages arrived (`ping {lastSeq}`), so it
+    /// stops keeping them for a resume; the `pong` is left for the caller to skip.
+    pub async fn acknowledge_every(&mut self, every: Duration) -> anyhow::Result<()> {
+        let (acked, at) = self.acked;
+        if self.last_seq <= acked || at.elapsed() < every {
+            return Ok(());
+        }
+        let text = json!({ "type": "ping", "data": { "lastSeq": self.last_seq } }).to_string();
+        self.try_send_raw(&text).await?;
+        self.acked = (self.last_seq, Instant::now());
+        Ok(())
     }
 
     /// [`SignalClient::exchange`] for tests: the raw reply, a panic if none comes in 10 s.

@@ -19,7 +19,12 @@ impl Session {
                 let token = auth.token.clone();
                 return self.authenticate(token);
             }
-            (Request::Ping, _) => return Ok(("pong", json!({}))),
+            (Request::Ping { last_seq }, _) => {
+                if let Some(seq) = last_seq {
+                    self.sink.acknowledge(*seq);
+                }
+                return Ok(("pong", json!({})));
+            }
             (Request::Resume(_), _) => {
                 return Err(deny(
                     ErrorCode::AlreadyAuthenticated,
@@ -41,7 +46,7 @@ impl Session {
             (_, Some(identity)) => identity.clone(),
         };
         match request {
-            Request::Authenticate(_) | Request::Ping | Request::Resume(_) => {
+            Request::Authenticate(_) | Request::Ping { .. } | Request::Resume(_) => {
                 unreachable!("answered above")
             }
             Request::CreateRoom(r) => self.create_room(&identity, r).await,

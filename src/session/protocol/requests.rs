@@ -280,7 +280,11 @@ pub enum Request {
     SetPreferredLayer(SetPreferredLayer),
     KickParticipant(KickParticipant),
     CloseRoom(RoomRef),
-    Ping,
+    /// `lastSeq`, when sent: the client has every message up to it, which need not be kept
+    /// for a resume any more. Anything else in `data` is ignored, as it always was.
+    Ping {
+        last_seq: Option<u64>,
+    },
 }
 
 /// A request that could not be parsed, with the code and message to send back.
@@ -461,7 +465,12 @@ fn request_of_type(kind: &str, data: Option<Value>) -> Option<Result<Request, St
         "setPreferredLayer" => payload(kind, data).map(Request::SetPreferredLayer),
         "kickParticipant" => payload(kind, data).map(Request::KickParticipant),
         "closeRoom" => payload(kind, data).map(Request::CloseRoom),
-        "ping" => Ok(Request::Ping),
+        "ping" => Ok(Request::Ping {
+            last_seq: data
+                .as_ref()
+                .and_then(|d| d.get("lastSeq"))
+                .and_then(Value::as_u64),
+        }),
         _ => return None,
     };
     Some(request)
