@@ -124,6 +124,18 @@ async fn dropped_session_resumes_over_the_other_transport_with_media_flowing() {
     wait_for("media before the drop", || async { received().await > 20 }).await;
     let transports_before = server.ctx.media.stats().await.transports;
 
+    // A says what it has (`ping {lastSeq}`): the server lets those go, and the resume below
+    // still gets everything after them.
+    let replay = |status: serde_json::Value| status["replayBytes"].as_u64().expect("replayBytes");
+    let before = replay(common::status(&server).await);
+    let seen = a.last_seq;
+    ok(&a.request("ping", json!({ "lastSeq": seen })).await, "pong");
+    let after = replay(common::status(&server).await);
+    assert!(
+        after < before,
+        "acknowledged messages are let go: {before} -> {after}"
+    );
+
     // A's signaling dies. Meanwhile C joins, which A must not miss.
     let last_seq = a.last_seq;
     drop(a);
