@@ -319,6 +319,34 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         (0..4).all(|i| names.contains(&format!("Sub {i}"))) && names.contains(&"Pub".to_string()),
         "the owner lists the relay's participants: {names:?}"
     );
+    // A producer that starts on A after the relay linked reaches B too, and B's subscribers
+    // receive it (the SDP flow subscribes them on their own).
+    let late_publisher = Peer::spawn().await;
+    late_publisher
+        .publish_spec(&mut late, Publish::load(false, false))
+        .await
+        .unwrap();
+    let announced = ws.notification("newProducer", Duration::from_secs(5)).await;
+    assert_eq!(
+        announced["data"]["producer"]["kind"], "audio",
+        "{announced}"
+    );
+    let consumers_on_b = |status: Value| -> u64 {
+        status["perWorker"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["media"]["consumers"].as_u64().unwrap())
+            .sum()
+    };
+    wait_until(
+        "B's subscribers consume the late producer",
+        Duration::from_secs(5),
+        || async { consumers_on_b(status_at(b.addr).await) >= 4 * 3 },
+    )
+    .await;
+    let (ws, _) = &mut subscribers[0];
+
     // (Earlier ones announced the other subscribers joining on B.)
     loop {
         let joined = ws

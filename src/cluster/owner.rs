@@ -24,6 +24,8 @@ use crate::session::room_error_code;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every export from a link is the same mirror as far as the room's worker is concerned.
 const LINK_NONCE: u64 = 1;
+/// How long a write to the relay may wait for it to read.
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The room's notices, handed to the link's task (a notifier must not block).
 struct ToLink(mpsc::UnboundedSender<Notice>);
@@ -62,7 +64,11 @@ impl Cluster {
             connection.close(VarInt::from_u32(1), b"expected a control stream");
             return;
         };
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_control(&mut recv)).await;
+        let hello = tokio::time::timeout(
+            HELLO_TIMEOUT,
+            wire::read_control_within(&mut recv, wire::MAX_HELLO_BYTES),
+        )
+        .await;
         let (room_id, node) = match hello {
             Ok(Ok(Control::Hello {
                 token,
@@ -135,7 +141,8 @@ impl Cluster {
                 from: link,
                 nonce: LINK_NONCE,
             };
-            self.media.send_relay(this.worker, unexport);
+            // Awaited, not queued: a lost one would feed a dead link for good.
+            let _ = self.media.relay_now(this.worker, unexport).await;
         }
         self.media.detach_link(link);
         self.rooms.unwatch(&room_id, watch_id).await;
@@ -199,7 +206,7 @@ impl OwnerLink {
                             .relay_participant_left(&self.room_id, watch_id, &participant_id)
                             .await;
                     }
-                    Some(Ok(control)) => self.on_control(control),
+                    Some(Ok(control)) => self.on_control(control).await,
                     Some(Err(e)) => {
                         tracing::debug!(room = %self.room_id, error = %e, "node link control stream");
                         return "control stream ended";
@@ -239,7 +246,7 @@ impl OwnerLink {
     }
 
     /// Something the relay asked for, passed to the room's worker as a mirror's would be.
-    fn on_control(&mut self, control: Control) {
+    async fn on_control(&mut self, control: Control) {
         let (from, nonce) = (self.link, LINK_NONCE);
         let asked_for = match &control {
             Control::Export { producer_id }
@@ -291,8 +298,16 @@ impl OwnerLink {
             // Owner-bound messages only; anything else from a relay is ignored.
             _ => return,
         };
-        // A full inbox drops it, as between workers; the relay asks again if it matters.
-        self.cluster.media.send_relay(self.worker, relay);
+        match relay {
+            // Exports change what the worker feeds the link: they must not be lost.
+            Relay::Export { .. } | Relay::Unexport { .. } => {
+                let _ = self.cluster.media.relay_now(self.worker, relay).await;
+            }
+            // Keyframe requests and wants are repeated by the relay's mirrors when they matter.
+            _ => {
+                self.cluster.media.send_relay(self.worker, relay);
+            }
+        }
     }
 
     /// The link's message for a room notice, if the relay needs it.
@@ -365,11 +380,12 @@ impl OwnerLink {
         })
     }
 
+    /// A relay that does not read its control stream for [`WRITE_TIMEOUT`] is dropped: the
+    /// link's task must keep serving the room's worker, and the notices must not pile up.
     async fn send(&mut self, control: &Control) -> bool {
-        self.control
-            .write_all(&wire::encode_control(control))
-            .await
-            .is_ok()
+        let bytes = wire::encode_control(control);
+        let write = self.control.write_all(&bytes);
+        matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
     }
 
     /// One wake-up's packets of the producers this link exports.
@@ -416,8 +432,13 @@ impl OwnerLink {
             self.packet_stream = Some(stream);
         }
         let stream = self.packet_stream.as_mut().expect("opened above");
-        let len = (self.datagram.len() as u32).to_be_bytes();
-        stream.write_all(&len).await.is_ok() && stream.write_all(&self.datagram).await.is_ok()
+        let mut framed = Vec::with_capacity(4 + self.datagram.len());
+        framed.extend_from_slice(&(self.datagram.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&self.datagram);
+        matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&framed)).await,
+            Ok(Ok(()))
+        )
     }
 }
 

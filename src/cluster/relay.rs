@@ -14,7 +14,7 @@ use str0m::media::{Mid, Pt, Rid};
 use tokio::sync::{mpsc, oneshot};
 use wtransport::{ClientConfig, Connection, Endpoint, SendStream, VarInt};
 
-use super::owner::spawn_control_reader;
+use super::owner::{spawn_control_reader, WRITE_TIMEOUT};
 use super::wire::{self, Control, LinkParticipant, LinkProducer};
 use super::{Cluster, LinkEndpoint};
 use crate::media::core::{Exports, MirrorSpec, ProducerPacket, Relay};
@@ -152,14 +152,18 @@ async fn connect(endpoint: &LinkEndpoint) -> anyhow::Result<Connection> {
 
 /// The owner's refusal as the room layer's error.
 fn refused(code: &str, message: String) -> RoomError {
-    let kind = match code {
-        "ROOM_NOT_FOUND" => RoomErrorKind::RoomNotFound,
-        "ROOM_ON_OTHER_NODE" => RoomErrorKind::OnOtherNode,
-        _ => RoomErrorKind::OwnerUnreachable,
+    let (kind, hint) = match code {
+        "ROOM_NOT_FOUND" => (RoomErrorKind::RoomNotFound, ""),
+        // A configuration fault, not something a client can wait out.
+        "NOT_AUTHENTICATED" => (
+            RoomErrorKind::Internal,
+            " (every node needs the same DJANGO_JWT_SECRET)",
+        ),
+        _ => (RoomErrorKind::OwnerUnreachable, ""),
     };
     RoomError::new(
         kind,
-        format!("the room's owner refused the link: {message}"),
+        format!("the room's owner refused the link: {message}{hint}"),
     )
 }
 
@@ -200,7 +204,7 @@ impl RelayLink {
                 Some(bytes) = packets.recv() => self.on_packet(&bytes),
                 Some(notice) = from_room.recv() => {
                     let Some(control) = local_to_owner(notice) else { continue };
-                    if self.control.write_all(&wire::encode_control(&control)).await.is_err() {
+                    if !self.send(&control).await {
                         return "owner gone";
                     }
                 }
@@ -381,6 +385,13 @@ impl RelayLink {
                 to,
                 nonce,
             } => {
+                if !self.cluster.media.brings(self.link, producer) {
+                    // Gone on the owner meanwhile: the new mirror closes at once.
+                    self.cluster
+                        .media
+                        .send_relay(to, Relay::ProducerGone { producer });
+                    return true;
+                }
                 let exports = self.exports.entry(producer).or_default();
                 let first = exports.to.is_empty();
                 exports.add(to, nonce);
@@ -432,10 +443,14 @@ impl RelayLink {
             // Our mirrors never export (only a producer's home does).
             Relay::Packets(_) | Relay::ProducerGone { .. } => return true,
         };
-        self.control
-            .write_all(&wire::encode_control(&control))
-            .await
-            .is_ok()
+        self.send(&control).await
+    }
+
+    /// An owner that does not read for [`WRITE_TIMEOUT`] is given up on.
+    async fn send(&mut self, control: &Control) -> bool {
+        let bytes = wire::encode_control(control);
+        let write = self.control.write_all(&bytes);
+        matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
     }
 
     /// The link is over: every mirror it fed closes, the media plane forgets it.

@@ -291,8 +291,19 @@ pub enum ControlError {
     Closed(String),
 }
 
+/// Largest hello: read before the peer has proven anything, so it must stay small.
+pub const MAX_HELLO_BYTES: usize = 8 * 1024;
+
 /// Read one length-prefixed control message.
 pub async fn read_control<R>(reader: &mut R) -> Result<Control, ControlError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    read_control_within(reader, MAX_CONTROL_BYTES).await
+}
+
+/// Read one length-prefixed control message of at most `max` bytes.
+pub async fn read_control_within<R>(reader: &mut R, max: usize) -> Result<Control, ControlError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
@@ -303,7 +314,7 @@ where
         .await
         .map_err(|e| ControlError::Closed(e.to_string()))?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_CONTROL_BYTES {
+    if len > max {
         return Err(ControlError::TooLarge(len));
     }
     let mut body = vec![0u8; len];

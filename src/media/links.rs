@@ -76,6 +76,22 @@ impl MediaRouter {
         self.remote().retain(|_, spec| spec.home != index);
     }
 
+    /// Apply `relay` on local worker `worker` now, through its command channel (never
+    /// dropped, unlike [`Self::send_relay`]), as if another worker had sent it.
+    pub async fn relay_now(&self, worker: usize, relay: Relay) -> Result<(), MediaError> {
+        self.run(worker, move |core, now, egress| {
+            core.on_relay(relay, now, egress)
+        })
+        .await
+    }
+
+    /// Relay side: whether link `link` still brings `producer`.
+    pub fn brings(&self, link: usize, producer: ProducerId) -> bool {
+        self.remote()
+            .get(&producer)
+            .is_some_and(|spec| spec.home == link)
+    }
+
     /// Hand `relay` to a worker or a link; false when it could not take it now.
     pub fn send_relay(&self, to: usize, relay: Relay) -> bool {
         self.peers.send(to, relay).is_ok()

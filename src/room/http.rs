@@ -188,6 +188,10 @@ impl Rooms {
     pub fn is_whip_session(&self, room_id: &str, participant_id: &str) -> Option<bool> {
         let state = self.lock();
         let p = state.rooms.get(room_id)?.participants.get(participant_id)?;
+        // Another node's participant, shown here: not a session of this node.
+        if p.remote {
+            return None;
+        }
         p.dialect.is_http().then_some(p.dialect == Dialect::Whip)
     }
 
@@ -200,7 +204,7 @@ impl Rooms {
             .flat_map(|(room_id, room)| {
                 room.participants
                     .iter()
-                    .filter(|(_, p)| p.dialect.is_http())
+                    .filter(|(_, p)| p.dialect.is_http() && !p.remote)
                     .map(move |(participant_id, p)| HttpSessionRef {
                         room_id: room_id.clone(),
                         participant_id: participant_id.clone(),

@@ -378,7 +378,9 @@ impl Rooms {
                     .directory
                     .participant_left(room_id, participant_id);
             }
-            if room.unused() {
+            // A remote participant leaving never closes the room: on a relay node the first
+            // local participant may be joining right now.
+            if room.unused() && !participant.remote {
                 tracing::info!(room = room_id, "last participant left; room closed");
                 if let Some(room) = state.rooms.remove(room_id) {
                     self.room_removed(room_id, &room);
@@ -482,6 +484,13 @@ impl Rooms {
                     "no such participant in this room",
                 )
             })?;
+            if target.remote {
+                // Removing the shown copy would leave the real one connected on its node.
+                return Err(RoomError::new(
+                    RoomErrorKind::OnOtherNode,
+                    "this participant is connected to another node; kick it there",
+                ));
+            }
             target.notifier.notify(Notice::Kicked {
                 room_id: room_id.to_string(),
                 reason: reason.to_string(),

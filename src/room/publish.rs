@@ -127,6 +127,9 @@ impl Rooms {
                     .producers
                     .extend(announced.iter().map(|(view, _)| view.clone()));
                 let mut subscribers = Vec::new();
+                for (view, _) in &announced {
+                    room.tell_watchers(&Notice::NewProducer(view.clone()));
+                }
                 for (id, p) in room.participants.iter().filter(|(id, _)| *id != pid) {
                     for (view, _) in &announced {
                         p.notifier.notify(Notice::NewProducer(view.clone()));

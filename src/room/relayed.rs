@@ -21,11 +21,15 @@ use std::time::Instant;
 use super::events::{Notice, ParticipantView};
 use super::model::{Dialect, Participant, RelayedFrom, Room, RoomSummary};
 use super::ports::{Notifier, RelayFeed, RoomDefinition, Unheard};
+use super::validate::{check_capacity, check_display_name};
 use super::{RoomError, RoomErrorKind, Rooms};
 use crate::media::NewProducer;
 
 /// Tells one relayed room from a later one of the same id.
 static NEXT_RELAY: AtomicU64 = AtomicU64::new(1);
+/// Tells one link watching a room from any other, ever (a late message of a closed link
+/// cannot touch a newer one's participants).
+static NEXT_WATCH: AtomicU64 = AtomicU64::new(1);
 
 /// What a node link watching a room starts from.
 pub struct Watch {
@@ -56,12 +60,7 @@ impl Rooms {
                 "this node relays the room itself; link to its owner",
             ));
         }
-        let watch_id = room
-            .watchers
-            .iter()
-            .map(|(id, _)| id + 1)
-            .max()
-            .unwrap_or(1);
+        let watch_id = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
         room.watchers.push((watch_id, notifier));
         room.empty_since = None;
         Ok(Watch {
@@ -238,7 +237,16 @@ impl Rooms {
         let Some(room) = state.rooms.get_mut(room_id) else {
             return;
         };
-        if room.participants.contains_key(&view.participant_id) {
+        // Only for a link that still watches; within the room's size, like any join; a
+        // display name within the usual bounds.
+        let watching = room.watchers.iter().any(|(id, _)| *id == watch_id);
+        if !watching
+            || room.participants.contains_key(&view.participant_id)
+            || check_capacity(room).is_err()
+            || check_display_name(&view.display_name).is_err()
+            || view.participant_id.len() > 64
+        {
+            tracing::debug!(room = room_id, "relay participant not shown here");
             return;
         }
         room.broadcast(

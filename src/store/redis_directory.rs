@@ -106,7 +106,7 @@ return 0
 /// Delete the room record only if we still own it.
 const RELEASE: &str = r#"
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return 1
 end
 return 0
@@ -336,6 +336,7 @@ impl RedisDirectory {
         let _: i64 = redis::Script::new(RELEASE)
             .key(&key)
             .key(format!("{key}:participants"))
+            .key(format!("{key}:relays"))
             .arg(&self.node_id)
             .invoke_async(&mut conn)
             .await?;

@@ -297,6 +297,9 @@ impl WorkerCore {
                 out.push((*worker, Relay::Packets(std::mem::take(batch))));
             }
         }
+        // Node links come and go: their slots are made again when they next get packets.
+        self.relay_batches
+            .retain(|(to, _)| *to < crate::media::links::LINK_BASE);
         out
     }
 
