@@ -249,10 +249,15 @@ impl Rooms {
             tracing::debug!(room = room_id, "relay participant not shown here");
             return;
         }
-        room.broadcast(
-            &Notice::ParticipantJoined(ghost.view(&view.participant_id)),
-            None,
-        );
+        // Everyone here and every other relay hears of it; its own relay knows already (an
+        // echo could arrive after it left there, and show it for a moment).
+        let joined = Notice::ParticipantJoined(ghost.view(&view.participant_id));
+        for p in room.participants.values() {
+            p.notifier.notify(joined.clone());
+        }
+        for (_, watcher) in room.watchers.iter().filter(|(id, _)| *id != watch_id) {
+            watcher.notify(joined.clone());
+        }
         room.participants.insert(view.participant_id, ghost);
     }
 
