@@ -92,10 +92,13 @@ async fn chromium_sends_each_video_codec_and_subscriber_decodes_and_switches_lay
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_follows_a_room_redirect_to_the_owning_node() {
     let redis = "--redis-url=redis://127.0.0.1:6379";
-    let node1 = common::start_server_with(&[redis, "--node-id=browser-node-1"]).await;
-    let node2 = common::start_server_with(&[redis, "--node-id=browser-node-2"]).await;
+    // The redirect is under test, not estimation: a CPU-starved estimator held B's top layer
+    // back here once (issue 13's open instability), so the owner runs without BWE.
+    let no_bwe = "--bwe-enabled=false";
+    let node1 = common::start_server_with(&[redis, "--node-id=browser-node-1", no_bwe]).await;
+    let node2 = common::start_server_with(&[redis, "--node-id=browser-node-2", no_bwe]).await;
     let page_b = format!("http://{}", node2.http_addr);
-    run_script(&node1, "simulcast.mjs", &[&page_b]).await;
+    run_script(&node1, "simulcast.mjs", &[&page_b, "publisher", "no-bwe"]).await;
     assert_eq!(
         node2.ctx.rooms.counts().rooms,
         0,
@@ -147,7 +150,9 @@ async fn mediasoup_client_produces_and_consumes_simulcast() {
 /// user's DELETE is refused; the owner's DELETE ends the publish and B's tracks end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publish_and_whep_playback_in_chromium() {
-    let server = common::start_server().await;
+    // WHIP/WHEP semantics, not estimation: with BWE a CPU-starved estimator once paused B's
+    // video mid-test (issue 13's open instability).
+    let server = common::start_server_with(&["--bwe-enabled", "false"]).await;
     run_script(&server, "whip_whep.mjs", &[]).await;
     server.stop().await;
 }
