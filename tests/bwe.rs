@@ -274,15 +274,6 @@ fn mid_of(offer: &serde_json::Value, producer: &str) -> String {
         .to_string()
 }
 
-fn video_producer(publisher_answer: &serde_json::Value) -> String {
-    publisher_answer["producers"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["kind"] == "video"))
-        .and_then(|p| p["producerId"].as_str())
-        .unwrap_or_else(|| panic!("no video producer in {publisher_answer}"))
-        .to_string()
-}
-
 /// A link with room for one of two pictures on the middle layer: the one the subscriber pins
 /// (`setConsumerPriority`) gets it. The subscriber hears its estimate (`bandwidthEstimate`)
 /// and `/status` shows the room's.

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 /// Tests here share Redis (one of them stops it): run them one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -25,7 +23,7 @@ struct Node {
 
 async fn spawn_node(name: &str) -> Node {
     let id = format!("{name}-{}-{}", std::process::id(), free_port());
-    let process = spawn_server_process(&[("REDIS_URL", REDIS), ("NODE_ID", &id)]).await;
+    let process = spawn_server_process(&[("REDIS_URL", REDIS_URL), ("NODE_ID", &id)]).await;
     let addr = process.addr;
     wait_registered(&id).await;
     Node {
@@ -35,18 +33,10 @@ async fn spawn_node(name: &str) -> Node {
     }
 }
 
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis reachable")
-}
-
 async fn wait_registered(node_id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(client) = redis::Client::open(REDIS) {
+        if let Ok(client) = redis::Client::open(REDIS_URL) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 let url: Option<String> = redis::cmd("HGET")
                     .arg(format!("sfu:node:{node_id}"))
@@ -65,12 +55,6 @@ async fn wait_registered(node_id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn client(addr: SocketAddr, user: &str) -> SignalClient {
-    let mut c = SignalClient::connect(addr).await;
-    c.authenticate(&token_for(user)).await;
-    c
 }
 
 fn unique_room(tag: &str) -> String {
@@ -104,7 +88,7 @@ async fn join_following_redirect(
     user: &str,
     room: &str,
 ) -> (SignalClient, SocketAddr) {
-    let mut c = client(addr, user).await;
+    let mut c = client_at(addr, user).await;
     let reply = c
         .request("joinRoom", json!({ "roomId": room, "displayName": user }))
         .await;
@@ -117,7 +101,7 @@ async fn join_following_redirect(
         .expect("nodeUrl")
         .to_string();
     let owner: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let mut c = client(owner, user).await;
+    let mut c = client_at(owner, user).await;
     let reply = c
         .request("joinRoom", json!({ "roomId": room, "displayName": user }))
         .await;
@@ -133,7 +117,7 @@ async fn a_room_created_on_one_node_is_joined_through_another_and_survives_its_d
     let room = unique_room("cross");
 
     // Created through A (tie on load: A keeps it), publisher on A.
-    let mut publisher_ws = client(a.addr, "pub").await;
+    let mut publisher_ws = client_at(a.addr, "pub").await;
     let created = publisher_ws
         .request("createRoom", json!({ "name": "Cross", "roomId": room }))
         .await;
@@ -158,7 +142,7 @@ async fn a_room_created_on_one_node_is_joined_through_another_and_survives_its_d
     wait_media(&subscriber, 20, "B-routed subscriber on A").await;
 
     // The directory lists the room's participants.
-    let mut conn = redis().await;
+    let mut conn = redis_connection().await;
     let members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("sfu:room:{room}:participants"))
         .query_async(&mut conn)
@@ -248,7 +232,7 @@ async fn redis_outage_leaves_running_rooms_alone_and_the_node_re_registers() {
     let _serial = SERIAL.lock().await;
     let node = spawn_node("outage").await;
     let room = unique_room("outage");
-    let mut publisher_ws = client(node.addr, "p").await;
+    let mut publisher_ws = client_at(node.addr, "p").await;
     ok(
         &publisher_ws
             .request("createRoom", json!({ "name": "Outage", "roomId": room }))
@@ -277,7 +261,7 @@ async fn redis_outage_leaves_running_rooms_alone_and_the_node_re_registers() {
     wait_media(&subscriber, before + 30, "during the outage").await;
     // Local room: joining still works. Unknown (possibly remote) rooms: a clear error.
     let (_late, _) = join_following_redirect(node.addr, "late", &room).await;
-    let mut stranger = client(node.addr, "x").await;
+    let mut stranger = client_at(node.addr, "x").await;
     let reply = stranger
         .request(
             "joinRoom",

@@ -12,8 +12,6 @@ use common::*;
 use serde_json::{json, Value};
 use testkit::measure::{Shared, PHASE_MEASURE};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 struct Node {
     process: Option<ServerProcess>,
     id: String,
@@ -23,7 +21,7 @@ struct Node {
 async fn spawn_node(name: &str, extra: &[(&str, &str)]) -> Node {
     let id = format!("{name}-{}-{}", std::process::id(), free_port());
     let mut env = vec![
-        ("REDIS_URL", REDIS),
+        ("REDIS_URL", REDIS_URL),
         ("NODE_ID", id.as_str()),
         ("BWE_ENABLED", "false"),
     ];
@@ -31,7 +29,7 @@ async fn spawn_node(name: &str, extra: &[(&str, &str)]) -> Node {
     let process = spawn_server_process(&env).await;
     let addr = process.addr;
     // Registered with its link endpoint (the heartbeat after WebTransport is up).
-    let mut conn = redis().await;
+    let mut conn = redis_connection().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let url: Option<String> = redis::cmd("HGET")
@@ -54,29 +52,6 @@ async fn spawn_node(name: &str, extra: &[(&str, &str)]) -> Node {
         id,
         addr,
     }
-}
-
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis reachable")
-}
-
-async fn status_at(addr: SocketAddr) -> Value {
-    reqwest::get(format!("http://{addr}/status"))
-        .await
-        .expect("GET /status")
-        .json()
-        .await
-        .expect("/status is JSON")
-}
-
-async fn client(addr: SocketAddr, user: &str) -> SignalClient {
-    let mut c = SignalClient::connect(addr).await;
-    c.authenticate(&token_for(user)).await;
-    c
 }
 
 /// A WHEP/WHIP offer of one video m-line (`direction` is the client's side).
@@ -110,7 +85,7 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
     };
 
     // The room lives on A, with a simulcast publisher.
-    let mut publisher_ws = client(a.addr, "pub").await;
+    let mut publisher_ws = client_at(a.addr, "pub").await;
     ok(
         &publisher_ws
             .request("createRoom", json!({ "name": "Relayed", "roomId": room }))
@@ -128,17 +103,12 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         .publish_spec(&mut publisher_ws, Publish::load(true, false))
         .await
         .unwrap();
-    let video = published["producers"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["kind"] == "video"))
-        .and_then(|p| p["producerId"].as_str())
-        .expect("video producer")
-        .to_string();
+    let video = video_producer(&published);
 
     // Subscribers join through B and stay there: B relays the room.
     let mut subscribers = Vec::new();
     for i in 0..4 {
-        let mut ws = client(b.addr, &format!("sub{i}")).await;
+        let mut ws = client_at(b.addr, &format!("sub{i}")).await;
         let joined = ws
             .request(
                 "joinRoom",
@@ -166,7 +136,7 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         "one link for the room: {status_b}"
     );
     assert_eq!(status_at(a.addr).await["cluster"]["ownerLinks"], 1);
-    let mut conn = redis().await;
+    let mut conn = redis_connection().await;
     let relays: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("sfu:room:{room}:relays"))
         .query_async(&mut conn)
@@ -305,7 +275,7 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
         seen_on_a.insert(joined["data"]["participant"]["displayName"].to_string());
     }
     // A participant joining on A sees B's viewers, and is announced on B.
-    let mut late = client(a.addr, "late").await;
+    let mut late = client_at(a.addr, "late").await;
     let late_joined = late
         .request("joinRoom", json!({ "roomId": room, "displayName": "Late" }))
         .await;
@@ -405,7 +375,7 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
     assert_eq!(owner, b.id, "B owns the room now");
     assert_eq!(status_at(b.addr).await["cluster"]["relayLinks"], 0);
     // And it works for media as any room of B's.
-    let mut p2_ws = client(b.addr, "pub2").await;
+    let mut p2_ws = client_at(b.addr, "pub2").await;
     ok(
         &p2_ws
             .request("joinRoom", json!({ "roomId": room, "displayName": "Pub2" }))
@@ -414,7 +384,7 @@ async fn subscribers_on_a_relay_node_get_the_owners_room_and_hear_when_it_dies()
     );
     let publisher2 = Peer::spawn().await;
     publisher2.publish(&mut p2_ws).await;
-    let mut s2_ws = client(b.addr, "sub-after").await;
+    let mut s2_ws = client_at(b.addr, "sub-after").await;
     ok(
         &s2_ws
             .request(

@@ -65,12 +65,7 @@ async fn a_room_spreads_over_both_workers_and_switches_layers_across_them() {
         .publish_spec(&mut publisher_ws, Publish::load(true, false))
         .await
         .unwrap();
-    let video = published["producers"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["kind"] == "video"))
-        .and_then(|p| p["producerId"].as_str())
-        .expect("video producer")
-        .to_string();
+    let video = video_producer(&published);
 
     let mut subscribers = Vec::new();
     let status = common::status(&server).await;

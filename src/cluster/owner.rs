@@ -192,12 +192,7 @@ impl OwnerLink {
             tokio::select! {
                 control = controls.recv() => match control {
                     Some(Ok(Control::LocalJoined { participant })) => {
-                        let view = ParticipantView {
-                            participant_id: participant.participant_id,
-                            user_id: participant.user_id,
-                            display_name: participant.display_name,
-                            producers: Vec::new(),
-                        };
+                        let view = participant.view(Vec::new());
                         self.cluster.rooms.relay_participant_joined(&self.room_id, watch_id, view);
                     }
                     Some(Ok(Control::LocalLeft { participant_id })) => {
@@ -362,7 +357,7 @@ impl OwnerLink {
 
     /// A producer with what the relay needs to mirror it (None: it is gone already).
     async fn producer(&mut self, view: &ProducerView) -> Option<LinkProducer> {
-        let (spec, _) = self
+        let spec = self
             .cluster
             .media
             .link_export_spec(self.worker, view.producer_id)

@@ -234,21 +234,21 @@ impl RelayLink {
 
     /// A participant of the owner: its producers become remote producers here.
     fn participant_arrived(&mut self, p: &LinkParticipant) -> ParticipantView {
-        let publisher = *self
-            .publishers
-            .entry(p.participant_id.clone())
-            .or_insert_with(|| self.cluster.media.new_transport_id());
+        let publisher = self.publisher_of(&p.participant_id);
         let producers = p
             .producers
             .iter()
             .filter_map(|producer| self.producer_arrived(producer, publisher))
             .collect();
-        ParticipantView {
-            participant_id: p.participant_id.clone(),
-            user_id: p.user_id.clone(),
-            display_name: p.display_name.clone(),
-            producers,
-        }
+        p.view(producers)
+    }
+
+    /// Our transport id for an owner participant's producers (made on first use).
+    fn publisher_of(&mut self, participant_id: &str) -> TransportId {
+        *self
+            .publishers
+            .entry(participant_id.to_string())
+            .or_insert_with(|| self.cluster.media.new_transport_id())
     }
 
     fn producer_arrived(&self, p: &LinkProducer, publisher: TransportId) -> Option<ProducerView> {
@@ -285,10 +285,7 @@ impl RelayLink {
                 Some(Notice::ParticipantLeft { participant_id })
             }
             Control::ProducerAdded { producer } => {
-                let publisher = *self
-                    .publishers
-                    .entry(producer.participant_id.clone())
-                    .or_insert_with(|| self.cluster.media.new_transport_id());
+                let publisher = self.publisher_of(&producer.participant_id);
                 self.producer_arrived(&producer, publisher)
                     .map(Notice::NewProducer)
             }
@@ -474,12 +471,7 @@ impl RelayLink {
 fn local_to_owner(notice: Notice) -> Option<Control> {
     Some(match notice {
         Notice::ParticipantJoined(view) => Control::LocalJoined {
-            participant: LinkParticipant {
-                participant_id: view.participant_id,
-                user_id: view.user_id,
-                display_name: view.display_name,
-                producers: Vec::new(),
-            },
+            participant: LinkParticipant::joining(view),
         },
         Notice::ParticipantLeft { participant_id } => Control::LocalLeft { participant_id },
         _ => return None,

@@ -24,6 +24,7 @@ use str0m::rtp::{ExtensionValues, VideoOrientation};
 use uuid::Uuid;
 
 use crate::media::core::ProducerPacket;
+use crate::room::{ParticipantView, ProducerView};
 
 pub const PACKET: u8 = 1;
 /// kind, producer, layer, seq, timestamp, pt, flags.
@@ -77,12 +78,6 @@ pub fn encode_packet(packet: &ProducerPacket, out: &mut Vec<u8>) {
         out.push(content);
     }
     out.extend_from_slice(&packet.payload);
-}
-
-/// A packet datagram read back; `params` is what the link knows of its payload type.
-#[derive(Debug)]
-pub struct DecodedPacket {
-    pub packet: ProducerPacket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -173,6 +168,28 @@ pub struct LinkParticipant {
     pub user_id: String,
     pub display_name: String,
     pub producers: Vec<LinkProducer>,
+}
+
+impl LinkParticipant {
+    /// A participant as the other node is told of it when it joins (it publishes nothing yet).
+    pub fn joining(view: ParticipantView) -> Self {
+        LinkParticipant {
+            participant_id: view.participant_id,
+            user_id: view.user_id,
+            display_name: view.display_name,
+            producers: Vec::new(),
+        }
+    }
+
+    /// The participant as the room layer shows it, with `producers`.
+    pub fn view(&self, producers: Vec<ProducerView>) -> ParticipantView {
+        ParticipantView {
+            participant_id: self.participant_id.clone(),
+            user_id: self.user_id.clone(),
+            display_name: self.display_name.clone(),
+            producers,
+        }
+    }
 }
 
 /// The room's definition as the owner holds it.

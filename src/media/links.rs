@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
-use str0m::format::PayloadParams;
 use tokio::sync::mpsc;
 
 use super::core::{MirrorSpec, Relay, RELAY_QUEUE};
@@ -97,18 +96,15 @@ impl MediaRouter {
         self.peers.send(to, relay).is_ok()
     }
 
-    /// Owner side: what a node link needs to mirror `producer` of the room on worker `home`,
-    /// and the payload parameters its packets use so far.
+    /// Owner side: what a node link needs to mirror `producer` of the room on worker `home`
+    /// (payload parameters follow with the packets, as `codec` messages).
     pub async fn link_export_spec(
         &self,
         home: usize,
         producer: ProducerId,
-    ) -> Result<(MirrorSpec, Option<PayloadParams>), MediaError> {
-        self.run(home, move |core, _, _| {
-            let spec = core.export_spec(producer)?;
-            Ok((spec, core.producer_params(producer)))
-        })
-        .await?
+    ) -> Result<MirrorSpec, MediaError> {
+        self.run(home, move |core, _, _| core.export_spec(producer))
+            .await?
     }
 
     /// Relay side: `spec.producer` lives on another node and reaches this one through link

@@ -217,10 +217,45 @@ where
 /// The server's `GET /status` document.
 #[allow(dead_code)]
 pub async fn status(server: &sfu::ServerHandle) -> serde_json::Value {
-    reqwest::get(format!("http://{}/status", server.http_addr))
+    status_at(server.http_addr).await
+}
+
+/// `GET /status` of a server reached at `addr` (an `sfu` process, another node).
+pub async fn status_at(addr: SocketAddr) -> serde_json::Value {
+    reqwest::get(format!("http://{addr}/status"))
         .await
         .expect("GET /status")
         .json()
         .await
         .expect("/status is JSON")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several nodes: the machine's Redis, and clients of a node reached by address.
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable")
+}
+
+/// A WebSocket client of the node at `addr`, authenticated as `user`.
+pub async fn client_at(addr: SocketAddr, user: &str) -> SignalClient {
+    let mut c = SignalClient::connect(addr).await;
+    c.authenticate(&token_for(user)).await;
+    c
+}
+
+/// The video producer's id in a `publisherAnswer`'s data.
+pub fn video_producer(publisher_answer: &serde_json::Value) -> String {
+    publisher_answer["producers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["kind"] == "video"))
+        .and_then(|p| p["producerId"].as_str())
+        .unwrap_or_else(|| panic!("no video producer in {publisher_answer}"))
+        .to_string()
 }

@@ -162,12 +162,6 @@ impl WorkerCore {
         })
     }
 
-    /// The payload parameters `producer`'s packets use so far (None before the first one).
-    pub fn producer_params(&self, producer: ProducerId) -> Option<PayloadParams> {
-        let pk = self.producer_key(producer).ok()?;
-        self.producers[pk].codec_params
-    }
-
     /// Home side: start (or keep) copying `producer`'s packets to `worker`'s mirror `nonce`.
     pub fn export_to(
         &mut self,
