@@ -136,7 +136,7 @@ impl WorkerCore {
         tracing::trace!(
             transport = transport.id.0,
             raw = reading.raw_bps,
-            loss = reading.loss,
+            loss = stats.egress_loss_fraction,
             effective = bwe.effective_bps(now),
             "link reading"
         );
@@ -328,9 +328,10 @@ impl WorkerCore {
             && bwe
                 .last_probe
                 .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_INTERVAL);
-        if let Some(raw) = bwe.estimator_stalled(now).filter(|_| probe) {
+        if probe && bwe.estimator_stalled(now) {
             // A fresh estimator starts from GCC's last estimate and probes at once (its
             // initial probes, at most twice the desired rate).
+            let (raw, _) = bwe.raw_estimate.expect("stalled implies an estimate");
             tracing::debug!(transport = transport.id.0, raw, "estimator stalled: reset");
             transport.rtc.bwe().reset(Bitrate::bps(raw));
             bwe.last_reset = Some(now);

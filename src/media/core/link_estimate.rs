@@ -30,19 +30,6 @@ const STALL_RESET_INTERVAL: Duration = Duration::from_secs(10);
 /// packets is not trusted again at once: resuming into it would only lose them again).
 const LOSS_CAP_HOLD: Duration = Duration::from_secs(3);
 
-/// What one of str0m's periodic `PeerStats` says about a subscriber's link.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct LinkReading {
-    /// Every byte sent so far.
-    pub(super) peer_bytes_tx: u64,
-    /// TWCC loss over the last second.
-    pub(super) loss: Option<f32>,
-    /// The round trip of the packet most recently reported on.
-    pub(super) rtt: Option<Duration>,
-    /// GCC's own estimate (not str0m's 3 s mean of it).
-    pub(super) raw_bps: Option<u64>,
-}
-
 /// Estimator state of one subscriber transport.
 #[derive(Debug)]
 pub(super) struct SubscriberBwe {
@@ -90,7 +77,22 @@ impl SubscriberBwe {
             reported_at: None,
         }
     }
+}
 
+/// What one of str0m's periodic `PeerStats` says about a subscriber's link.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LinkReading {
+    /// Every byte sent so far.
+    pub(super) peer_bytes_tx: u64,
+    /// TWCC loss over the last second.
+    pub(super) loss: Option<f32>,
+    /// The round trip of the packet most recently reported on.
+    pub(super) rtt: Option<Duration>,
+    /// GCC's own estimate (not str0m's 3 s mean of it).
+    pub(super) raw_bps: Option<u64>,
+}
+
+impl SubscriberBwe {
     /// What the allocator divides: the reported estimate, capped at what the link carried
     /// while it lost packets, and otherwise not below what it just carried cleanly.
     ///
@@ -100,30 +102,38 @@ impl SubscriberBwe {
     /// at its word that pauses video on a link that carries it without a loss. GCC's
     /// unsmoothed estimate is no faster signal of a real drop, for the same reason; loss is.
     pub(super) fn effective_bps(&self, now: Instant) -> u64 {
-        match fresh(self.loss_cap, LOSS_CAP_HOLD, now) {
+        let fresh = |reading: Option<(u64, Instant)>, ttl: Duration| {
+            reading
+                .filter(|(_, at)| now.saturating_duration_since(*at) < ttl)
+                .map(|(bps, _)| bps)
+        };
+        match fresh(self.loss_cap, LOSS_CAP_HOLD) {
             Some(cap) => self.estimate_bps.min(cap),
             None => self
                 .estimate_bps
-                .max(fresh(self.carried_clean, CARRIED_PROOF_TTL, now).unwrap_or(0)),
+                .max(fresh(self.carried_clean, CARRIED_PROOF_TTL).unwrap_or(0)),
         }
     }
 
-    /// GCC's estimate if its probing is stuck: the estimate has not moved for [`STALL`] although we
+    /// Whether GCC's probing is stuck: its estimate has not moved for [`STALL`] although we
     /// have been asking for probes all along (so str0m would have sent some, and any result
     /// moves it), on a link that loses nothing. Seen on 2 of 14 tracking runs: after loss,
     /// str0m's loss controller stays "loss limited" on an application-limited link, which
     /// blocks every probe, and the estimate cannot rise without one.
-    pub(super) fn estimator_stalled(&self, now: Instant) -> Option<u64> {
-        let (raw, since) = self.raw_estimate?;
+    pub(super) fn estimator_stalled(&self, now: Instant) -> bool {
+        let Some((_, since)) = self.raw_estimate else {
+            return false;
+        };
         let asking = self
             .last_probe
             .is_some_and(|t| now.saturating_duration_since(t) <= PROBE_INTERVAL * 2);
-        let lossy = fresh(self.loss_cap, LOSS_CAP_HOLD, now).is_some();
+        let lossy = self
+            .loss_cap
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) < LOSS_CAP_HOLD);
         let recently_reset = self
             .last_reset
             .is_some_and(|t| now.saturating_duration_since(t) < STALL_RESET_INTERVAL);
-        let stuck = now.saturating_duration_since(since) >= STALL;
-        (stuck && asking && !lossy && !recently_reset).then_some(raw)
+        now.saturating_duration_since(since) >= STALL && asking && !lossy && !recently_reset
     }
 
     /// One `PeerStats` reading. Returns whether the effective estimate fell suddenly.
@@ -169,13 +179,6 @@ impl SubscriberBwe {
         }
         (self.effective_bps(now) as f64) < before as f64 * SUDDEN_DROP
     }
-}
-
-/// A reading's value while it is younger than `ttl`.
-fn fresh(reading: Option<(u64, Instant)>, ttl: Duration, now: Instant) -> Option<u64> {
-    reading
-        .filter(|(_, at)| now.saturating_duration_since(*at) < ttl)
-        .map(|(bps, _)| bps)
 }
 
 #[cfg(test)]
@@ -290,17 +293,13 @@ mod tests {
         bwe.on_link_reading(clean(0, 450_000), t0);
         bwe.last_probe = Some(t0 + 3500 * MS);
         bwe.on_link_reading(clean(100_000, 450_000), t0 + 3500 * MS);
-        assert_eq!(
-            bwe.estimator_stalled(t0 + 3500 * MS),
-            None,
-            "not yet {STALL:?}"
-        );
-        assert_eq!(bwe.estimator_stalled(t0 + STALL), Some(450_000));
+        assert!(!bwe.estimator_stalled(t0 + 3500 * MS), "not yet {STALL:?}");
+        assert!(bwe.estimator_stalled(t0 + STALL));
         // Any movement restarts the clock.
         bwe.on_link_reading(clean(120_000, 450_001), t0 + STALL);
-        assert_eq!(bwe.estimator_stalled(t0 + STALL), None);
+        assert!(!bwe.estimator_stalled(t0 + STALL));
         // Not while we stopped asking (nothing above the estimate is wanted).
         bwe.last_probe = None;
-        assert_eq!(bwe.estimator_stalled(t0 + STALL * 3), None);
+        assert!(!bwe.estimator_stalled(t0 + STALL * 3));
     }
 }

@@ -292,7 +292,7 @@ impl WorkerCore {
     ) -> Self {
         // One DTLS certificate per worker: generating one per transport costs a keygen each.
         // Stats twice a second give us NACK counts per consumer for metrics, and each
-        // subscriber's loss, bytes sent, round trip and GCC estimate (link_estimate.rs).
+        // subscriber's egress loss and unsmoothed estimate (bandwidth.rs reacts to both).
         let mut template = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
