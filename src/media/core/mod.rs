@@ -17,7 +17,6 @@ mod forward;
 mod frames;
 mod frames_out;
 mod keyframes;
-mod link_estimate;
 mod ortc;
 mod relay;
 mod sdp;
@@ -41,12 +40,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use self::arena::Arena;
 use self::arena::{ConsumerKey, ProducerKey, TransportKey};
 pub use self::bandwidth::BweSettings;
-use self::bandwidth::LayerMeter;
+use self::bandwidth::{LayerMeter, SubscriberBwe};
 use self::dynacast::Dynacast;
 use self::frames_out::FrameConsumer;
 pub use self::frames_out::FrameConsumerInfo;
 use self::keyframes::KeyframeRequests;
-use self::link_estimate::SubscriberBwe;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
 pub use self::relay::{Exports, MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
 use super::allocator::TrackState;
@@ -291,12 +289,11 @@ impl WorkerCore {
         events: UnboundedSender<MediaEvent>,
     ) -> Self {
         // One DTLS certificate per worker: generating one per transport costs a keygen each.
-        // Stats twice a second give us NACK counts per consumer for metrics, and each
-        // subscriber's egress loss and unsmoothed estimate (bandwidth.rs reacts to both).
+        // Stats once a second give us NACK counts per consumer for metrics.
         let mut template = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
-            .set_stats_interval(Some(link_estimate::STATS_INTERVAL));
+            .set_stats_interval(Some(Duration::from_secs(1)));
         if let Some(cert) = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()
