@@ -105,11 +105,12 @@ async fn set_link(peer: &Peer, rate_bps: u64) {
         .await;
 }
 
-// Tracks issue 13 with bwe_browser.rs. Since the probe fixes it passed 14 of 15 runs here (the
-// failure: audio lost at 150 kbit/s while video was paused); one red CI in fifteen is still
-// too many for the gate, so it runs on demand:
+// Tracks issue 13 with bwe_browser.rs. Since the loss cap, clean floor and stall restart
+// (media/core/link_estimate.rs) it passed 34 of 34 runs on its own here (before: 17 of 18), but
+// its one run in the suite, beside the other test of this file, stayed on the middle layer
+// after the raise to 20 Mbit/s. Until that is understood it runs on demand:
 // `cargo test --test bwe -- --ignored --nocapture`.
-#[ignore = "statistical, ~1 failure in 15 runs on 2 cores (issue 13); run with --ignored"]
+#[ignore = "statistical: failed 1 of 1 runs in the suite, 0 of 34 alone (issue 13); run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscriber_gets_what_its_own_link_carries() {
     let server = start_server_with(&["--bwe-enabled", "true"]).await;

@@ -196,6 +196,8 @@ pub struct WorkerStats {
     pub datagrams_dropped: u64,
     /// Estimates str0m reported on subscriber transports.
     pub bwe_estimates: u64,
+    /// Subscriber estimators restarted because their probing had stalled.
+    pub bwe_resets: u64,
     /// Allocation changes by reason (see `allocator::Reason`).
     pub allocations_initial: u64,
     pub allocations_congestion: u64,
@@ -240,6 +242,7 @@ impl std::ops::AddAssign for WorkerStats {
         self.layer_switches += o.layer_switches;
         self.datagrams_dropped += o.datagrams_dropped;
         self.bwe_estimates += o.bwe_estimates;
+        self.bwe_resets += o.bwe_resets;
         self.allocations_initial += o.allocations_initial;
         self.allocations_congestion += o.allocations_congestion;
         self.allocations_recovered += o.allocations_recovered;

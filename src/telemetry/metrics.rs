@@ -58,6 +58,7 @@ pub async fn render(ctx: &Arc<AppContext>) -> String {
     metrics::counter!("sfu_layer_switches_total").absolute(media.layer_switches);
     metrics::counter!("sfu_datagrams_dropped_total").absolute(media.datagrams_dropped);
     metrics::counter!("sfu_bwe_estimates_total").absolute(media.bwe_estimates);
+    metrics::counter!("sfu_bwe_estimator_resets_total").absolute(media.bwe_resets);
     for (reason, count) in [
         ("initial", media.allocations_initial),
         ("congestion", media.allocations_congestion),

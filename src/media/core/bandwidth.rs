@@ -1,7 +1,8 @@
 //! Bandwidth: what each subscriber's link carries decides what it is sent.
 //!
 //! Every subscriber transport runs str0m's send-side estimator (GCC on TWCC feedback). Its
-//! estimate, and the bitrate measured on each publisher layer, go into the sans-IO
+//! estimate, corrected by what the link itself shows ([`link_estimate`](super::link_estimate):
+//! loss, clean throughput), and the bitrate measured on each publisher layer go into the sans-IO
 //! [`allocator`](crate::media::allocator); its decisions become each consumer's
 //! [`BandwidthLimit`]. A transport whose client gives no TWCC feedback never gets an estimate
 //! and is forwarded as before (preference only).
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::rtp::Extension;
 
+use super::link_estimate::LinkReading;
 use super::{ConsumerKey, Deferred, Producer, TransportKey, WorkerCore};
 use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
 use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS, MAX_TEMPORAL};
@@ -36,9 +38,9 @@ impl Default for BweSettings {
 }
 
 /// A drop of this share or more re-allocates at once instead of at the next tick.
-const SUDDEN_DROP: f64 = 0.85;
+pub(super) const SUDDEN_DROP: f64 = 0.85;
 /// While a track is held below what it wants, ask str0m for a probe this often.
-const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
+pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
 /// The subscriber hears of its estimate at most this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Layer bitrates are re-measured over windows of this length.
@@ -112,36 +114,42 @@ impl LayerMeter {
     }
 }
 
-/// Estimator state of one subscriber transport.
-#[derive(Debug)]
-pub(super) struct SubscriberBwe {
-    pub(super) estimate_bps: u64,
-    /// The estimate the last allocation used.
-    allocated_at_bps: u64,
-    /// Whether estimates govern this transport (TWCC negotiated and feedback possible).
-    pub(super) active: bool,
-    targets: allocator::Targets,
-    last_probe: Option<Instant>,
-    /// The estimate last told to the subscriber (`MediaEvent::BandwidthEstimate`), and when.
-    reported_bps: u64,
-    reported_at: Option<Instant>,
-}
-
-impl SubscriberBwe {
-    pub(super) fn new(initial_bps: u64) -> Self {
-        SubscriberBwe {
-            estimate_bps: initial_bps,
-            allocated_at_bps: initial_bps,
-            active: false,
-            targets: allocator::Targets::default(),
-            last_probe: None,
-            reported_bps: 0,
-            reported_at: None,
+impl WorkerCore {
+    /// str0m's periodic stats for subscriber `key` (mid-drain: allocation is deferred).
+    pub(super) fn on_link_stats(
+        &mut self,
+        key: TransportKey,
+        stats: &str0m::stats::PeerStats,
+        now: Instant,
+    ) {
+        let transport = &mut self.transports[key];
+        let Some(bwe) = transport.bwe.as_mut() else {
+            return;
+        };
+        let reading = LinkReading {
+            peer_bytes_tx: stats.peer_bytes_tx,
+            loss: stats.egress_loss_fraction,
+            rtt: stats.rtt,
+            raw_bps: stats.bwe_tx.map(|b| b.as_u64()),
+            over_tcp: stats
+                .selected_candidate_pair
+                .as_ref()
+                .is_some_and(|pair| pair.protocol == str0m::net::Protocol::Tcp),
+        };
+        let dropped = bwe.on_link_reading(reading, now);
+        tracing::trace!(
+            transport = transport.id.0,
+            raw = reading.raw_bps,
+            loss = reading.loss,
+            tcp = reading.over_tcp,
+            effective = bwe.effective_bps(now),
+            "link reading"
+        );
+        if bwe.active && dropped {
+            self.deferred.push(Deferred::Allocate { transport: key });
         }
     }
-}
 
-impl WorkerCore {
     /// str0m reported a new estimate for subscriber `key` (mid-drain: allocation is deferred).
     pub(super) fn on_estimate(&mut self, key: TransportKey, estimate: Bitrate, can_probe: bool) {
         let transport = &mut self.transports[key];
@@ -204,7 +212,7 @@ impl WorkerCore {
         for key in governed {
             if let Some(bwe) = &self.transports[key].bwe {
                 // Sampled here, a few times a second per subscriber, not on every estimate.
-                metrics::histogram!("sfu_bwe_estimate_bps").record(bwe.estimate_bps as f64);
+                metrics::histogram!("sfu_bwe_estimate_bps").record(bwe.effective_bps(now) as f64);
             }
             self.allocate(key, now);
             self.report_estimate(key, now);
@@ -218,24 +226,29 @@ impl WorkerCore {
         let Some(bwe) = transport.bwe.as_mut() else {
             return;
         };
-        let moved = bwe.estimate_bps.abs_diff(bwe.reported_bps) * 10 >= bwe.reported_bps;
+        let estimate_bps = bwe.effective_bps(now);
+        let moved = estimate_bps.abs_diff(bwe.reported_bps) * 10 >= bwe.reported_bps;
         let due = bwe
             .reported_at
             .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_INTERVAL);
         if !(moved && due) {
             return;
         }
-        bwe.reported_bps = bwe.estimate_bps;
+        bwe.reported_bps = estimate_bps;
         bwe.reported_at = Some(now);
         let _ = self.events.send(MediaEvent::BandwidthEstimate {
             transport: transport.id,
-            estimate_bps: bwe.estimate_bps,
+            estimate_bps,
         });
     }
 
     /// Run the allocator for one subscriber and apply its decisions.
     pub(super) fn allocate(&mut self, key: TransportKey, now: Instant) {
-        let Some(estimate) = self.transports[key].bwe.as_ref().map(|b| b.estimate_bps) else {
+        let Some(estimate) = self.transports[key]
+            .bwe
+            .as_ref()
+            .map(|b| b.effective_bps(now))
+        else {
             return;
         };
         let consumers: Vec<ConsumerKey> = self.transports[key]
@@ -320,6 +333,15 @@ impl WorkerCore {
             && bwe
                 .last_probe
                 .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_INTERVAL);
+        if let Some(raw) = bwe.estimator_stalled(now).filter(|_| probe) {
+            // A fresh estimator starts from GCC's last estimate and probes at once (its
+            // initial probes, at most twice the desired rate).
+            tracing::debug!(transport = transport.id.0, raw, "estimator stalled: reset");
+            transport.rtc.bwe().reset(Bitrate::bps(raw));
+            bwe.last_reset = Some(now);
+            bwe.raw_estimate = None;
+            self.stats.bwe_resets += 1;
+        }
         if bwe.targets != targets || probe {
             let mut desired = targets.desired_bps;
             if probe {

@@ -69,6 +69,7 @@ impl WorkerCore {
                 can_probe,
             }) => self.on_estimate(key, estimate, can_probe),
             Event::PeerStats(stats) => {
+                self.on_link_stats(key, &stats, now);
                 let transport = &mut self.transports[key];
                 transport.nominated = stats.selected_candidate_pair.map(|p| p.remote.addr);
             }

@@ -17,6 +17,7 @@ mod forward;
 mod frames;
 mod frames_out;
 mod keyframes;
+mod link_estimate;
 mod ortc;
 mod relay;
 mod sdp;
@@ -40,11 +41,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use self::arena::Arena;
 use self::arena::{ConsumerKey, ProducerKey, TransportKey};
 pub use self::bandwidth::BweSettings;
-use self::bandwidth::{LayerMeter, SubscriberBwe};
+use self::bandwidth::LayerMeter;
 use self::dynacast::Dynacast;
 use self::frames_out::FrameConsumer;
 pub use self::frames_out::FrameConsumerInfo;
 use self::keyframes::KeyframeRequests;
+use self::link_estimate::SubscriberBwe;
 pub use self::ortc::{router_capabilities, ConsumerCreated};
 pub use self::relay::{Exports, MirrorSpec, ProducerPacket, Relay, RELAY_QUEUE};
 use super::allocator::TrackState;
@@ -289,11 +291,12 @@ impl WorkerCore {
         events: UnboundedSender<MediaEvent>,
     ) -> Self {
         // One DTLS certificate per worker: generating one per transport costs a keygen each.
-        // Stats once a second give us NACK counts per consumer for metrics.
+        // Stats twice a second give us NACK counts per consumer for metrics, and each
+        // subscriber's loss, bytes sent, round trip and GCC estimate (link_estimate.rs).
         let mut template = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
-            .set_stats_interval(Some(Duration::from_secs(1)));
+            .set_stats_interval(Some(link_estimate::STATS_INTERVAL));
         if let Some(cert) = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()

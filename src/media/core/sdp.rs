@@ -13,8 +13,8 @@ use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, RtcConfig};
 use uuid::Uuid;
 
-use super::bandwidth::SubscriberBwe;
 use super::keyframes::KeyframeRequests;
+use super::link_estimate::SubscriberBwe;
 use super::sdp_error;
 use super::{
     Egress, Layer, Negotiation, Origin, Producer, Role, SubscriberChange, Transport, TransportKey,
