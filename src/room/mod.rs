@@ -26,7 +26,7 @@ pub use http::{HttpMediaSession, HttpSessionRef, Requester};
 pub use lifecycle::{Joined, RoomSpec};
 pub use model::{Dialect, Member, RoomSummary};
 pub use ortc::{ConsumerCreated, ConsumerTarget, ProducerPublished, RemoteDtls, TransportCreated};
-pub use ports::{Directory, EventSink, Notifier, OwnerLinks, RelayFeed, RoomCatalog};
+pub use ports::{Broadcast, Directory, EventSink, Notifier, OwnerLinks, RelayFeed, RoomCatalog};
 pub use relayed::Watch;
 pub use validate::{sdp_sending_kinds, DEFAULT_MAX_PARTICIPANTS, MAX_PARTICIPANTS_LIMIT};
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::media::{ProducerId, TransportId};
 
 use super::events::{Notice, ParticipantView, ProducerView};
-use super::ports::Notifier;
+use super::ports::{Broadcast, Notifier};
 
 /// A room as clients see it (the answer to `createRoom`).
 #[derive(Debug, Clone, PartialEq)]
@@ -189,9 +189,10 @@ impl Room {
 
     /// Tell every participant but `except`, and the node links relaying the room.
     pub fn broadcast(&self, notice: &Notice, except: Option<&str>) {
+        let broadcast = Broadcast::new(notice.clone());
         for (id, p) in &self.participants {
             if except != Some(id.as_str()) {
-                p.notifier.notify(notice.clone());
+                p.notifier.notify_broadcast(&broadcast);
             }
         }
         self.tell_watchers(notice);

@@ -2,6 +2,7 @@
 //! technology they wrap: `store` (directory: memory | Redis), `audit` and `integrations`
 //! (event sinks, the Django room catalog), `session` (notifiers that speak the wire).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -12,6 +13,28 @@ use super::events::{Notice, RoomEvent};
 /// WebTransport, or nothing for WHIP/WHEP). Must not block.
 pub trait Notifier: Send + Sync {
     fn notify(&self, notice: Notice);
+
+    /// The same notice told to many participants (see [`Broadcast`]).
+    fn notify_broadcast(&self, broadcast: &Broadcast) {
+        self.notify(broadcast.notice.clone());
+    }
+}
+
+/// One notice on its way to many participants. A notifier may render it once for all of them
+/// and keep the rendering here: a room of N that sees N joins then holds N renderings of each
+/// in the sessions' replay rings, not N², and serializes each once.
+pub struct Broadcast {
+    pub notice: Notice,
+    pub rendered: OnceLock<Arc<str>>,
+}
+
+impl Broadcast {
+    pub fn new(notice: Notice) -> Self {
+        Broadcast {
+            notice,
+            rendered: OnceLock::new(),
+        }
+    }
 }
 
 /// A notifier for participants nobody listens to (WHIP/WHEP sessions have no signaling).

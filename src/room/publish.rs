@@ -4,6 +4,7 @@
 
 use super::events::{Notice, ProducerView, RoomEvent};
 use super::model::Dialect;
+use super::ports::Broadcast;
 use super::{RoomError, RoomErrorKind, Rooms};
 use std::sync::Arc;
 
@@ -130,9 +131,13 @@ impl Rooms {
                 for (view, _) in &announced {
                     room.tell_watchers(&Notice::NewProducer(view.clone()));
                 }
+                let news: Vec<Broadcast> = announced
+                    .iter()
+                    .map(|(view, _)| Broadcast::new(Notice::NewProducer(view.clone())))
+                    .collect();
                 for (id, p) in room.participants.iter().filter(|(id, _)| *id != pid) {
-                    for (view, _) in &announced {
-                        p.notifier.notify(Notice::NewProducer(view.clone()));
+                    for new_producer in &news {
+                        p.notifier.notify_broadcast(new_producer);
                     }
                     if p.can_subscribe && p.dialect == Dialect::Sdp {
                         subscribers.push((p.subscriber, id.clone()));

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::events::{Notice, ParticipantView};
 use super::model::{Dialect, Participant, RelayedFrom, Room, RoomSummary};
-use super::ports::{Notifier, RelayFeed, RoomDefinition, Unheard};
+use super::ports::{Broadcast, Notifier, RelayFeed, RoomDefinition, Unheard};
 use super::validate::{check_capacity, check_display_name};
 use super::{RoomError, RoomErrorKind, Rooms};
 use crate::media::NewProducer;
@@ -251,12 +251,12 @@ impl Rooms {
         }
         // Everyone here and every other relay hears of it; its own relay knows already (an
         // echo could arrive after it left there, and show it for a moment).
-        let joined = Notice::ParticipantJoined(ghost.view(&view.participant_id));
+        let joined = Broadcast::new(Notice::ParticipantJoined(ghost.view(&view.participant_id)));
         for p in room.participants.values() {
-            p.notifier.notify(joined.clone());
+            p.notifier.notify_broadcast(&joined);
         }
         for (_, watcher) in room.watchers.iter().filter(|(id, _)| *id != watch_id) {
-            watcher.notify(joined.clone());
+            watcher.notify(joined.notice.clone());
         }
         room.participants.insert(view.participant_id, ghost);
     }

@@ -1,7 +1,8 @@
 //! How the server reaches a client, across reconnects.
 //!
 //! Every message gets a per-session sequence number and stays in a bounded replay ring. The
-//! live connection (WebSocket or WebTransport) can be detached and another attached later:
+//! ring keeps each message's rendering without its `seq` (shared by every session a room
+//! broadcast reached) and adds the number on the way out. The live connection (WebSocket or WebTransport) can be detached and another attached later:
 //! a resuming client says which `seq` it saw last and gets everything after it, so no
 //! notification is lost between a drop and a resume.
 
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use super::protocol::{wire, OutboundEnvelope};
-use crate::room::{Notice, Notifier};
+use crate::room::{Broadcast, Notice, Notifier};
 
 /// Messages kept for replay. A session that misses more than this must rejoin.
 pub const REPLAY_BUFFER: usize = 1024;
@@ -29,8 +30,10 @@ struct Live {
 
 struct Outbox {
     next_seq: u64,
+    /// Messages without their `seq` (see [`with_seq`]).
     ring: VecDeque<(u64, Arc<str>)>,
-    /// Sum of the ring's message lengths.
+    /// Sum of the ring's message lengths (a shared rendering counts for each session: the
+    /// bound is what a session may hold, whoever else holds it too).
     ring_bytes: usize,
     /// Off until the session authenticates: an anonymous connection cannot resume, so
     /// keeping its messages would only let it grow the server's memory.
@@ -84,23 +87,26 @@ impl SessionSink {
     }
 
     /// Sequence, remember and (if a connection is attached) deliver one message.
-    pub fn send(&self, mut message: OutboundEnvelope) {
+    pub fn send(&self, message: OutboundEnvelope) {
+        self.send_rendered(message.to_json().into());
+    }
+
+    /// [`SessionSink::send`] for a message already rendered (without `seq`).
+    fn send_rendered(&self, body: Arc<str>) {
         let mut outbox = self.lock();
         let seq = outbox.next_seq;
         outbox.next_seq += 1;
-        message.seq = Some(seq);
-        let text: Arc<str> = message.to_json().into();
-        if outbox.replayable {
-            outbox.remember(seq, text.clone());
-        }
         if let Some(live) = &outbox.live {
-            if live.tx.try_send(text).is_err() {
+            if live.tx.try_send(with_seq(&body, seq)).is_err() {
                 // The client stopped reading. Cut it loose; it resumes and replays from the
                 // ring instead of the server buffering without bound.
                 tracing::warn!(session = %self.connection_id, "outbound queue full; disconnecting the client");
                 live.kick.notify_one();
                 outbox.live = None;
             }
+        }
+        if outbox.replayable {
+            outbox.remember(seq, body);
         }
     }
 
@@ -159,7 +165,7 @@ impl SessionSink {
         let mut replayed = 0;
         for (seq, text) in outbox.ring.iter() {
             if *seq > last_seq {
-                if tx.try_send(text.clone()).is_err() {
+                if tx.try_send(with_seq(text, *seq)).is_err() {
                     return Err(ReplayGap);
                 }
                 replayed += 1;
@@ -201,6 +207,27 @@ impl Notifier for SessionSink {
     fn notify(&self, notice: Notice) {
         self.send(wire::notification(notice));
     }
+
+    fn notify_broadcast(&self, broadcast: &Broadcast) {
+        let body = broadcast.rendered.get_or_init(|| {
+            wire::notification(broadcast.notice.clone())
+                .to_json()
+                .into()
+        });
+        self.send_rendered(body.clone());
+    }
+}
+
+/// `body` (a JSON object rendered without `seq`) with `"seq": seq` as its last member, as the
+/// envelope itself would render it.
+fn with_seq(body: &str, seq: u64) -> Arc<str> {
+    let open = body.strip_suffix('}').unwrap_or(body);
+    let separator = if open.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    format!("{open}{separator}\"seq\":{seq}}}").into()
 }
 
 #[cfg(test)]
@@ -260,6 +287,45 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![2, 3, 4]);
         assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+    }
+
+    #[test]
+    fn a_broadcast_is_rendered_once_and_numbered_per_session() {
+        let (a, b) = (
+            SessionSink::new(Uuid::new_v4()),
+            SessionSink::new(Uuid::new_v4()),
+        );
+        for sink in [&a, &b] {
+            sink.enable_replay();
+        }
+        b.send(note(1)); // b is one message ahead
+        let (tx_a, mut rx_a) = mpsc::channel(4);
+        let (tx_b, mut rx_b) = mpsc::channel(4);
+        a.attach(tx_a, Arc::new(Notify::new()));
+        b.attach(tx_b, Arc::new(Notify::new()));
+        let left = Broadcast::new(Notice::ParticipantLeft {
+            participant_id: "p1".into(),
+        });
+        a.notify_broadcast(&left);
+        b.notify_broadcast(&left);
+        let shared = |sink: &SessionSink| sink.lock().ring.back().unwrap().1.clone();
+        assert!(
+            Arc::ptr_eq(&shared(&a), &shared(&b)),
+            "one rendering kept by both"
+        );
+        let parsed = |text: Arc<str>| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        let (got_a, got_b) = (
+            parsed(rx_a.try_recv().unwrap()),
+            parsed(rx_b.try_recv().unwrap()),
+        );
+        assert_eq!(got_a["type"], "participantLeft");
+        assert_eq!(got_a["data"]["participantId"], "p1");
+        assert_eq!(
+            (got_a["seq"].as_u64(), got_b["seq"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(got_a["data"], got_b["data"]);
+        assert_eq!(&*with_seq("{}", 7), r#"{"seq":7}"#);
     }
 
     #[test]

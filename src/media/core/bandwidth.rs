@@ -297,8 +297,19 @@ impl WorkerCore {
                 .min(targets.minimum_bps + resume)
                 .max(targets.minimum_bps);
         }
+        // While loss caps the estimate, no probing at all, ours or str0m's (its periodic ones
+        // run at twice the desired rate): a probe could not lift the estimate past the cap, and
+        // its padding and the resends it provokes land in the queue that is already dropping.
+        let loss_capped = self.transports[key]
+            .bwe
+            .as_ref()
+            .is_some_and(|bwe| bwe.loss_capped(now));
+        if loss_capped {
+            targets.desired_bps = targets.minimum_bps;
+        }
         let has_video = demands.iter().any(|d| !d.audio);
-        self.update_estimator(key, targets, estimate, !paused, has_video, now);
+        let may_probe = !paused && !loss_capped;
+        self.update_estimator(key, targets, estimate, may_probe, has_video, now);
     }
 
     /// Tell str0m what this subscriber wants (see [`allocator::Targets`]).

@@ -53,6 +53,13 @@ pub(super) struct SubscriberBwe {
     /// What the link carried while it lost packets, and when (see
     /// [`SubscriberBwe::effective_bps`]).
     pub(super) loss_cap: Option<(u64, Instant)>,
+    /// When the current run of lossy readings began or last stepped the cap down: loss that
+    /// outlasts a whole loss window since steps it down (see `on_congested_reading`).
+    pub(super) lossy_run_stepped_at: Option<Instant>,
+    /// The level of the last step of the current lossy run: until the run ends, later readings
+    /// (what got through, of a second that still mixes the sending before the step) do not
+    /// lift the cap above it.
+    pub(super) lossy_run_ceiling: Option<u64>,
     /// What the link carried without loss or queueing, and when: a floor under the estimate.
     pub(super) carried_clean: Option<(u64, Instant)>,
     /// GCC's unsmoothed estimate and since when it has had that value (see [`STALL`]).
@@ -79,6 +86,8 @@ impl SubscriberBwe {
         SubscriberBwe {
             estimate_bps: initial_bps,
             loss_cap: None,
+            lossy_run_stepped_at: None,
+            lossy_run_ceiling: None,
             carried_clean: None,
             raw_estimate: None,
             last_reset: None,
@@ -110,6 +119,12 @@ impl SubscriberBwe {
         }
     }
 
+    /// Whether a loss cap governs: the link dropped packets within [`LOSS_CAP_HOLD`]. Probing
+    /// then only pushes more into a full queue, and could not lift the estimate past the cap.
+    pub(super) fn loss_capped(&self, now: Instant) -> bool {
+        fresh(self.loss_cap, LOSS_CAP_HOLD, now).is_some()
+    }
+
     /// GCC's estimate if its probing is stuck: the estimate has not moved for [`STALL`] although we
     /// have been asking for probes all along (so str0m would have sent some, and any result
     /// moves it), on a link that loses nothing. Seen on 2 of 14 tracking runs: after loss,
@@ -120,7 +135,7 @@ impl SubscriberBwe {
         let asking = self
             .last_probe
             .is_some_and(|t| now.saturating_duration_since(t) <= PROBE_INTERVAL * 2);
-        let lossy = fresh(self.loss_cap, LOSS_CAP_HOLD, now).is_some();
+        let lossy = self.loss_capped(now);
         let recently_reset = self
             .last_reset
             .is_some_and(|t| now.saturating_duration_since(t) < STALL_RESET_INTERVAL);
@@ -166,14 +181,51 @@ impl SubscriberBwe {
             // shows as delay, which GCC reads); what TWCC counts as lost there was never
             // carried short, so it caps nothing.
             if loss > CONGESTED_LOSS && !over_tcp {
-                // What got through is what the link carries (plus the queue it filled).
-                let carried = (sent_bps * f64::from(1.0 - loss.min(1.0))) as u64;
-                self.loss_cap = Some((carried, now));
-            } else if loss <= CLEAN_LOSS && !queueing {
-                self.carried_clean = Some((sent_bps as u64, now));
+                self.on_congested_reading(sent_bps, loss, now);
+            } else {
+                // The lossy run is over: the next one starts from what gets through.
+                self.lossy_run_stepped_at = None;
+                self.lossy_run_ceiling = None;
+                if loss <= CLEAN_LOSS && !queueing {
+                    self.carried_clean = Some((sent_bps as u64, now));
+                }
             }
         }
         (self.effective_bps(now) as f64) < before as f64 * SUDDEN_DROP
+    }
+
+    /// A reading that lost more than [`CONGESTED_LOSS`] of what was sent over the last second.
+    ///
+    /// What got through (sent x (1 - loss)) caps the estimate. That is an upper bound only:
+    /// the loss is counted in packets, and a full queue drops big video packets rather than
+    /// small audio ones, so the bytes lost are a larger share. So loss that lasts a whole loss
+    /// window past the run's start or its last step (the allocation has had time to fit the
+    /// cap and the link still drops) steps the cap down by the loss again, as GCC's loss rule
+    /// does, instead of settling above a thin link until the smoothed estimate comes down.
+    fn on_congested_reading(&mut self, sent_bps: f64, loss: f32, now: Instant) {
+        let delivered = f64::from(1.0 - loss.min(1.0));
+        let carried = (sent_bps * delivered) as u64;
+        let standing = fresh(self.loss_cap, LOSS_CAP_HOLD, now);
+        let run_age = self
+            .lossy_run_stepped_at
+            .map(|since| now.saturating_duration_since(since));
+        let cap = match run_age {
+            // Still losing a whole loss window after the run began or last stepped down: the
+            // allocation has had time to fit the cap, and the link still drops. Step down.
+            Some(age) if standing.is_some() && age >= LOSS_WINDOW => {
+                let stepped = (carried.min(self.lossy_run_ceiling.unwrap_or(u64::MAX)) as f64
+                    * delivered) as u64;
+                self.lossy_run_stepped_at = Some(now);
+                self.lossy_run_ceiling = Some(stepped);
+                stepped
+            }
+            Some(_) => carried.min(self.lossy_run_ceiling.unwrap_or(u64::MAX)),
+            None => {
+                self.lossy_run_stepped_at = Some(now);
+                carried
+            }
+        };
+        self.loss_cap = Some((cap, now));
     }
 }
 
@@ -244,6 +296,37 @@ mod tests {
         // Still lossy, but more got through: not a ratchet down.
         read(&mut bwe, 150_000, Some(0.2), None, t0 + 1500 * MS);
         assert_eq!(bwe.effective_bps(t0 + 1500 * MS), 640_000);
+    }
+
+    #[test]
+    fn loss_that_outlasts_a_window_under_one_cap_steps_it_down() {
+        let t0 = Instant::now();
+        let mut bwe = subscriber(t0);
+        read(&mut bwe, 25_000, Some(0.0), None, t0 + 500 * MS);
+        // 400 kbit/s sent, 50 % lost: capped at 200 kbit/s.
+        read(&mut bwe, 50_000, Some(0.5), None, t0 + 1000 * MS);
+        assert_eq!(bwe.effective_bps(t0 + 1000 * MS), 200_000);
+        // 200 kbit/s from now on. Half a window later the reading still mixes what was sent
+        // before the cap (300 kbit/s, 20 % lost): what got through, no step yet.
+        read(&mut bwe, 62_500, Some(0.2), None, t0 + 1500 * MS);
+        assert_eq!(bwe.effective_bps(t0 + 1500 * MS), 240_000);
+        // A whole window into the run and still 20 % lost: what got through, less the loss
+        // again (packet counts understate the bytes a full queue drops).
+        read(&mut bwe, 75_000, Some(0.2), None, t0 + 2000 * MS);
+        assert_eq!(bwe.effective_bps(t0 + 2000 * MS), 128_000);
+        // Until the run ends, what got through does not lift the cap above the step...
+        read(&mut bwe, 87_500, Some(0.2), None, t0 + 2500 * MS);
+        assert_eq!(bwe.effective_bps(t0 + 2500 * MS), 128_000);
+        // ...and the next step comes a window after the last: 160 k got through, but no more
+        // than the last step's level, less the loss.
+        read(&mut bwe, 100_000, Some(0.2), None, t0 + 3000 * MS);
+        assert_eq!(bwe.effective_bps(t0 + 3000 * MS), 102_400);
+        assert!(bwe.loss_capped(t0 + 3000 * MS));
+        // ...and a clean reading ends the run: the next loss starts a new level.
+        read(&mut bwe, 112_500, Some(0.0), None, t0 + 3500 * MS);
+        read(&mut bwe, 125_000, Some(0.2), None, t0 + 4000 * MS);
+        read(&mut bwe, 137_500, Some(0.2), None, t0 + 4500 * MS);
+        assert_eq!(bwe.effective_bps(t0 + 4500 * MS), 160_000);
     }
 
     #[test]

@@ -450,13 +450,16 @@ impl WorkerCore {
 
 /// How long str0m keeps a forwarded packet to answer NACKs. str0m's default is 3 s (up to
 /// 1,000 video packets), which is most of a subscriber's memory: each cached packet costs
-/// ≈ 430 bytes of bookkeeping (the payload itself is shared with the publisher's), and the
-/// cache grows by doubling, so a 1.5 Mbit/s layer (≈ 170 packets/s) took 320 slots, 138 KB,
-/// at 1 s. A NACK comes one round trip after the loss: 750 ms serves RTTs up to ~600 ms (a
-/// retry up to ~350 ms) and fits in 160 slots, 69 KB.
+/// ≈ 430 bytes of bookkeeping (the payload itself is shared with the publisher's). A NACK
+/// comes one round trip after the loss: 750 ms serves RTTs up to ~600 ms (a retry up to
+/// ~350 ms).
 pub(super) const RESEND_WINDOW: Duration = Duration::from_millis(750);
-/// The packet cap of that cache (a 1 s burst of a high-bitrate screen share fits).
-const RESEND_MAX_PACKETS: usize = 512;
+/// The packet cap of that cache. str0m grows it by a third whenever a packet would overwrite
+/// one younger than the window, and never shrinks it: a 1.5 Mbit/s layer (≈ 170 packets/s,
+/// 128 in the window) went 152 → 202 → 268 slots (115 KB) on its keyframe bursts. At 160
+/// such a burst overwrites the oldest packets instead (≈ 650 ms old, past most NACKs), the
+/// cache stays at 69 KB, and a 4 Mbit/s screen share still keeps ≈ 430 ms.
+const RESEND_MAX_PACKETS: usize = 160;
 
 /// Apply [`RESEND_WINDOW`] to a consumer's stream (setting it empties the cache).
 pub(super) fn keep_resends(stream: &mut str0m::rtp::StreamTx) {

@@ -121,9 +121,8 @@ pub struct OutboundEnvelope {
     pub request_id: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Per-session sequence number of server → client messages (for resume).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
+    // No `seq` here: the session's sink numbers what it sends (session/sink.rs) and adds
+    // `"seq"` as the last member, so one rendering serves every session of a broadcast.
 }
 
 impl OutboundEnvelope {
@@ -133,7 +132,6 @@ impl OutboundEnvelope {
             data: Some(serde_json::to_value(data).unwrap_or(Value::Null)),
             request_id,
             error: None,
-            seq: None,
         }
     }
 
@@ -159,7 +157,6 @@ impl OutboundEnvelope {
             })),
             request_id,
             error: Some(message),
-            seq: None,
         }
     }
 
