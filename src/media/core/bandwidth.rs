@@ -41,6 +41,10 @@ impl Default for BweSettings {
 pub(super) const SUDDEN_DROP: f64 = 0.85;
 /// While a track is held below what it wants, ask str0m for a probe this often.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
+/// After a video is paused for bandwidth, nothing asks for the way back this long: the link
+/// just proved thinner than the lowest layer, and a probe cluster (str0m sends them at twice
+/// the desired rate) overflows a queue sized for the audio that is all it still carries.
+const PAUSE_QUIET: Duration = Duration::from_secs(5);
 /// The subscriber hears of its estimate at most this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Layer bitrates are re-measured over windows of this length.
@@ -280,7 +284,14 @@ impl WorkerCore {
             .iter()
             .any(|s| s.allocation == Some(Allocation::Paused));
         let mut targets = allocator::targets(&demands, &states);
-        if paused {
+        let quiet_after_pause = self.transports[key]
+            .bwe
+            .as_ref()
+            .and_then(|bwe| bwe.last_pause)
+            .is_some_and(|at| now.saturating_duration_since(at) < PAUSE_QUIET);
+        if paused && quiet_after_pause {
+            targets.desired_bps = targets.minimum_bps;
+        } else if paused {
             // str0m still probes on its own (periodic probes in ALR at twice the desired
             // rate, one after a large drop). Towards the top layer those are multi-Mbit/s
             // bursts into a queue sized for the audio: desire only the way back to the
@@ -454,6 +465,9 @@ impl WorkerCore {
         );
         match (was, limit) {
             (_, BandwidthLimit::Paused) => {
+                if let Some(bwe) = self.transports[self.consumers[ck].transport].bwe.as_mut() {
+                    bwe.last_pause = Some(now);
+                }
                 self.retarget_consumer(ck, now);
                 self.forget_resends(ck);
                 let _ = self.events.send(MediaEvent::LayerChanged {

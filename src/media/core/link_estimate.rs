@@ -76,6 +76,8 @@ pub(super) struct SubscriberBwe {
     pub(super) active: bool,
     pub(super) targets: allocator::Targets,
     pub(super) last_probe: Option<Instant>,
+    /// When a video of this subscriber was last paused for bandwidth.
+    pub(super) last_pause: Option<Instant>,
     /// The estimate last told to the subscriber (`MediaEvent::BandwidthEstimate`), and when.
     pub(super) reported_bps: u64,
     pub(super) reported_at: Option<Instant>,
@@ -97,6 +99,7 @@ impl SubscriberBwe {
             active: false,
             targets: allocator::Targets::default(),
             last_probe: None,
+            last_pause: None,
             reported_bps: 0,
             reported_at: None,
         }
