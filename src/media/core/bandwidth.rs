@@ -41,8 +41,8 @@ impl Default for BweSettings {
 pub(super) const SUDDEN_DROP: f64 = 0.85;
 /// While a track is held below what it wants, ask str0m for a probe this often.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
-/// After a video is paused for bandwidth, nothing asks for the way back this long: the link
-/// just proved thinner than the lowest layer, and a probe cluster (str0m sends them at twice
+/// After a video is paused on congestion (not over ICE-TCP), nothing asks for the way back
+/// this long: the link just proved thinner than the lowest layer, and a probe cluster (str0m sends them at twice
 /// the desired rate) overflows a queue sized for the audio that is all it still carries.
 const PAUSE_QUIET: Duration = Duration::from_secs(5);
 /// The subscriber hears of its estimate at most this often.
@@ -465,8 +465,14 @@ impl WorkerCore {
         );
         match (was, limit) {
             (_, BandwidthLimit::Paused) => {
-                if let Some(bwe) = self.transports[self.consumers[ck].transport].bwe.as_mut() {
-                    bwe.last_pause = Some(now);
+                // Only a link that got thinner earns the quiet after a pause: a first
+                // allocation has seen nothing of the link, and over ICE-TCP a probe fills
+                // TCP's buffers, not a drop-tail queue the audio shares.
+                let subscriber = self.consumers[ck].transport;
+                if let Some(bwe) = self.transports[subscriber].bwe.as_mut() {
+                    if reason == Reason::Congestion && !bwe.over_tcp {
+                        bwe.last_pause = Some(now);
+                    }
                 }
                 self.retarget_consumer(ck, now);
                 self.forget_resends(ck);

@@ -76,8 +76,10 @@ pub(super) struct SubscriberBwe {
     pub(super) active: bool,
     pub(super) targets: allocator::Targets,
     pub(super) last_probe: Option<Instant>,
-    /// When a video of this subscriber was last paused for bandwidth.
+    /// When a video of this subscriber was last paused because its link got thinner.
     pub(super) last_pause: Option<Instant>,
+    /// The last reading's selected pair ran over ICE-TCP.
+    pub(super) over_tcp: bool,
     /// The estimate last told to the subscriber (`MediaEvent::BandwidthEstimate`), and when.
     pub(super) reported_bps: u64,
     pub(super) reported_at: Option<Instant>,
@@ -100,6 +102,7 @@ impl SubscriberBwe {
             targets: allocator::Targets::default(),
             last_probe: None,
             last_pause: None,
+            over_tcp: false,
             reported_bps: 0,
             reported_at: None,
         }
@@ -156,6 +159,7 @@ impl SubscriberBwe {
             over_tcp,
         } = reading;
         let before = self.effective_bps(now);
+        self.over_tcp = over_tcp;
         if let Some(raw) = raw_bps {
             if self.raw_estimate.is_none_or(|(bps, _)| bps != raw) {
                 self.raw_estimate = Some((raw, now));
