@@ -2,7 +2,7 @@
 //! worker (layer decision → id rewrite → `write_rtp` → drain the subscriber). No allocation of
 //! our own per packet and no scan beyond the producer's own consumer list.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::format::PayloadParams;
 use str0m::media::Pt;
@@ -226,12 +226,12 @@ impl WorkerCore {
             }
         }
         let subscriber = &mut self.transports[sub_key];
-        subscriber.advance_clock(now);
         if let Some(stream) = subscriber.rtc.direct_api().stream_tx(&ssrc) {
             stream.write_rtp(write);
             self.stats.rtp_packets_forwarded += 1;
             self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
         }
+        subscriber.release_written(now);
         self.drain(sub_key, now, egress);
     }
 
@@ -276,19 +276,16 @@ impl WorkerCore {
     }
 }
 
-/// How stale a subscriber's clock may be when a forwarded packet leaves it.
-const CLOCK_STEP: Duration = Duration::from_millis(1);
-
 impl Transport {
-    /// str0m stamps a packet's send time (what TWCC feedback is compared with) and paces with
-    /// the time of the `Rtc`'s last input. A subscriber that only sends gets no input between
-    /// its timeouts, so move its clock before writing: with stale send times GCC reads the
-    /// spread of arrivals as growing queueing delay and cuts its estimate.
-    fn advance_clock(&mut self, now: Instant) {
-        if self.bwe.is_some() && now.saturating_duration_since(self.clock) >= CLOCK_STEP {
-            self.clock = now;
-            let _ = self.rtc.handle_input(Input::Timeout(now));
-        }
+    /// str0m moves a written packet into its pacer's queues only on a timeout, so a packet
+    /// written and drained at once would wait for the subscriber's next timer (its deadline
+    /// is "now", so the worker's timer heap, a wake-up and a second drain per packet). A
+    /// timeout right after the write sends it in this drain instead. It also moves the
+    /// `Rtc`'s clock to `now`, which str0m stamps as the send time TWCC feedback is compared
+    /// with (a subscriber that only sends gets no other input between its timeouts, and with
+    /// stale send times GCC reads the spread of arrivals as queueing delay).
+    fn release_written(&mut self, now: Instant) {
+        let _ = self.rtc.handle_input(Input::Timeout(now));
     }
 }
 

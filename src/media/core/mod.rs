@@ -99,8 +99,6 @@ struct Transport {
     negotiation: Negotiation,
     /// Subscriber with the estimator on: its estimate and allocation targets.
     bwe: Option<SubscriberBwe>,
-    /// The time last fed to `rtc` by forwarding (see `forward::Transport::advance_clock`).
-    clock: Instant,
 }
 
 /// Who drives SDP on a transport.

@@ -63,7 +63,6 @@ impl WorkerCore {
             pending_offer: None,
             negotiation: Negotiation::Sdp,
             bwe,
-            clock: now,
         });
         self.by_id.insert(id, key);
         self.by_ufrag.insert(ufrag, key);
