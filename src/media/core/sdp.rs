@@ -32,10 +32,17 @@ impl WorkerCore {
         let mut config = self.rtc_template.clone();
         if estimate {
             config = config.enable_bwe(Some(Bitrate::bps(self.bwe.initial_bps)));
+            config = without_extensions(config, &[Extension::AbsoluteSendTime]);
         } else if role == Role::Subscriber {
             // Without an estimator nobody reads TWCC feedback, yet str0m would keep 1,000 send
             // records per transport for it (≈ 90 KB of a subscriber's memory).
-            config = without_twcc(config);
+            config = without_extensions(
+                config,
+                &[
+                    Extension::TransportSequenceNumber,
+                    Extension::AbsoluteSendTime,
+                ],
+            );
         }
         let bwe = estimate.then(|| SubscriberBwe::new(self.bwe.initial_bps));
         let mut rtc = config.build(now);
@@ -339,11 +346,15 @@ impl WorkerCore {
     }
 }
 
-/// `config` without the transport-wide sequence number extension.
-pub(super) fn without_twcc(mut config: RtcConfig) -> RtcConfig {
+/// `config` without the header extensions in `dropped`, the others keeping their ids.
+///
+/// No subscriber transport carries abs-send-time: it feeds only a receiver's own (REMB)
+/// estimate, which the SFU never reads (ours is send-side, on TWCC), and str0m stamps it on
+/// every packet from the wall clock (≈ 1.7 % of the server's CPU at 1 × 200), 4 bytes each.
+pub(super) fn without_extensions(mut config: RtcConfig, dropped: &[Extension]) -> RtcConfig {
     let mut map = ExtensionMap::empty();
     for (id, ext) in config.extension_map().iter() {
-        if *ext != Extension::TransportSequenceNumber {
+        if !dropped.contains(ext) {
             map.set(id, ext.clone());
         }
     }

@@ -216,7 +216,7 @@ fn the_tcp_candidate_is_passive_and_ranked_below_udp() {
 }
 
 #[test]
-fn a_subscriber_without_an_estimator_drops_only_the_twcc_extension() {
+fn a_subscriber_drops_only_the_extensions_it_is_told_to() {
     use str0m::rtp::Extension;
     let mut template = RtcConfig::new();
     let before: Vec<(u8, Extension)> = template
@@ -230,7 +230,17 @@ fn a_subscriber_without_an_estimator_drops_only_the_twcc_extension() {
             .any(|(_, e)| *e == Extension::TransportSequenceNumber),
         "str0m's default map has TWCC"
     );
-    let mut stripped = super::sdp::without_twcc(template);
+    let dropped = [
+        Extension::TransportSequenceNumber,
+        Extension::AbsoluteSendTime,
+    ];
+    assert!(
+        before
+            .iter()
+            .any(|(_, e)| *e == Extension::AbsoluteSendTime),
+        "str0m's default map has abs-send-time"
+    );
+    let mut stripped = super::sdp::without_extensions(template, &dropped);
     let after: Vec<(u8, Extension)> = stripped
         .extension_map()
         .iter()
@@ -238,7 +248,7 @@ fn a_subscriber_without_an_estimator_drops_only_the_twcc_extension() {
         .collect();
     let expected: Vec<(u8, Extension)> = before
         .into_iter()
-        .filter(|(_, e)| *e != Extension::TransportSequenceNumber)
+        .filter(|(_, e)| !dropped.contains(e))
         .collect();
     assert_eq!(after, expected, "every other extension keeps its id");
 }
