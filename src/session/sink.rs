@@ -2,9 +2,10 @@
 //!
 //! Every message gets a per-session sequence number and stays in a bounded replay ring. The
 //! ring keeps each message's rendering without its `seq` (shared by every session a room
-//! broadcast reached) and adds the number on the way out. The live connection (WebSocket or WebTransport) can be detached and another attached later:
-//! a resuming client says which `seq` it saw last and gets everything after it, so no
-//! notification is lost between a drop and a resume.
+//! broadcast reached) and adds the number on the way out. The live connection (WebSocket or
+//! WebTransport) can be detached and another attached later: a resuming client says which
+//! `seq` it saw last and gets everything after it, so no notification is lost between a drop
+//! and a resume.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -41,10 +41,6 @@ impl Default for BweSettings {
 pub(super) const SUDDEN_DROP: f64 = 0.85;
 /// While a track is held below what it wants, ask str0m for a probe this often.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
-/// After a video is paused on congestion (not over ICE-TCP), nothing asks for the way back
-/// this long: the link just proved thinner than the lowest layer, and a probe cluster (str0m sends them at twice
-/// the desired rate) overflows a queue sized for the audio that is all it still carries.
-const PAUSE_QUIET: Duration = Duration::from_secs(5);
 /// The subscriber hears of its estimate at most this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Layer bitrates are re-measured over windows of this length.
@@ -283,43 +279,26 @@ impl WorkerCore {
         let paused = states
             .iter()
             .any(|s| s.allocation == Some(Allocation::Paused));
-        let mut targets = allocator::targets(&demands, &states);
-        let quiet_after_pause = self.transports[key]
-            .bwe
-            .as_ref()
-            .and_then(|bwe| bwe.last_pause)
-            .is_some_and(|at| now.saturating_duration_since(at) < PAUSE_QUIET);
-        if paused && quiet_after_pause {
-            targets.desired_bps = targets.minimum_bps;
-        } else if paused {
-            // str0m still probes on its own (periodic probes in ALR at twice the desired
-            // rate, one after a large drop). Towards the top layer those are multi-Mbit/s
-            // bursts into a queue sized for the audio: desire only the way back to the
-            // lowest video layer; once that resumes, the full target (and our probes) return.
-            let resume = demands
+        let targets = allocator::targets(&demands, &states);
+        // The way back for the cheapest paused video: its lowest layer.
+        let resume_bps = paused.then(|| {
+            demands
                 .iter()
                 .zip(&states)
                 .filter(|(d, s)| !d.audio && s.allocation == Some(Allocation::Paused))
                 .filter_map(|(d, _)| d.layer_bps.iter().copied().find(|bps| *bps > 0))
                 .min()
-                .unwrap_or(0);
-            targets.desired_bps = targets
-                .desired_bps
-                .min(targets.minimum_bps + resume)
-                .max(targets.minimum_bps);
-        }
-        // While loss caps the estimate, no probing at all, ours or str0m's (its periodic ones
-        // run at twice the desired rate): a probe could not lift the estimate past the cap, and
-        // its padding and the resends it provokes land in the queue that is already dropping.
-        let loss_capped = self.transports[key]
+                .unwrap_or(0)
+        });
+        let (quiet_after_pause, loss_capped) = self.transports[key]
             .bwe
             .as_ref()
-            .is_some_and(|bwe| bwe.loss_capped(now));
-        if loss_capped {
-            targets.desired_bps = targets.minimum_bps;
-        }
+            .map_or((false, false), |bwe| {
+                (bwe.quiet_after_pause(now), bwe.loss_capped(now))
+            });
+        let (targets, may_probe) =
+            probing_targets(targets, resume_bps, quiet_after_pause, loss_capped);
         let has_video = demands.iter().any(|d| !d.audio);
-        let may_probe = !paused && !loss_capped;
         self.update_estimator(key, targets, estimate, may_probe, has_video, now);
     }
 
@@ -465,14 +444,9 @@ impl WorkerCore {
         );
         match (was, limit) {
             (_, BandwidthLimit::Paused) => {
-                // Only a link that got thinner earns the quiet after a pause: a first
-                // allocation has seen nothing of the link, and over ICE-TCP a probe fills
-                // TCP's buffers, not a drop-tail queue the audio shares.
                 let subscriber = self.consumers[ck].transport;
                 if let Some(bwe) = self.transports[subscriber].bwe.as_mut() {
-                    if reason == Reason::Congestion && !bwe.over_tcp {
-                        bwe.last_pause = Some(now);
-                    }
+                    bwe.on_video_paused(reason == Reason::Congestion, now);
                 }
                 self.retarget_consumer(ck, now);
                 self.forget_resends(ck);
@@ -511,6 +485,34 @@ impl WorkerCore {
     }
 }
 
+/// What str0m is told to desire for one subscriber, and whether our own probes may run.
+/// `resume_bps` is the way back to the cheapest paused video, when one is paused.
+///
+/// - While loss caps the estimate, no probing at all, ours or str0m's (its periodic ones run
+///   at twice the desired rate): a probe could not lift the estimate past the cap, and its
+///   padding and the resends it provokes land in the queue that is already dropping.
+/// - Just after a pause on congestion the same (see `SubscriberBwe::quiet_after_pause`).
+/// - Otherwise, with a video paused, str0m still probes on its own (in ALR, and after a large
+///   drop); towards the top layer those are multi-Mbit/s bursts into a queue sized for the
+///   audio, so it desires only the way back to the lowest video layer, and our probes wait
+///   until that resumes.
+fn probing_targets(
+    mut targets: allocator::Targets,
+    resume_bps: Option<u64>,
+    quiet_after_pause: bool,
+    loss_capped: bool,
+) -> (allocator::Targets, bool) {
+    if loss_capped || (resume_bps.is_some() && quiet_after_pause) {
+        targets.desired_bps = targets.minimum_bps;
+    } else if let Some(resume) = resume_bps {
+        targets.desired_bps = targets
+            .desired_bps
+            .min(targets.minimum_bps + resume)
+            .max(targets.minimum_bps);
+    }
+    (targets, resume_bps.is_none() && !loss_capped)
+}
+
 /// What each layer of `producer` costs (bits/s, measured, or a typical figure for a layer
 /// that just started; 0 = not sent), per temporal layer, and whether all are measurements.
 pub(super) fn layer_rates(producer: &Producer) -> LayerRates {
@@ -540,3 +542,42 @@ pub(super) fn layer_rates(producer: &Producer) -> LayerRates {
 
 /// Bits/s per spatial layer, per temporal layer within it, and "all measured".
 pub(super) type LayerRates = ([u64; MAX_LAYERS], [[u64; TEMPORAL_SLOTS]; MAX_LAYERS], bool);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WANTS: allocator::Targets = allocator::Targets {
+        minimum_bps: 60_000,
+        desired_bps: 1_800_000,
+    };
+
+    #[test]
+    fn nothing_probes_under_a_loss_cap() {
+        let (targets, may_probe) = probing_targets(WANTS, None, false, true);
+        assert_eq!(targets.desired_bps, WANTS.minimum_bps);
+        assert!(!may_probe);
+        let (targets, _) = probing_targets(WANTS, Some(150_000), false, true);
+        assert_eq!(targets.desired_bps, WANTS.minimum_bps);
+    }
+
+    #[test]
+    fn a_paused_video_desires_its_way_back_unless_just_paused() {
+        let (targets, may_probe) = probing_targets(WANTS, Some(150_000), false, false);
+        assert_eq!(targets.desired_bps, 210_000);
+        assert!(!may_probe, "our probes wait for the resume");
+        let (targets, may_probe) = probing_targets(WANTS, Some(150_000), true, false);
+        assert_eq!(targets.desired_bps, WANTS.minimum_bps);
+        assert!(!may_probe);
+    }
+
+    #[test]
+    fn a_clean_link_desires_the_top_and_probes() {
+        // The quiet only concerns paused video.
+        for quiet in [false, true] {
+            let (targets, may_probe) = probing_targets(WANTS, None, quiet, false);
+            assert_eq!(targets, WANTS);
+            assert!(may_probe);
+        }
+    }
+}

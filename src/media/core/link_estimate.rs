@@ -29,6 +29,10 @@ const STALL_RESET_INTERVAL: Duration = Duration::from_secs(10);
 /// A loss cap governs this long after the last lossy reading (a link that just dropped
 /// packets is not trusted again at once: resuming into it would only lose them again).
 const LOSS_CAP_HOLD: Duration = Duration::from_secs(3);
+/// After a video is paused on congestion, nothing asks for the way back this long: the link
+/// just proved thinner than the lowest layer, and a probe cluster (str0m sends them at twice
+/// the desired rate) overflows a queue sized for the audio that is all it still carries.
+const PAUSE_QUIET: Duration = Duration::from_secs(5);
 
 /// What one of str0m's periodic `PeerStats` says about a subscriber's link.
 #[derive(Debug, Clone, Copy)]
@@ -77,9 +81,9 @@ pub(super) struct SubscriberBwe {
     pub(super) targets: allocator::Targets,
     pub(super) last_probe: Option<Instant>,
     /// When a video of this subscriber was last paused because its link got thinner.
-    pub(super) last_pause: Option<Instant>,
+    last_pause: Option<Instant>,
     /// The last reading's selected pair ran over ICE-TCP.
-    pub(super) over_tcp: bool,
+    over_tcp: bool,
     /// The estimate last told to the subscriber (`MediaEvent::BandwidthEstimate`), and when.
     pub(super) reported_bps: u64,
     pub(super) reported_at: Option<Instant>,
@@ -129,6 +133,22 @@ impl SubscriberBwe {
     /// then only pushes more into a full queue, and could not lift the estimate past the cap.
     pub(super) fn loss_capped(&self, now: Instant) -> bool {
         fresh(self.loss_cap, LOSS_CAP_HOLD, now).is_some()
+    }
+
+    /// A video of this subscriber was paused for bandwidth. Only a link that got thinner
+    /// earns the quiet after it: a first allocation has seen nothing of the link, and over
+    /// ICE-TCP a probe fills TCP's buffers, not a drop-tail queue the audio shares (there
+    /// GCC's estimate sinks to ~70 kbit/s, and waiting kept such a subscriber paused).
+    pub(super) fn on_video_paused(&mut self, on_congestion: bool, now: Instant) {
+        if on_congestion && !self.over_tcp {
+            self.last_pause = Some(now);
+        }
+    }
+
+    /// Whether a pause on congestion is younger than [`PAUSE_QUIET`].
+    pub(super) fn quiet_after_pause(&self, now: Instant) -> bool {
+        self.last_pause
+            .is_some_and(|at| now.saturating_duration_since(at) < PAUSE_QUIET)
     }
 
     /// GCC's estimate if its probing is stuck: the estimate has not moved for [`STALL`] although we
@@ -334,6 +354,30 @@ mod tests {
         read(&mut bwe, 125_000, Some(0.2), None, t0 + 4000 * MS);
         read(&mut bwe, 137_500, Some(0.2), None, t0 + 4500 * MS);
         assert_eq!(bwe.effective_bps(t0 + 4500 * MS), 160_000);
+    }
+
+    #[test]
+    fn only_a_pause_on_congestion_off_ice_tcp_is_followed_by_quiet() {
+        let t0 = Instant::now();
+        let mut bwe = subscriber(t0);
+        bwe.on_video_paused(false, t0);
+        assert!(!bwe.quiet_after_pause(t0), "a first allocation's pause");
+        bwe.on_video_paused(true, t0);
+        assert!(bwe.quiet_after_pause(t0 + PAUSE_QUIET - MS));
+        assert!(!bwe.quiet_after_pause(t0 + PAUSE_QUIET));
+        let mut over_tcp = subscriber(t0);
+        over_tcp.on_link_reading(
+            LinkReading {
+                peer_bytes_tx: 1_000,
+                loss: Some(0.0),
+                rtt: None,
+                raw_bps: None,
+                over_tcp: true,
+            },
+            t0,
+        );
+        over_tcp.on_video_paused(true, t0);
+        assert!(!over_tcp.quiet_after_pause(t0));
     }
 
     #[test]
