@@ -266,3 +266,85 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
     .await;
     server.stop().await;
 }
+
+/// A subscriber that loses every 7th video packet still gets every one: its NACKs are
+/// answered from the SFU's resend cache over RTX. Run with the estimator off (packets leave
+/// through `send_rtp_now`'s direct path, which must fill the cache) and on (str0m's pacer
+/// sends them).
+async fn lost_packets_come_back(extra: &[&str]) {
+    let server = start_server_with(extra).await;
+    let mut publisher_ws = WsClient::connect(server.http_addr).await;
+    publisher_ws
+        .join(&token(&server, "pub"), "resend", "Pub", true)
+        .await;
+    let (mut sub_ws, sub) = join(&server, "resend", "sub").await;
+    let publisher = Peer::spawn().await;
+    publisher.publish(&mut publisher_ws).await;
+    let offer = negotiate_subscriber(&mut sub_ws, &sub, 2).await;
+    let video_mid = offer["data"]["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "video")
+        .unwrap()["mid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("video at subscriber", Duration::from_secs(10), || async {
+        video_of(&sub.received().await, &video_mid).len() > 20
+    })
+    .await;
+
+    // Only the video's own packets are discarded, never their resends (RTX has its own PT).
+    let video_pt = video_of(&sub.received().await, &video_mid)[0].pt;
+    sub.with(move |s| s.inbound_loss = Some(InboundLoss::every(7).of_payload_type(video_pt)))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let discarded = sub
+        .with(|s| s.inbound_loss.take().map_or(0, |l| l.discarded))
+        .await;
+    // Resends of the last losses take a round trip and str0m's NACK interval.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert!(discarded >= 20, "only {discarded} datagrams discarded");
+    let arrived: Vec<u64> = video_of(&sub.received().await, &video_mid)
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    // Resent packets arrive after later ones.
+    let mut highest = 0;
+    let late = arrived
+        .iter()
+        .filter(|&&s| {
+            let late = s < highest;
+            highest = highest.max(s);
+            late
+        })
+        .count();
+    assert!(late >= 5, "only {late} video packets came back late");
+    let mut seqs = arrived;
+    seqs.sort_unstable();
+    seqs.dedup();
+    let (first, last) = (seqs[0], *seqs.last().unwrap());
+    let missing: Vec<u64> = (first..=last)
+        .filter(|s| seqs.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} video packets never arrived after {discarded} discards: {:?}",
+        missing.len(),
+        last - first + 1,
+        &missing[..missing.len().min(20)]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_packets_are_resent_with_the_estimator_off() {
+    lost_packets_come_back(&["--bwe-enabled=false"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_packets_are_resent_with_the_estimator_on() {
+    lost_packets_come_back(&[]).await;
+}

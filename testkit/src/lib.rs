@@ -21,7 +21,7 @@ pub use payload::{
     synthetic_is_keyframe, synthetic_payload, synthetic_picture_id, synthetic_tl0, LAYERS,
 };
 pub use peer::{
-    negotiate_subscriber, Peer, PeerOptions, PeerState, Publish, RawReceived, Received,
+    negotiate_subscriber, InboundLoss, Peer, PeerOptions, PeerState, Publish, RawReceived, Received,
 };
 pub use process::{free_port, scratch_dir, spawn_server_binary, wait_until, ServerProcess};
 pub use signal::{error_code, ok, SignalClient, Transport};

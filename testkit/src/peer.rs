@@ -102,6 +102,53 @@ pub struct RawReceived {
     pub payload: Vec<u8>,
 }
 
+/// Every `every`-th RTP datagram a connected peer receives (of payload type `pt` only, when
+/// set: the header is in the clear under SRTP) is discarded before str0m sees it, so its
+/// NACKs must bring the packet back. STUN, DTLS and RTCP always pass (told apart by their
+/// first two bytes, RFC 7983 and RFC 5761).
+#[derive(Debug, Clone, Default)]
+pub struct InboundLoss {
+    pub every: u32,
+    pub pt: Option<u8>,
+    seen: u32,
+    /// How many were discarded so far.
+    pub discarded: u32,
+}
+
+impl InboundLoss {
+    pub fn every(every: u32) -> Self {
+        InboundLoss {
+            every,
+            ..Default::default()
+        }
+    }
+
+    /// Only packets of payload type `pt` (e.g. not their RTX resends).
+    pub fn of_payload_type(self, pt: u8) -> Self {
+        InboundLoss {
+            pt: Some(pt),
+            ..self
+        }
+    }
+
+    fn discards(&mut self, datagram: &[u8]) -> bool {
+        let rtp = match datagram {
+            [first, second, ..] => (128..=191).contains(first) && !(192..=223).contains(second),
+            _ => false,
+        };
+        let pt_matches = self
+            .pt
+            .is_none_or(|pt| datagram.get(1) == Some(&pt) || datagram.get(1) == Some(&(pt | 0x80)));
+        if !rtp || !pt_matches || self.every == 0 {
+            return false;
+        }
+        self.seen += 1;
+        let discard = self.seen.is_multiple_of(self.every);
+        self.discarded += u32::from(discard);
+        discard
+    }
+}
+
 /// What [`PeerState::poll`] has for the caller.
 pub enum Poll {
     Transmit(Transmit),
@@ -124,6 +171,8 @@ pub struct PeerState {
     pub rx: RxStats,
     /// A bottleneck on what this peer receives (BWE tests); `None`: loopback as is.
     pub downlink: Option<Shaper>,
+    /// Loss on what this peer receives (resend tests); `None`: nothing is discarded.
+    pub inbound_loss: Option<InboundLoss>,
     record: bool,
     record_raw: bool,
     measure: Option<Measure>,
@@ -183,6 +232,7 @@ impl PeerState {
             keyframe_requests: Vec::new(),
             rx: RxStats::default(),
             downlink: None,
+            inbound_loss: None,
             record: options.record,
             record_raw: options.record_raw,
             measure: options.measure,
@@ -290,6 +340,13 @@ impl PeerState {
     }
 
     fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        if self.connected {
+            if let Some(loss) = self.inbound_loss.as_mut() {
+                if loss.discards(data) {
+                    return;
+                }
+            }
+        }
         if let Ok(rx) = Receive::new(self.proto, source, self.local, data) {
             let _ = self.rtc.handle_input(Input::Receive(now, rx));
         }

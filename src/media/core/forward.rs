@@ -1,14 +1,15 @@
 //! Forwarding: one incoming RTP packet of a producer goes to each of its consumers on this
-//! worker (layer decision → id rewrite → `write_rtp` → drain the subscriber). No allocation of
-//! our own per packet and no scan beyond the producer's own consumer list.
+//! worker (layer decision → id rewrite → `send_rtp_now`, or `write_rtp` and a drain when a pacer
+//! decides). No allocation of our own per packet and no scan beyond the producer's consumer list.
 
 use std::time::Instant;
 
 use str0m::format::PayloadParams;
 use str0m::media::Pt;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Input, Rtc};
+use str0m::{Input, Rtc, SendNow};
 
+use super::drain::transmit;
 use super::{
     ConsumerKey, Egress, Origin, ProducerKey, ProducerPacket, Transport, TransportKey, WorkerCore,
 };
@@ -226,13 +227,16 @@ impl WorkerCore {
             }
         }
         let subscriber = &mut self.transports[sub_key];
-        if let Some(stream) = subscriber.rtc.direct_api().stream_tx(&ssrc) {
-            stream.write_rtp(write);
-            self.stats.rtp_packets_forwarded += 1;
-            self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
+        match subscriber.rtc.send_rtp_now(ssrc, write, now) {
+            SendNow::Transmit(datagram) => transmit(egress, &datagram),
+            SendNow::Queued => {
+                subscriber.release_written(now);
+                self.drain(sub_key, now, egress);
+            }
+            SendNow::NoStream => return,
         }
-        subscriber.release_written(now);
-        self.drain(sub_key, now, egress);
+        self.stats.rtp_packets_forwarded += 1;
+        self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
     }
 
     /// The consumer's payload type for the publisher's `in_pt`, cached per consumer.
@@ -277,6 +281,7 @@ impl WorkerCore {
 }
 
 impl Transport {
+    /// For a packet `send_rtp_now` queued (a pacer decides, or the stream has a backlog):
     /// str0m moves a written packet into its pacer's queues only on a timeout, so a packet
     /// written and drained at once would wait for the subscriber's next timer (its deadline
     /// is "now", so the worker's timer heap, a wake-up and a second drain per packet). A
