@@ -22,6 +22,19 @@ fn video_of(received: &[Received], mid: &str) -> Vec<Received> {
         .collect()
 }
 
+/// The mid of the video track in a `subscriberOffer`.
+fn video_mid_of(offer: &serde_json::Value) -> String {
+    offer["data"]["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "video")
+        .unwrap()["mid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_sequence_numbers() {
     let server = start_server().await;
@@ -55,17 +68,6 @@ async fn simulcast_forwarding_switches_layers_at_keyframes_with_continuous_seque
     }
     let offer1 = negotiate_subscriber(&mut sub1_ws, &sub1, 2).await;
     let offer2 = negotiate_subscriber(&mut sub2_ws, &sub2, 2).await;
-    let video_mid_of = |offer: &serde_json::Value| {
-        offer["data"]["tracks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["kind"] == "video")
-            .unwrap()["mid"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
     // Each subscriber transport has its own mids.
     let (video_mid, video_mid2) = (video_mid_of(&offer1), video_mid_of(&offer2));
 
@@ -281,15 +283,7 @@ async fn lost_packets_come_back(extra: &[&str]) {
     let publisher = Peer::spawn().await;
     publisher.publish(&mut publisher_ws).await;
     let offer = negotiate_subscriber(&mut sub_ws, &sub, 2).await;
-    let video_mid = offer["data"]["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == "video")
-        .unwrap()["mid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let video_mid = video_mid_of(&offer);
     wait_until("video at subscriber", Duration::from_secs(10), || async {
         video_of(&sub.received().await, &video_mid).len() > 20
     })
