@@ -46,7 +46,16 @@ struct CachedPacket {
     sequence_number: u16,
     rtp_time: u32,
     ssrc: Ssrc,
-    header_len: u16,
+    header_len: usize,
+    exts: CommonExts,
+    /// Everything else of the header, when any of it is set.
+    rare: Option<Box<Rare>>,
+}
+
+/// The header extensions an SFU's packets carry (the forwarded ones, and MID/RID that str0m
+/// sets itself); the others go to [`Rare`].
+#[derive(Debug, Clone, Copy)]
+struct CommonExts {
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
     video_orientation: Option<VideoOrientation>,
@@ -54,8 +63,33 @@ struct CachedPacket {
     mid: Option<Mid>,
     rid: Option<Rid>,
     rid_repair: Option<Rid>,
-    /// Everything else of the header, when any of it is set.
-    rare: Option<Box<Rare>>,
+}
+
+impl CommonExts {
+    fn of(e: &ExtensionValues) -> Self {
+        CommonExts {
+            audio_level: e.audio_level,
+            voice_activity: e.voice_activity,
+            video_orientation: e.video_orientation,
+            video_content_type: e.video_content_type,
+            mid: e.mid,
+            rid: e.rid,
+            rid_repair: e.rid_repair,
+        }
+    }
+
+    fn to_ext_vals(self) -> ExtensionValues {
+        ExtensionValues {
+            audio_level: self.audio_level,
+            voice_activity: self.voice_activity,
+            video_orientation: self.video_orientation,
+            video_content_type: self.video_content_type,
+            mid: self.mid,
+            rid: self.rid,
+            rid_repair: self.rid_repair,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -63,7 +97,6 @@ struct Rare {
     csrc_count: usize,
     csrc: [u32; 15],
     ext_vals: ExtensionValues,
-    header_len: usize,
     last_sender_info: Option<SenderInfo>,
 }
 
@@ -79,28 +112,15 @@ impl CachedPacket {
             last_sender_info,
             nackable: _,
         } = packet;
-        let e = &header.ext_vals;
-        let common = ExtensionValues {
-            audio_level: e.audio_level,
-            voice_activity: e.voice_activity,
-            video_orientation: e.video_orientation,
-            video_content_type: e.video_content_type,
-            mid: e.mid,
-            rid: e.rid,
-            rid_repair: e.rid_repair,
-            ..Default::default()
-        };
-        let header_len = u16::try_from(header.header_len).ok();
+        let exts = CommonExts::of(&header.ext_vals);
         let rare = (header.csrc_count > 0
-            || *e != common
-            || header_len.is_none()
+            || header.ext_vals != exts.to_ext_vals()
             || last_sender_info.is_some())
         .then(|| {
             Box::new(Rare {
                 csrc_count: header.csrc_count,
                 csrc: header.csrc,
-                ext_vals: header.ext_vals.clone(),
-                header_len: header.header_len,
+                ext_vals: header.ext_vals,
                 last_sender_info,
             })
         });
@@ -118,43 +138,21 @@ impl CachedPacket {
             sequence_number: header.sequence_number,
             rtp_time: header.timestamp,
             ssrc: header.ssrc,
-            header_len: header_len.unwrap_or(0),
-            audio_level: common.audio_level,
-            voice_activity: common.voice_activity,
-            video_orientation: common.video_orientation,
-            video_content_type: common.video_content_type,
-            mid: common.mid,
-            rid: common.rid,
-            rid_repair: common.rid_repair,
+            header_len: header.header_len,
+            exts,
             rare,
         }
     }
 
     fn to_packet(&self) -> RtpPacket {
-        let (csrc_count, csrc, ext_vals, header_len, last_sender_info) = match &self.rare {
+        let (csrc_count, csrc, ext_vals, last_sender_info) = match &self.rare {
             Some(rare) => (
                 rare.csrc_count,
                 rare.csrc,
                 rare.ext_vals.clone(),
-                rare.header_len,
                 rare.last_sender_info,
             ),
-            None => (
-                0,
-                [0; 15],
-                ExtensionValues {
-                    audio_level: self.audio_level,
-                    voice_activity: self.voice_activity,
-                    video_orientation: self.video_orientation,
-                    video_content_type: self.video_content_type,
-                    mid: self.mid,
-                    rid: self.rid,
-                    rid_repair: self.rid_repair,
-                    ..Default::default()
-                },
-                self.header_len as usize,
-                None,
-            ),
+            None => (0, [0; 15], self.exts.to_ext_vals(), None),
         };
         RtpPacket {
             seq_no: self.seq_no,
@@ -171,7 +169,7 @@ impl CachedPacket {
                 ssrc: self.ssrc,
                 csrc,
                 ext_vals,
-                header_len,
+                header_len: self.header_len,
             },
             payload: self.payload.clone(),
             vp8_patch: self.vp8_patch,
