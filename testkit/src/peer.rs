@@ -132,13 +132,12 @@ impl InboundLoss {
     }
 
     fn discards(&mut self, datagram: &[u8]) -> bool {
-        let rtp = match datagram {
-            [first, second, ..] => (128..=191).contains(first) && !(192..=223).contains(second),
-            _ => false,
+        let &[first, second, ..] = datagram else {
+            return false;
         };
-        let pt_matches = self
-            .pt
-            .is_none_or(|pt| datagram.get(1) == Some(&pt) || datagram.get(1) == Some(&(pt | 0x80)));
+        let rtp = (128..=191).contains(&first) && !(192..=223).contains(&second);
+        // The second byte is the marker bit and the payload type.
+        let pt_matches = self.pt.is_none_or(|pt| second & 0x7f == pt);
         if !rtp || !pt_matches || self.every == 0 {
             return false;
         }
