@@ -135,10 +135,19 @@ async fn load_identity(source: &CertSource) -> anyhow::Result<(Identity, CertInf
     }
 }
 
+/// Bidirectional streams a peer may have open at once: the HTTP/3 CONNECT stream and our one
+/// signaling (or node-link control) stream, with slack. quinn sets up state for every stream
+/// the limit allows when a connection starts (its default of 100 is ≈ 5 KB per connection),
+/// and extra bidirectional streams are refused anyway. Unidirectional streams (HTTP/3
+/// control and QPACK, media) keep quinn's default of 100.
+const MAX_BIDI_STREAMS: u32 = 4;
+
 fn server_config(bind: SocketAddr, identity: Identity) -> ServerConfig {
+    let mut transport = wtransport::config::QuicTransportConfig::default();
+    transport.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
     ServerConfig::builder()
         .with_bind_address(bind)
-        .with_identity(identity)
+        .with_custom_transport(identity, transport)
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(Some(Duration::from_secs(20)))
         .expect("idle timeout in range")

@@ -25,15 +25,24 @@ pub(crate) struct RtxCache {
 
     /// The cached packet last asked for, rebuilt from its compact form.
     scratch: RtpPacket,
+
+    /// The MID/RID combinations the cached packets carry, which [`CachedPacket::ids`] points
+    /// into: constant per stream except that str0m stops sending MID/RID once the receiver
+    /// acknowledged the SSRC, so one or two entries.
+    ids: Vec<StreamIds>,
 }
+
+/// At most this many [`StreamIds`] are shared; a packet with yet another combination keeps
+/// its extensions in [`Rare`].
+const MAX_SHARED_IDS: usize = 4;
 
 /// A sent packet as the cache keeps it (patched, see vendor/README.md): an `RtpPacket` is
 /// ~400 bytes, most of them header extensions and CSRCs a forwarded packet never has, and an
 /// SFU keeps a cache per subscriber. This keeps the fields in use inline (~150 bytes) and the
 /// rest boxed, only when set; [`CachedPacket::to_packet`] gives back the same `RtpPacket`.
+/// Its sequence number is the buffer position, and MID/RID are shared per cache.
 #[derive(Debug)]
 struct CachedPacket {
-    seq_no: SeqNo,
     time: MediaTime,
     payload: Arc<[u8]>,
     timestamp: Instant,
@@ -48,21 +57,38 @@ struct CachedPacket {
     ssrc: Ssrc,
     header_len: usize,
     exts: CommonExts,
+    /// Index into [`RtxCache::ids`] (unused when `rare` is set).
+    ids: u8,
     /// Everything else of the header, when any of it is set.
     rare: Option<Box<Rare>>,
 }
 
-/// The header extensions an SFU's packets carry (the forwarded ones, and MID/RID that str0m
-/// sets itself); the others go to [`Rare`].
+/// The header extensions an SFU forwards; MID/RID (set by str0m itself) are in
+/// [`StreamIds`], the others go to [`Rare`].
 #[derive(Debug, Clone, Copy)]
 struct CommonExts {
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
     video_orientation: Option<VideoOrientation>,
     video_content_type: Option<u8>,
+}
+
+/// The stream identification extensions of a sent packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamIds {
     mid: Option<Mid>,
     rid: Option<Rid>,
     rid_repair: Option<Rid>,
+}
+
+impl StreamIds {
+    fn of(e: &ExtensionValues) -> Self {
+        StreamIds {
+            mid: e.mid,
+            rid: e.rid,
+            rid_repair: e.rid_repair,
+        }
+    }
 }
 
 impl CommonExts {
@@ -72,21 +98,18 @@ impl CommonExts {
             voice_activity: e.voice_activity,
             video_orientation: e.video_orientation,
             video_content_type: e.video_content_type,
-            mid: e.mid,
-            rid: e.rid,
-            rid_repair: e.rid_repair,
         }
     }
 
-    fn to_ext_vals(self) -> ExtensionValues {
+    fn to_ext_vals(self, ids: StreamIds) -> ExtensionValues {
         ExtensionValues {
             audio_level: self.audio_level,
             voice_activity: self.voice_activity,
             video_orientation: self.video_orientation,
             video_content_type: self.video_content_type,
-            mid: self.mid,
-            rid: self.rid,
-            rid_repair: self.rid_repair,
+            mid: ids.mid,
+            rid: ids.rid,
+            rid_repair: ids.rid_repair,
             ..Default::default()
         }
     }
@@ -101,9 +124,10 @@ struct Rare {
 }
 
 impl CachedPacket {
-    fn new(packet: RtpPacket) -> Self {
+    /// `shared` is where the packet's [`StreamIds`] sit in the cache's list, if they do.
+    fn new(packet: RtpPacket, shared: Option<(u8, StreamIds)>) -> Self {
         let RtpPacket {
-            seq_no,
+            seq_no: _,
             time,
             header,
             payload,
@@ -113,9 +137,11 @@ impl CachedPacket {
             nackable: _,
         } = packet;
         let exts = CommonExts::of(&header.ext_vals);
-        let rare = (header.csrc_count > 0
-            || header.ext_vals != exts.to_ext_vals()
-            || last_sender_info.is_some())
+        let (ids, common) = match shared {
+            Some((index, ids)) => (index, header.ext_vals == exts.to_ext_vals(ids)),
+            None => (0, false),
+        };
+        let rare = (header.csrc_count > 0 || !common || last_sender_info.is_some())
         .then(|| {
             Box::new(Rare {
                 csrc_count: header.csrc_count,
@@ -125,7 +151,6 @@ impl CachedPacket {
             })
         });
         CachedPacket {
-            seq_no,
             time,
             payload,
             timestamp,
@@ -140,11 +165,12 @@ impl CachedPacket {
             ssrc: header.ssrc,
             header_len: header.header_len,
             exts,
+            ids,
             rare,
         }
     }
 
-    fn to_packet(&self) -> RtpPacket {
+    fn to_packet(&self, seq_no: SeqNo, ids: &[StreamIds]) -> RtpPacket {
         let (csrc_count, csrc, ext_vals, last_sender_info) = match &self.rare {
             Some(rare) => (
                 rare.csrc_count,
@@ -152,10 +178,15 @@ impl CachedPacket {
                 rare.ext_vals.clone(),
                 rare.last_sender_info,
             ),
-            None => (0, [0; 15], self.exts.to_ext_vals(), None),
+            None => (
+                0,
+                [0; 15],
+                self.exts.to_ext_vals(ids[self.ids as usize]),
+                None,
+            ),
         };
         RtpPacket {
-            seq_no: self.seq_no,
+            seq_no,
             time: self.time,
             header: RtpHeader {
                 version: self.version,
@@ -187,15 +218,30 @@ impl RtxCache {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
             seq_no_by_quantized_size: [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS],
             scratch: RtpPacket::blank(),
+            ids: Vec::new(),
         }
+    }
+
+    /// Where `ids` sit in the shared list, added if there is room.
+    fn shared_ids(&mut self, ids: StreamIds) -> Option<(u8, StreamIds)> {
+        let index = match self.ids.iter().position(|known| *known == ids) {
+            Some(index) => index,
+            None if self.ids.len() < MAX_SHARED_IDS => {
+                self.ids.push(ids);
+                self.ids.len() - 1
+            }
+            None => return None,
+        };
+        Some((index as u8, ids))
     }
 
     pub fn cache_sent_packet(&mut self, packet: RtpPacket, now: Instant) {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
+        let shared = self.shared_ids(StreamIds::of(&packet.header.ext_vals));
         self.packet_by_seq_no
-            .push(*seq_no, now, CachedPacket::new(packet));
+            .push(*seq_no, now, CachedPacket::new(packet, shared));
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
@@ -213,7 +259,7 @@ impl RtxCache {
 
     pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
         let cached = self.packet_by_seq_no.get(*seq_no)?;
-        self.scratch = cached.to_packet();
+        self.scratch = cached.to_packet(seq_no, &self.ids);
         Some(&mut self.scratch)
     }
 
@@ -241,6 +287,7 @@ impl RtxCache {
     pub(crate) fn clear(&mut self) {
         self.packet_by_seq_no.clear();
         self.seq_no_by_quantized_size = [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS];
+        self.ids.clear();
     }
 }
 

@@ -6,6 +6,9 @@ use crate::util::not_happening;
 
 use super::RtpPacket;
 
+/// Packets an empty queue may keep room for.
+const KEEP_CAPACITY: usize = 8;
+
 #[derive(Debug)]
 pub(crate) struct SendQueue {
     queue: VecDeque<RtpPacket>,
@@ -74,6 +77,13 @@ impl SendQueue {
         let queue_time = now - packet.timestamp;
         self.total.decrease(now, packet.payload.len(), queue_time);
         self.last_emitted = Some(now);
+
+        // Patched for the SFU (vendor/README.md): an emptied queue gives back the capacity
+        // of its largest burst (a keyframe: 30+ packets of ~400 bytes each, per stream) instead
+        // of keeping it for the stream's life.
+        if self.queue.is_empty() && self.queue.capacity() > KEEP_CAPACITY {
+            self.queue = VecDeque::new();
+        }
 
         Some(packet)
     }

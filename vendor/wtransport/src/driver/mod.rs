@@ -37,16 +37,18 @@ pub enum DriverError {
 #[derive(Debug)]
 pub struct Driver {
     quic_connection: quinn::Connection,
-    ready_settings: Mutex<mpsc::Receiver<Settings>>,
+    ready_settings: Mutex<mpsc::Receiver<Box<Settings>>>,
     ready_sessions: BiChannelEndpoint<StreamSession>,
-    ready_uni_wt_streams: Mutex<mpsc::Receiver<StreamUniRemoteWT>>,
-    ready_bi_wt_streams: Mutex<mpsc::Receiver<StreamBiRemoteWT>>,
-    ready_datagrams: Mutex<mpsc::Receiver<Datagram>>,
+    ready_uni_wt_streams: Mutex<mpsc::Receiver<Box<StreamUniRemoteWT>>>,
+    ready_bi_wt_streams: Mutex<mpsc::Receiver<Box<StreamBiRemoteWT>>>,
+    ready_datagrams: Mutex<mpsc::Receiver<Box<Datagram>>>,
     driver_result: SharedResultGet<DriverError>,
 }
 
 impl Driver {
     pub fn init(quic_connection: quinn::Connection) -> Self {
+        // Patched for the SFU: channel items are boxed (see `BiChannelEndpoint`); a tokio
+        // channel allocates 32 slots at creation, so inline items cost KBs per connection.
         let ready_settings = mpsc::channel(1);
         let ready_sessions = bichannel(1);
         let ready_uni_wt_streams = mpsc::channel(4);
@@ -83,7 +85,7 @@ impl Driver {
         let mut lock = self.ready_settings.lock().await;
 
         match lock.recv().await {
-            Some(settings) => Ok(settings),
+            Some(settings) => Ok(*settings),
             None => Err(self.result().await),
         }
     }
@@ -125,6 +127,7 @@ impl Driver {
             let Some(stream) = lock.recv().await else {
                 return Err(self.result().await);
             };
+            let stream = *stream;
 
             if stream.session_id() == session_id {
                 return Ok(stream);
@@ -150,6 +153,7 @@ impl Driver {
             let Some(stream) = lock.recv().await else {
                 return Err(self.result().await);
             };
+            let stream = *stream;
 
             if stream.session_id() == session_id {
                 return Ok(stream);
@@ -176,6 +180,7 @@ impl Driver {
             let Some(datagram) = lock.recv().await else {
                 return Err(self.result().await);
             };
+            let datagram = *datagram;
 
             if datagram.session_id() == session_id {
                 return Ok(datagram);
@@ -255,11 +260,11 @@ mod worker {
 
     pub struct Worker {
         quic_connection: quinn::Connection,
-        ready_settings: mpsc::Sender<Settings>,
+        ready_settings: mpsc::Sender<Box<Settings>>,
         ready_sessions: BiChannelEndpoint<StreamSession>,
-        ready_uni_wt_streams: mpsc::Sender<StreamUniRemoteWT>,
-        ready_bi_wt_streams: mpsc::Sender<StreamBiRemoteWT>,
-        ready_datagrams: mpsc::Sender<Datagram>,
+        ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
+        ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
+        ready_datagrams: mpsc::Sender<Box<Datagram>>,
         driver_result: SharedResultSet<DriverError>,
         local_settings_stream: LocalSettingsStream,
         remote_settings_stream: RemoteSettingsStream,
@@ -271,11 +276,11 @@ mod worker {
     impl Worker {
         pub fn new(
             quic_connection: quinn::Connection,
-            ready_settings: mpsc::Sender<Settings>,
+            ready_settings: mpsc::Sender<Box<Settings>>,
             ready_sessions: BiChannelEndpoint<StreamSession>,
-            ready_uni_wt_streams: mpsc::Sender<StreamUniRemoteWT>,
-            ready_bi_wt_streams: mpsc::Sender<StreamBiRemoteWT>,
-            ready_datagrams: mpsc::Sender<Datagram>,
+            ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
+            ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
+            ready_datagrams: mpsc::Sender<Box<Datagram>>,
             driver_result: SharedResultSet<DriverError>,
         ) -> Self {
             Self {
@@ -348,12 +353,12 @@ mod worker {
                     }
 
                     uni_h3_stream = ready_uni_h3_streams.1.recv() => {
-                        let uni_h3_stream = uni_h3_stream.expect("Sender cannot be dropped")?;
+                        let uni_h3_stream = (*uni_h3_stream.expect("Sender cannot be dropped"))?;
                         self.handle_uni_h3_stream(uni_h3_stream)?;
                     }
 
                     bi_h3_stream = ready_bi_h3_streams.1.recv() => {
-                        let (bi_h3_stream, first_frame) = bi_h3_stream.expect("Sender cannot be dropped")?;
+                        let (bi_h3_stream, first_frame) = (*bi_h3_stream.expect("Sender cannot be dropped"))?;
                         self.handle_bi_h3_stream(bi_h3_stream, first_frame)?;
                     }
 
@@ -411,8 +416,8 @@ mod worker {
 
         async fn accept_uni(
             quic_connection: &quinn::Connection,
-            ready_uni_h3_streams: &mpsc::Sender<Result<StreamUniRemoteH3, DriverError>>,
-            ready_uni_wt_streams: &mpsc::Sender<StreamUniRemoteWT>,
+            ready_uni_h3_streams: &mpsc::Sender<Box<Result<StreamUniRemoteH3, DriverError>>>,
+            ready_uni_wt_streams: &mpsc::Sender<Box<StreamUniRemoteWT>>,
         ) -> Result<(), DriverError> {
             trace!("H3 uni queue capacity: {}", ready_uni_h3_streams.capacity());
             let h3_slot = ready_uni_h3_streams
@@ -438,7 +443,7 @@ mod worker {
                     let stream_h3 = match stream_quic.upgrade().await {
                         Ok(stream_h3) => stream_h3,
                         Err(ProtoReadError::H3(error_code)) => {
-                            h3_slot.send(Err(DriverError::Proto(error_code)));
+                            h3_slot.send(Box::new(Err(DriverError::Proto(error_code))));
                             return;
                         }
                         Err(ProtoReadError::IO(_)) => {
@@ -451,9 +456,9 @@ mod worker {
 
                     if matches!(stream_kind, StreamKind::WebTransport) {
                         let stream_wt = stream_h3.upgrade();
-                        wt_slot.send(stream_wt);
+                        wt_slot.send(Box::new(stream_wt));
                     } else {
-                        h3_slot.send(Ok(stream_h3));
+                        h3_slot.send(Box::new(Ok(stream_h3)));
                     }
                 }
                 .instrument(debug_span!("Stream", "id={}", stream_id)),
@@ -465,9 +470,9 @@ mod worker {
         async fn accept_bi(
             quic_connection: &quinn::Connection,
             ready_bi_h3_streams: &mpsc::Sender<
-                Result<(StreamBiRemoteH3, Frame<'static>), DriverError>,
+                Box<Result<(StreamBiRemoteH3, Frame<'static>), DriverError>>,
             >,
-            ready_bi_wt_streams: &mpsc::Sender<StreamBiRemoteWT>,
+            ready_bi_wt_streams: &mpsc::Sender<Box<StreamBiRemoteWT>>,
         ) -> Result<(), DriverError> {
             trace!("H3 bi queue capacity: {}", ready_bi_h3_streams.capacity());
             let h3_slot = ready_bi_h3_streams
@@ -501,7 +506,7 @@ mod worker {
                                 }
                             }
                             Err(ProtoReadError::H3(error_code)) => {
-                                h3_slot.send(Err(DriverError::Proto(error_code)));
+                                h3_slot.send(Box::new(Err(DriverError::Proto(error_code))));
                                 return;
                             }
                             Err(ProtoReadError::IO(_)) => {
@@ -515,10 +520,10 @@ mod worker {
                     match frame.session_id() {
                         Some(session_id) => {
                             let stream_wt = stream_h3.upgrade(session_id);
-                            wt_slot.send(stream_wt);
+                            wt_slot.send(Box::new(stream_wt));
                         }
                         None => {
-                            h3_slot.send(Ok((stream_h3, frame)));
+                            h3_slot.send(Box::new(Ok((stream_h3, frame))));
                         }
                     }
                 }
@@ -530,7 +535,7 @@ mod worker {
 
         async fn accept_datagram(
             quic_connection: &quinn::Connection,
-            ready_datagrams: &mpsc::Sender<Datagram>,
+            ready_datagrams: &mpsc::Sender<Box<Datagram>>,
         ) -> Result<(), DriverError> {
             let slot = match ready_datagrams.reserve().await {
                 Ok(slot) => slot,
@@ -552,7 +557,7 @@ mod worker {
                 datagram.session_id()
             );
 
-            slot.send(datagram);
+            slot.send(Box::new(datagram));
 
             Ok(())
         }
@@ -662,7 +667,7 @@ mod worker {
         fn handle_remote_settings(&mut self, settings: Settings) -> Result<(), DriverError> {
             debug!("Received: {:?}", settings);
 
-            match self.ready_settings.try_send(settings) {
+            match self.ready_settings.try_send(Box::new(settings)) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(DriverError::NotConnected),
                 Err(mpsc::error::TrySendError::Full(_)) => {

@@ -84,7 +84,7 @@ impl LocalSettingsStream {
 /// as garbage (seen as the connection closed with H3_FRAME_UNEXPECTED or H3_MISSING_SETTINGS).
 /// Frames are now read by a task that owns the stream; `run()` only awaits a channel.
 pub struct RemoteSettingsStream {
-    frames: Option<mpsc::Receiver<Result<Frame<'static>, DriverError>>>,
+    frames: Option<mpsc::Receiver<Box<Result<Frame<'static>, DriverError>>>>,
     settings: watch::Sender<Option<Settings>>,
 }
 
@@ -108,7 +108,7 @@ impl RemoteSettingsStream {
                 let frame = read_frame(&mut stream).await;
                 let failed = frame.is_err();
                 // The driver is gone (receiver dropped) or the stream failed: stop reading.
-                if tx.send(frame).await.is_err() || failed {
+                if tx.send(Box::new(frame)).await.is_err() || failed {
                     return;
                 }
             }
@@ -126,7 +126,7 @@ impl RemoteSettingsStream {
         };
         loop {
             // `recv` is cancel-safe: a frame is either delivered or stays queued.
-            let frame = match frames.recv().await {
+            let frame = match frames.recv().await.map(|frame| *frame) {
                 Some(Ok(frame)) => frame,
                 Some(Err(driver_error)) => return driver_error,
                 None => return DriverError::NotConnected,
