@@ -133,10 +133,8 @@ pub(crate) struct Streams {
     /// Time we last cleaned up unused entries from source_keys_rx.
     last_rx_lookup_cleanup: Instant,
 
-    /// All outgoing encoded streams. Patched for the SFU (vendor/README.md): boxed, as a
-    /// `StreamTx` is ~2.2 KB and the map keeps a quarter or more of its slots empty; an SFU
-    /// holds one per consumer.
-    streams_tx: HashMap<Ssrc, Box<StreamTx>>,
+    /// All outgoing encoded streams.
+    streams_tx: HashMap<Ssrc, StreamTx>,
 
     /// Non-media padding source. Its sequence counter survives media changes.
     probe_tx: StreamTx,
@@ -337,15 +335,7 @@ impl Streams {
     ) -> &mut StreamTx {
         self.streams_tx
             .entry(ssrc)
-            .or_insert_with(|| {
-                Box::new(StreamTx::new(
-                    ssrc,
-                    rtx,
-                    midrid,
-                    self.enable_stats,
-                    self.mtu_warn,
-                ))
-            })
+            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn))
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
@@ -370,7 +360,7 @@ impl Streams {
     }
 
     pub fn stream_tx(&mut self, ssrc: &Ssrc) -> Option<&mut StreamTx> {
-        self.streams_tx.get_mut(ssrc).map(|s| &mut **s)
+        self.streams_tx.get_mut(ssrc)
     }
 
     /// Lookup the "main" SSRC and mid for a given SSRC(main or RTX).
@@ -561,7 +551,7 @@ impl Streams {
     }
 
     pub(crate) fn streams_tx(&mut self) -> impl Iterator<Item = &mut StreamTx> {
-        self.streams_tx.values_mut().map(|s| &mut **s)
+        self.streams_tx.values_mut()
     }
 
     pub(crate) fn ssrcs_tx(&self, mid: Mid) -> Vec<(Ssrc, Option<Ssrc>)> {
@@ -682,10 +672,7 @@ impl Streams {
             self.probe_media?;
             return Some(&mut self.probe_tx);
         }
-        self.streams_tx
-            .values_mut()
-            .find(|s| s.is_midrid(midrid))
-            .map(|s| &mut **s)
+        self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))
     }
 
     pub(crate) fn stream_rx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamRx> {
@@ -700,10 +687,7 @@ impl Streams {
 
     /// An iterator over all the tx streams for a given mid.
     pub(crate) fn streams_tx_by_mid(&mut self, mid: Mid) -> impl Iterator<Item = &mut StreamTx> {
-        self.streams_tx
-            .values_mut()
-            .filter(move |s| s.mid() == mid)
-            .map(|s| &mut **s)
+        self.streams_tx.values_mut().filter(move |s| s.mid() == mid)
     }
 
     /// An iterator over all the rx streams for a given mid.
