@@ -1660,6 +1660,15 @@ fn update_max_seq(map: &mut HashMap<Ssrc, SeqNoWindow>, ssrc: Ssrc, seq_no: SeqN
         .or_insert_with(|| SeqNoWindow::new(seq_no));
 }
 
+/// Patched for the SFU (vendor/README.md): an `Rtcp` is ~1.2 KB (its report lists are inline
+/// arrays), so an RTCP queue that once held a compound packet's worth kept ~5 KB per session
+/// for its life. An emptied queue gives that back; it is refilled a few times a second at most.
+fn give_back_rtcp_queue(queue: &mut VecDeque<Rtcp>) {
+    if queue.is_empty() && queue.capacity() > 1 {
+        *queue = VecDeque::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1821,11 +1830,3 @@ mod tests {
     }
 }
 
-/// Patched for the SFU (vendor/README.md): an `Rtcp` is ~1.2 KB (its report lists are inline
-/// arrays), so an RTCP queue that once held a compound packet's worth kept ~5 KB per session
-/// for its life. An emptied queue gives that back; it is refilled a few times a second at most.
-fn give_back_rtcp_queue(queue: &mut VecDeque<Rtcp>) {
-    if queue.is_empty() && queue.capacity() > 1 {
-        *queue = VecDeque::new();
-    }
-}

@@ -125,7 +125,7 @@ struct Rare {
 
 impl CachedPacket {
     /// `shared` is where the packet's [`StreamIds`] sit in the cache's list, if they do.
-    fn new(packet: RtpPacket, shared: Option<(u8, StreamIds)>) -> Self {
+    fn new(packet: RtpPacket, shared: Option<u8>) -> Self {
         let RtpPacket {
             seq_no: _,
             time,
@@ -137,11 +137,10 @@ impl CachedPacket {
             nackable: _,
         } = packet;
         let exts = CommonExts::of(&header.ext_vals);
-        let (ids, common) = match shared {
-            Some((index, ids)) => (index, header.ext_vals == exts.to_ext_vals(ids)),
-            None => (0, false),
-        };
-        let rare = (header.csrc_count > 0 || !common || last_sender_info.is_some())
+        // Inline only when the common extensions and the shared ids are all it carries.
+        let inline = shared.is_some()
+            && header.ext_vals == exts.to_ext_vals(StreamIds::of(&header.ext_vals));
+        let rare = (header.csrc_count > 0 || !inline || last_sender_info.is_some())
         .then(|| {
             Box::new(Rare {
                 csrc_count: header.csrc_count,
@@ -165,7 +164,7 @@ impl CachedPacket {
             ssrc: header.ssrc,
             header_len: header.header_len,
             exts,
-            ids,
+            ids: shared.unwrap_or(0),
             rare,
         }
     }
@@ -223,7 +222,7 @@ impl RtxCache {
     }
 
     /// Where `ids` sit in the shared list, added if there is room.
-    fn shared_ids(&mut self, ids: StreamIds) -> Option<(u8, StreamIds)> {
+    fn shared_ids(&mut self, ids: StreamIds) -> Option<u8> {
         let index = match self.ids.iter().position(|known| *known == ids) {
             Some(index) => index,
             None if self.ids.len() < MAX_SHARED_IDS => {
@@ -232,7 +231,7 @@ impl RtxCache {
             }
             None => return None,
         };
-        Some((index as u8, ids))
+        Some(index as u8)
     }
 
     pub fn cache_sent_packet(&mut self, packet: RtpPacket, now: Instant) {
