@@ -6,7 +6,8 @@
 //! first each get their lowest layer (so many small pictures beat one big one), then climb
 //! one by one to the highest layer whose *measured* bitrate fits. With temporal layers (L1T3)
 //! each spatial layer offers cheaper steps at 15 and 7.5 fps, tried before dropping to a
-//! smaller picture. A track whose lowest step does not fit is paused. Drops apply at once (congestion hurts everyone on the link); climbs
+//! smaller picture. A track whose lowest step does not fit is paused, but only while the link
+//! loses packets ([`Pausing`]). Drops apply at once (congestion hurts everyone on the link); climbs
 //! only after the estimate has carried the higher layer for [`CLIMB_HOLD`], so a noisy
 //! estimate cannot make a picture flap.
 
@@ -190,17 +191,33 @@ impl Targets {
     }
 }
 
+/// Whether a video that gets a picture may lose it to the estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pausing {
+    /// The link drops packets: a video whose lowest step does not fit is paused.
+    Allowed,
+    /// Nothing says the link is short but the estimate: a video keeps (or, new, starts on) its
+    /// lowest step. GCC's
+    /// delay-based estimate on a loss-free link follows what is sent (0.85x of it on every
+    /// delay spike), so each step down lowers it again; taken as far as a pause it spirals a
+    /// picture away on a link that carried it (seen under CPU contention, and over ICE-TCP,
+    /// where GCC sinks to ~70 kbit/s on loopback). A link really thinner than the lowest
+    /// layer overflows its queue within a second, and loss allows the pause.
+    KeepLowest,
+}
+
 /// Divide `estimate_bps` among `tracks`; `states` (same length) carries hysteresis between
 /// runs and is updated. Returns the changes, in track order.
 pub fn allocate(
     estimate_bps: u64,
+    pausing: Pausing,
     tracks: &[TrackDemand],
     states: &mut [TrackState],
     now: Instant,
 ) -> Vec<Change> {
     debug_assert_eq!(tracks.len(), states.len());
     let steps: Vec<Vec<(Allocation, u64)>> = tracks.iter().map(TrackDemand::steps).collect();
-    let ideal = ideal_allocations(estimate_bps, tracks, &steps, states);
+    let ideal = ideal_allocations(estimate_bps, pausing, tracks, &steps, states);
     let tops: Vec<Option<Allocation>> = steps
         .iter()
         .map(|s| s.last().map(|(step, _)| *step))
@@ -209,6 +226,9 @@ pub fn allocate(
     for (i, (track, state)) in tracks.iter().zip(states.iter_mut()).enumerate() {
         let proposed = ideal[i];
         let decided = match state.allocation {
+            // Nothing of the video received yet: no layer to choose, and no reason to pause
+            // it either (a pause would then hold for the resume's hold once it arrives).
+            None if !track.audio && steps[i].is_empty() => None,
             None => Some((proposed, Reason::Initial)),
             Some(_) if !track.measured => None,
             Some(current) if proposed < current || !fits_layer(track, current) => {
@@ -267,6 +287,7 @@ fn fits_layer(track: &TrackDemand, allocation: Allocation) -> bool {
 /// The allocation the estimate allows right now, ignoring hysteresis.
 fn ideal_allocations(
     estimate_bps: u64,
+    pausing: Pausing,
     tracks: &[TrackDemand],
     steps: &[Vec<(Allocation, u64)>],
     states: &[TrackState],
@@ -284,7 +305,10 @@ fn ideal_allocations(
     for &i in &order {
         if let Some(&(first, cost)) = steps[i].first() {
             let cost = weighted(cost, first, current(i));
-            if cost <= budget {
+            // A new track counts as one with a picture: nothing has shown the link short yet.
+            let kept =
+                pausing == Pausing::KeepLowest && states[i].allocation != Some(Allocation::Paused);
+            if cost <= budget || kept {
                 out[i] = first;
                 budget -= cost;
             }
@@ -385,7 +409,7 @@ mod tests {
     }
 
     fn run(estimate: u64, tracks: &[TrackDemand], states: &mut [TrackState], at: Instant) {
-        allocate(estimate, tracks, states, at);
+        allocate(estimate, Pausing::Allowed, tracks, states, at);
     }
 
     fn allocation(states: &[TrackState], i: usize) -> Allocation {
@@ -397,7 +421,7 @@ mod tests {
         let t0 = Instant::now();
         let tracks = [audio(), video(0)];
         let mut states = [TrackState::default(); 2];
-        let changes = allocate(700_000, &tracks, &mut states, t0);
+        let changes = allocate(700_000, Pausing::Allowed, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 1), Allocation::full(1));
         assert_eq!(allocation(&states, 0), Allocation::full(0));
         assert!(changes.iter().all(|c| c.reason == Reason::Initial));
@@ -416,6 +440,7 @@ mod tests {
 
         let changes = allocate(
             600_000,
+            Pausing::Allowed,
             &tracks,
             &mut states,
             t0 + Duration::from_millis(10),
@@ -425,13 +450,33 @@ mod tests {
 
         // Recovered: nothing changes until the estimate has held for CLIMB_HOLD.
         let t1 = t0 + Duration::from_secs(1);
-        assert!(allocate(3_000_000, &tracks, &mut states, t1).is_empty());
-        assert!(allocate(3_000_000, &tracks, &mut states, t1 + CLIMB_HOLD / 2).is_empty());
+        assert!(allocate(3_000_000, Pausing::Allowed, &tracks, &mut states, t1).is_empty());
+        assert!(allocate(
+            3_000_000,
+            Pausing::Allowed,
+            &tracks,
+            &mut states,
+            t1 + CLIMB_HOLD / 2
+        )
+        .is_empty());
         // A dip resets the hold.
-        assert!(allocate(600_000, &tracks, &mut states, t1 + CLIMB_HOLD * 3 / 4).is_empty());
+        assert!(allocate(
+            600_000,
+            Pausing::Allowed,
+            &tracks,
+            &mut states,
+            t1 + CLIMB_HOLD * 3 / 4
+        )
+        .is_empty());
         let t2 = t1 + CLIMB_HOLD;
-        assert!(allocate(3_000_000, &tracks, &mut states, t2).is_empty());
-        let changes = allocate(3_000_000, &tracks, &mut states, t2 + CLIMB_HOLD);
+        assert!(allocate(3_000_000, Pausing::Allowed, &tracks, &mut states, t2).is_empty());
+        let changes = allocate(
+            3_000_000,
+            Pausing::Allowed,
+            &tracks,
+            &mut states,
+            t2 + CLIMB_HOLD,
+        );
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].reason, Reason::Recovered);
         assert_eq!(allocation(&states, 0), Allocation::full(2));
@@ -443,7 +488,13 @@ mod tests {
         let tracks = [audio(), video(0)];
         let mut states = [TrackState::default(); 2];
         run(2_000_000, &tracks, &mut states, t0);
-        let changes = allocate(150_000, &tracks, &mut states, t0 + Duration::from_millis(1));
+        let changes = allocate(
+            150_000,
+            Pausing::Allowed,
+            &tracks,
+            &mut states,
+            t0 + Duration::from_millis(1),
+        );
         assert_eq!(allocation(&states, 1), Allocation::Paused);
         assert_eq!(allocation(&states, 0), Allocation::full(0));
         assert_eq!(
@@ -466,6 +517,64 @@ mod tests {
         );
         run(400_000, &tracks, &mut states, t1 + RESUME_HOLD);
         assert_eq!(allocation(&states, 1), Allocation::full(0));
+    }
+
+    #[test]
+    fn without_loss_a_video_keeps_its_lowest_layer_but_a_paused_one_waits() {
+        let t0 = Instant::now();
+        let tracks = [audio(), video(0)];
+        // A new video starts on its lowest step whatever the estimate...
+        let mut states = [TrackState::default(); 2];
+        allocate(50_000, Pausing::KeepLowest, &tracks, &mut states, t0);
+        assert_eq!(allocation(&states, 1), Allocation::full(0));
+        // ...unless the link already loses packets.
+        let mut lossy = [TrackState::default(); 2];
+        run(50_000, &tracks, &mut lossy, t0);
+        assert_eq!(allocation(&lossy, 1), Allocation::Paused);
+
+        let mut states = [TrackState::default(); 2];
+        run(2_000_000, &tracks, &mut states, t0);
+        // An estimate below the lowest layer on a loss-free link: down to the lowest step.
+        let changes = allocate(
+            150_000,
+            Pausing::KeepLowest,
+            &tracks,
+            &mut states,
+            t0 + Duration::from_millis(1),
+        );
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].reason, Reason::Congestion);
+        assert_eq!(allocation(&states, 1), Allocation::full(0));
+        // With loss it is paused...
+        run(150_000, &tracks, &mut states, t0 + Duration::from_millis(2));
+        assert_eq!(allocation(&states, 1), Allocation::Paused);
+        // ...and the loss ending resumes nothing the estimate does not carry.
+        let later = t0 + RESUME_HOLD * 2;
+        for at in [later, later + RESUME_HOLD] {
+            allocate(150_000, Pausing::KeepLowest, &tracks, &mut states, at);
+        }
+        assert_eq!(allocation(&states, 1), Allocation::Paused);
+    }
+
+    #[test]
+    fn a_video_not_received_yet_is_left_undecided() {
+        let t0 = Instant::now();
+        let mut tracks = [audio(), video(0)];
+        tracks[1].layer_bps = [0; MAX_LAYERS];
+        let mut states = [TrackState::default(); 2];
+        run(2_000_000, &tracks, &mut states, t0);
+        assert_eq!(states[1].allocation, None);
+        // Its first layer arrives: the first allocation is made then.
+        tracks[1] = video(0);
+        let changes = allocate(
+            2_000_000,
+            Pausing::Allowed,
+            &tracks,
+            &mut states,
+            t0 + Duration::from_millis(5),
+        );
+        assert_eq!(changes[0].reason, Reason::Initial);
+        assert_eq!(allocation(&states, 1), Allocation::full(2));
     }
 
     #[test]
@@ -509,7 +618,14 @@ mod tests {
         run(700_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(1));
         // A low estimate against guessed rates must not pause a picture that may be tiny.
-        assert!(allocate(50_000, &[track], &mut states, t0 + CLIMB_HOLD).is_empty());
+        assert!(allocate(
+            50_000,
+            Pausing::Allowed,
+            &[track],
+            &mut states,
+            t0 + CLIMB_HOLD
+        )
+        .is_empty());
         track.measured = true;
         track.layer_bps = [3_000, 3_000, 3_000];
         run(50_000, &[track], &mut states, t0 + CLIMB_HOLD);
@@ -525,7 +641,7 @@ mod tests {
         run(3_000_000, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 1), Allocation::full(2));
         // 1.54 Mbit/s of media against a 1.45 Mbit/s estimate: within the tolerance.
-        assert!(allocate(1_450_000, &tracks, &mut states, t0).is_empty());
+        assert!(allocate(1_450_000, Pausing::Allowed, &tracks, &mut states, t0).is_empty());
         run(1_300_000, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 1), Allocation::full(1));
     }
@@ -573,13 +689,13 @@ mod tests {
         run(5_000_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(0));
         track.max_layer = 2;
-        let changes = allocate(5_000_000, &[track], &mut states, t0);
+        let changes = allocate(5_000_000, Pausing::Allowed, &[track], &mut states, t0);
         assert_eq!(changes[0].reason, Reason::Preference);
         assert_eq!(allocation(&states, 0), Allocation::full(2));
         // Held by the estimate instead: the hold applies.
         let mut states = [TrackState::default()];
         run(300_000, &[track], &mut states, t0);
-        assert!(allocate(5_000_000, &[track], &mut states, t0).is_empty());
+        assert!(allocate(5_000_000, Pausing::Allowed, &[track], &mut states, t0).is_empty());
     }
 
     #[test]
@@ -592,6 +708,7 @@ mod tests {
         track.layer_bps[2] = 0;
         let changes = allocate(
             5_000_000,
+            Pausing::Allowed,
             &[track],
             &mut states,
             t0 + Duration::from_millis(5),

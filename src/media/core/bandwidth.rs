@@ -14,7 +14,7 @@ use str0m::rtp::Extension;
 
 use super::link_estimate::LinkReading;
 use super::{ConsumerKey, Deferred, Producer, TransportKey, WorkerCore};
-use crate::media::allocator::{self, Allocation, Reason, TrackDemand, TrackState};
+use crate::media::allocator::{self, Allocation, Pausing, Reason, TrackDemand, TrackState};
 use crate::media::simulcast::{BandwidthLimit, Preference, MAX_LAYERS, MAX_TEMPORAL};
 use crate::media::Kind;
 use crate::media::MediaEvent;
@@ -244,11 +244,14 @@ impl WorkerCore {
 
     /// Run the allocator for one subscriber and apply its decisions.
     pub(super) fn allocate(&mut self, key: TransportKey, now: Instant) {
-        let Some(estimate) = self.transports[key]
-            .bwe
-            .as_ref()
-            .map(|b| b.effective_bps(now))
-        else {
+        let Some((estimate, pausing)) = self.transports[key].bwe.as_ref().map(|b| {
+            let pausing = if b.loss_capped(now) {
+                Pausing::Allowed
+            } else {
+                Pausing::KeepLowest
+            };
+            (b.effective_bps(now), pausing)
+        }) else {
             return;
         };
         let consumers: Vec<ConsumerKey> = self.transports[key]
@@ -262,7 +265,7 @@ impl WorkerCore {
             .iter()
             .map(|ck| self.consumers[*ck].allocation)
             .collect();
-        let changes = allocator::allocate(estimate, &demands, &mut states, now);
+        let changes = allocator::allocate(estimate, pausing, &demands, &mut states, now);
         for (ck, state) in consumers.iter().zip(&states) {
             self.consumers[*ck].allocation = *state;
         }

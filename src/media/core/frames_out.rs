@@ -17,7 +17,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::bandwidth::layer_rates;
 use super::{Origin, ProducerKey, WorkerCore};
-use crate::media::allocator::{self, Allocation, TrackDemand, TrackState};
+use crate::media::allocator::{self, Allocation, Pausing, TrackDemand, TrackState};
 use crate::media::frames::depacketize::Depacketizer;
 use crate::media::frames::sink::{spawn_writer, FrameSession, OutFrame, SinkHandle};
 use crate::media::frames::FrameCodec;
@@ -238,7 +238,9 @@ impl WorkerCore {
                 .iter()
                 .map(|k| self.frame_consumers[*k].allocation_state)
                 .collect();
-            let changes = allocator::allocate(estimate, &demands, &mut states, now);
+            // QUIC's congestion window is loss-driven already: what it allows may pause.
+            let changes =
+                allocator::allocate(estimate, Pausing::Allowed, &demands, &mut states, now);
             for (k, state) in keys.iter().zip(&states) {
                 self.frame_consumers[*k].allocation_state = *state;
             }
