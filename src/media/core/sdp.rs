@@ -58,7 +58,7 @@ impl WorkerCore {
         let key = self.transports.insert(Transport {
             id,
             role,
-            rtc,
+            rtc: Box::new(rtc),
             ufrag: ufrag.clone(),
             remote_addrs: Vec::new(),
             nominated: None,

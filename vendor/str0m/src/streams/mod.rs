@@ -133,8 +133,10 @@ pub(crate) struct Streams {
     /// Time we last cleaned up unused entries from source_keys_rx.
     last_rx_lookup_cleanup: Instant,
 
-    /// All outgoing encoded streams.
-    streams_tx: HashMap<Ssrc, StreamTx>,
+    /// All outgoing encoded streams. Patched for the SFU (vendor/README.md): boxed, as a
+    /// `StreamTx` is ~2.2 KB and the map keeps a quarter or more of its slots empty; an SFU
+    /// holds one per consumer.
+    streams_tx: HashMap<Ssrc, Box<StreamTx>>,
 
     /// Non-media padding source. Its sequence counter survives media changes.
     probe_tx: StreamTx,
@@ -335,7 +337,15 @@ impl Streams {
     ) -> &mut StreamTx {
         self.streams_tx
             .entry(ssrc)
-            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn))
+            .or_insert_with(|| {
+                Box::new(StreamTx::new(
+                    ssrc,
+                    rtx,
+                    midrid,
+                    self.enable_stats,
+                    self.mtu_warn,
+                ))
+            })
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
@@ -360,7 +370,7 @@ impl Streams {
     }
 
     pub fn stream_tx(&mut self, ssrc: &Ssrc) -> Option<&mut StreamTx> {
-        self.streams_tx.get_mut(ssrc)
+        self.streams_tx.get_mut(ssrc).map(|s| &mut **s)
     }
 
     /// Lookup the "main" SSRC and mid for a given SSRC(main or RTX).
@@ -551,7 +561,7 @@ impl Streams {
     }
 
     pub(crate) fn streams_tx(&mut self) -> impl Iterator<Item = &mut StreamTx> {
-        self.streams_tx.values_mut()
+        self.streams_tx.values_mut().map(|s| &mut **s)
     }
 
     pub(crate) fn ssrcs_tx(&self, mid: Mid) -> Vec<(Ssrc, Option<Ssrc>)> {
@@ -672,7 +682,10 @@ impl Streams {
             self.probe_media?;
             return Some(&mut self.probe_tx);
         }
-        self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))
+        self.streams_tx
+            .values_mut()
+            .find(|s| s.is_midrid(midrid))
+            .map(|s| &mut **s)
     }
 
     pub(crate) fn stream_rx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamRx> {
@@ -687,7 +700,10 @@ impl Streams {
 
     /// An iterator over all the tx streams for a given mid.
     pub(crate) fn streams_tx_by_mid(&mut self, mid: Mid) -> impl Iterator<Item = &mut StreamTx> {
-        self.streams_tx.values_mut().filter(move |s| s.mid() == mid)
+        self.streams_tx
+            .values_mut()
+            .filter(move |s| s.mid() == mid)
+            .map(|s| &mut **s)
     }
 
     /// An iterator over all the rx streams for a given mid.
