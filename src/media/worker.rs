@@ -148,7 +148,10 @@ impl WorkerHandle {
 /// 4 MB is `net.core.rmem_max` on common distributions; as root it is forced past a lower max.
 const SOCKET_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
 
-fn grow_socket_buffers(socket: &StdUdpSocket) {
+/// Grow `socket`'s kernel buffers to [`SOCKET_BUFFER_BYTES`]: the media workers' sockets, and
+/// the WebTransport endpoint's (its one socket carries every client's signaling and
+/// handshakes; see `transport::webtransport`).
+pub(crate) fn grow_socket_buffers(socket: &StdUdpSocket) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),

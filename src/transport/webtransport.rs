@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use axum::http::StatusCode;
 use base64::Engine;
 use serde_json::json;
+use wtransport::config::{states::WantsIdentity, ServerConfigBuilder};
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::endpoint::IncomingSession;
 use wtransport::tls::self_signed::time::OffsetDateTime;
@@ -142,12 +143,10 @@ async fn load_identity(source: &CertSource) -> anyhow::Result<(Identity, CertInf
 /// control and QPACK, media) keep quinn's default of 100.
 const MAX_BIDI_STREAMS: u32 = 4;
 
-fn server_config(bind: SocketAddr, identity: Identity) -> ServerConfig {
+fn server_config(bind: ServerConfigBuilder<WantsIdentity>, identity: Identity) -> ServerConfig {
     let mut transport = wtransport::config::QuicTransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
-    ServerConfig::builder()
-        .with_bind_address(bind)
-        .with_custom_transport(identity, transport)
+    bind.with_custom_transport(identity, transport)
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(Some(Duration::from_secs(20)))
         .expect("idle timeout in range")
@@ -162,8 +161,18 @@ pub async fn start(
     public_url: Option<String>,
 ) -> anyhow::Result<Arc<WebTransportState>> {
     let (identity, info) = load_identity(&source).await?;
-    let endpoint = Endpoint::server(server_config(bind, identity))
+    // One socket carries every client's handshakes and signaling. With the kernel's default
+    // buffer (≈ 208 KB) a join ramp's room notices (each join is told to everyone) overflowed
+    // it at 100 joins/s into a 300-viewer room: lost handshake packets wait out QUIC's
+    // doubling retransmission timer, so joins took up to 15 s and some hit READ_TIMEOUT_SECS.
+    let socket = std::net::UdpSocket::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot bind WebTransport UDP {bind}: {e}"))?;
+    crate::media::worker::grow_socket_buffers(&socket);
+    let endpoint = Endpoint::server(server_config(
+        ServerConfig::builder().with_bind_socket(socket),
+        identity,
+    ))
+    .map_err(|e| anyhow::anyhow!("cannot start WebTransport on {bind}: {e}"))?;
     let local_addr = endpoint.local_addr()?;
     let state = Arc::new(WebTransportState {
         local_addr,
@@ -208,7 +217,10 @@ async fn rotate_certificates(
         let Some(state) = state.upgrade() else { return };
         match load_identity(&source).await {
             Ok((identity, info)) => {
-                if let Err(e) = endpoint.reload_config(server_config(bind, identity), false) {
+                if let Err(e) = endpoint.reload_config(
+                    server_config(ServerConfig::builder().with_bind_address(bind), identity),
+                    false,
+                ) {
                     tracing::error!(error = %e, "WebTransport certificate reload failed");
                     continue;
                 }

@@ -72,10 +72,19 @@ pub async fn discover(http: &reqwest::Client, base: &str) -> anyhow::Result<WtTa
     Ok(WtTarget { url, hash })
 }
 
-/// A client endpoint (one UDP socket) that trusts `target`'s certificate.
+/// A client endpoint (one UDP socket) that trusts `target`'s certificate. The load runner
+/// shares one among hundreds of sessions, so its receive buffer is grown past the kernel's
+/// default (≈ 208 KB), which a join ramp's room notices overflowed: the drops, and QUIC's
+/// retransmission timers after them, were charged to the server as join time.
 pub fn client_endpoint(target: &WtTarget) -> anyhow::Result<Arc<WtEndpoint>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    // Capped by net.core.rmem_max (4 MB on common distributions); a smaller one still helps.
+    let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
     let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
+        .with_bind_socket(socket.into())
         .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(target.hash)])
         .keep_alive_interval(Some(Duration::from_secs(3)))
         .build();
