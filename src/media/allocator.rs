@@ -197,12 +197,11 @@ pub enum Pausing {
     /// The link drops packets: a video whose lowest step does not fit is paused.
     Allowed,
     /// Nothing says the link is short but the estimate: a video keeps (or, new, starts on) its
-    /// lowest step. GCC's
-    /// delay-based estimate on a loss-free link follows what is sent (0.85x of it on every
-    /// delay spike), so each step down lowers it again; taken as far as a pause it spirals a
-    /// picture away on a link that carried it (seen under CPU contention, and over ICE-TCP,
-    /// where GCC sinks to ~70 kbit/s on loopback). A link really thinner than the lowest
-    /// layer overflows its queue within a second, and loss allows the pause.
+    /// lowest step. GCC's delay-based estimate on a loss-free link follows what is sent (0.85x
+    /// of it on every delay spike), so each step down lowers it again; taken as far as a pause
+    /// it spirals a picture away on a link that carried it (seen under CPU contention, and
+    /// over ICE-TCP, where GCC sinks to ~70 kbit/s on loopback). A link really thinner than the
+    /// lowest layer overflows its queue within a second, and loss allows the pause.
     KeepLowest,
 }
 
@@ -408,8 +407,14 @@ mod tests {
         }
     }
 
-    fn run(estimate: u64, tracks: &[TrackDemand], states: &mut [TrackState], at: Instant) {
-        allocate(estimate, Pausing::Allowed, tracks, states, at);
+    /// One allocation on a lossy link (pausing allowed), as most tests want.
+    fn run(
+        estimate: u64,
+        tracks: &[TrackDemand],
+        states: &mut [TrackState],
+        at: Instant,
+    ) -> Vec<Change> {
+        allocate(estimate, Pausing::Allowed, tracks, states, at)
     }
 
     fn allocation(states: &[TrackState], i: usize) -> Allocation {
@@ -421,7 +426,7 @@ mod tests {
         let t0 = Instant::now();
         let tracks = [audio(), video(0)];
         let mut states = [TrackState::default(); 2];
-        let changes = allocate(700_000, Pausing::Allowed, &tracks, &mut states, t0);
+        let changes = run(700_000, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 1), Allocation::full(1));
         assert_eq!(allocation(&states, 0), Allocation::full(0));
         assert!(changes.iter().all(|c| c.reason == Reason::Initial));
@@ -438,9 +443,8 @@ mod tests {
         run(3_000_000, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(2));
 
-        let changes = allocate(
+        let changes = run(
             600_000,
-            Pausing::Allowed,
             &tracks,
             &mut states,
             t0 + Duration::from_millis(10),
@@ -450,33 +454,13 @@ mod tests {
 
         // Recovered: nothing changes until the estimate has held for CLIMB_HOLD.
         let t1 = t0 + Duration::from_secs(1);
-        assert!(allocate(3_000_000, Pausing::Allowed, &tracks, &mut states, t1).is_empty());
-        assert!(allocate(
-            3_000_000,
-            Pausing::Allowed,
-            &tracks,
-            &mut states,
-            t1 + CLIMB_HOLD / 2
-        )
-        .is_empty());
+        assert!(run(3_000_000, &tracks, &mut states, t1).is_empty());
+        assert!(run(3_000_000, &tracks, &mut states, t1 + CLIMB_HOLD / 2).is_empty());
         // A dip resets the hold.
-        assert!(allocate(
-            600_000,
-            Pausing::Allowed,
-            &tracks,
-            &mut states,
-            t1 + CLIMB_HOLD * 3 / 4
-        )
-        .is_empty());
+        assert!(run(600_000, &tracks, &mut states, t1 + CLIMB_HOLD * 3 / 4).is_empty());
         let t2 = t1 + CLIMB_HOLD;
-        assert!(allocate(3_000_000, Pausing::Allowed, &tracks, &mut states, t2).is_empty());
-        let changes = allocate(
-            3_000_000,
-            Pausing::Allowed,
-            &tracks,
-            &mut states,
-            t2 + CLIMB_HOLD,
-        );
+        assert!(run(3_000_000, &tracks, &mut states, t2).is_empty());
+        let changes = run(3_000_000, &tracks, &mut states, t2 + CLIMB_HOLD);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].reason, Reason::Recovered);
         assert_eq!(allocation(&states, 0), Allocation::full(2));
@@ -488,13 +472,7 @@ mod tests {
         let tracks = [audio(), video(0)];
         let mut states = [TrackState::default(); 2];
         run(2_000_000, &tracks, &mut states, t0);
-        let changes = allocate(
-            150_000,
-            Pausing::Allowed,
-            &tracks,
-            &mut states,
-            t0 + Duration::from_millis(1),
-        );
+        let changes = run(150_000, &tracks, &mut states, t0 + Duration::from_millis(1));
         assert_eq!(allocation(&states, 1), Allocation::Paused);
         assert_eq!(allocation(&states, 0), Allocation::full(0));
         assert_eq!(
@@ -566,9 +544,8 @@ mod tests {
         assert_eq!(states[1].allocation, None);
         // Its first layer arrives: the first allocation is made then.
         tracks[1] = video(0);
-        let changes = allocate(
+        let changes = run(
             2_000_000,
-            Pausing::Allowed,
             &tracks,
             &mut states,
             t0 + Duration::from_millis(5),
@@ -618,14 +595,7 @@ mod tests {
         run(700_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(1));
         // A low estimate against guessed rates must not pause a picture that may be tiny.
-        assert!(allocate(
-            50_000,
-            Pausing::Allowed,
-            &[track],
-            &mut states,
-            t0 + CLIMB_HOLD
-        )
-        .is_empty());
+        assert!(run(50_000, &[track], &mut states, t0 + CLIMB_HOLD).is_empty());
         track.measured = true;
         track.layer_bps = [3_000, 3_000, 3_000];
         run(50_000, &[track], &mut states, t0 + CLIMB_HOLD);
@@ -641,7 +611,7 @@ mod tests {
         run(3_000_000, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 1), Allocation::full(2));
         // 1.54 Mbit/s of media against a 1.45 Mbit/s estimate: within the tolerance.
-        assert!(allocate(1_450_000, Pausing::Allowed, &tracks, &mut states, t0).is_empty());
+        assert!(run(1_450_000, &tracks, &mut states, t0).is_empty());
         run(1_300_000, &tracks, &mut states, t0);
         assert_eq!(allocation(&states, 1), Allocation::full(1));
     }
@@ -689,13 +659,13 @@ mod tests {
         run(5_000_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(0));
         track.max_layer = 2;
-        let changes = allocate(5_000_000, Pausing::Allowed, &[track], &mut states, t0);
+        let changes = run(5_000_000, &[track], &mut states, t0);
         assert_eq!(changes[0].reason, Reason::Preference);
         assert_eq!(allocation(&states, 0), Allocation::full(2));
         // Held by the estimate instead: the hold applies.
         let mut states = [TrackState::default()];
         run(300_000, &[track], &mut states, t0);
-        assert!(allocate(5_000_000, Pausing::Allowed, &[track], &mut states, t0).is_empty());
+        assert!(run(5_000_000, &[track], &mut states, t0).is_empty());
     }
 
     #[test]
@@ -706,9 +676,8 @@ mod tests {
         run(5_000_000, &[track], &mut states, t0);
         assert_eq!(allocation(&states, 0), Allocation::full(2));
         track.layer_bps[2] = 0;
-        let changes = allocate(
+        let changes = run(
             5_000_000,
-            Pausing::Allowed,
             &[track],
             &mut states,
             t0 + Duration::from_millis(5),
