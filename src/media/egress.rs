@@ -183,6 +183,23 @@ fn write_sockaddr(
 }
 
 impl BatchEgress {
+    /// The next free slot, to write one datagram into in place; [`Self::commit`] queues it.
+    /// (A full batch flushes as it fills, so there is always one.)
+    pub fn slot(&mut self) -> &mut [u8] {
+        &mut self.buffers[self.queued]
+    }
+
+    /// Queue the first `len` bytes of [`Self::slot`] for `destination`.
+    pub fn commit(&mut self, destination: SocketAddr, len: usize) {
+        let slot = self.queued;
+        self.lengths[slot] = len.min(SLOT);
+        self.destinations[slot] = Some(destination);
+        self.queued += 1;
+        if self.queued == BATCH {
+            self.flush();
+        }
+    }
+
     /// Queue one datagram; a full batch goes out at once.
     pub fn push(&mut self, destination: SocketAddr, payload: &[u8]) {
         if payload.len() > SLOT {
@@ -190,14 +207,8 @@ impl BatchEgress {
             self.send_alone(destination, payload);
             return;
         }
-        let slot = self.queued;
-        self.buffers[slot][..payload.len()].copy_from_slice(payload);
-        self.lengths[slot] = payload.len();
-        self.destinations[slot] = Some(destination);
-        self.queued += 1;
-        if self.queued == BATCH {
-            self.flush();
-        }
+        self.slot()[..payload.len()].copy_from_slice(payload);
+        self.commit(destination, payload.len());
     }
 }
 
@@ -246,5 +257,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn datagrams_written_in_place_interleave_with_pushed_ones() {
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let to = receiver.local_addr().unwrap();
+        let mut egress = BatchEgress::new(&sender);
+        // Across a batch boundary: commit flushes a full batch like push does.
+        let total = BATCH + 5;
+        for i in 0..total as u32 {
+            if i % 2 == 0 {
+                egress.push(to, &i.to_be_bytes());
+            } else {
+                // A slot still holds an earlier datagram's bytes: only `len` of them count.
+                let slot = egress.slot();
+                slot[..4].copy_from_slice(&i.to_be_bytes());
+                slot[4] = 0xAA;
+                egress.commit(to, 5);
+            }
+        }
+        // Written but not committed: never sent.
+        egress.slot()[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        egress.flush();
+        assert_eq!((egress.sent, egress.dropped), (total as u64, 0));
+        let mut buf = [0u8; 64];
+        for i in 0..total as u32 {
+            let n = receiver.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..4], &i.to_be_bytes(), "datagram {i}");
+            assert_eq!(n, if i % 2 == 0 { 4 } else { 5 }, "datagram {i}");
+        }
+        receiver.set_nonblocking(true).unwrap();
+        assert!(
+            receiver.recv(&mut buf).is_err(),
+            "an uncommitted slot went out"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -307,6 +308,18 @@ impl Egress for WorkerEgress {
 
     fn send_tcp(&mut self, destination: SocketAddr, payload: &[u8]) {
         self.tcp.send(destination, payload);
+    }
+
+    fn slot(&mut self) -> Option<&mut [u8]> {
+        Some(self.udp.slot())
+    }
+
+    fn commit(&mut self, proto: Protocol, destination: SocketAddr, len: usize) {
+        match proto {
+            Protocol::Udp => self.udp.commit(destination, len),
+            // The slot is the UDP batch's next one; an ICE-TCP frame is copied out of it.
+            _ => self.tcp.send(destination, &self.udp.slot()[..len]),
+        }
     }
 }
 

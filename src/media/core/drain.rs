@@ -1,6 +1,7 @@
 //! Draining str0m after every input: transmits go to the egress, events become forwarding,
 //! producers, keyframe requests and stats; transports that died are removed afterwards.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::bwe::BweKind;
@@ -125,10 +126,19 @@ impl WorkerCore {
 
 /// Hand one of str0m's transmits to the egress of its protocol.
 pub(super) fn transmit(egress: &mut dyn Egress, t: &Transmit) {
-    match t.proto {
-        Protocol::Udp => egress.send(t.destination, &t.contents),
+    send_datagram(egress, t.proto, t.destination, &t.contents);
+}
+
+pub(super) fn send_datagram(
+    egress: &mut dyn Egress,
+    proto: Protocol,
+    destination: SocketAddr,
+    datagram: &[u8],
+) {
+    match proto {
+        Protocol::Udp => egress.send(destination, datagram),
         // Only passive TCP candidates are offered, so every TCP transmit answers a link the
         // client opened; TLS/SSL-TCP candidates are never created.
-        _ => egress.send_tcp(t.destination, &t.contents),
+        _ => egress.send_tcp(destination, datagram),
     }
 }

@@ -9,7 +9,7 @@ use str0m::media::Pt;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Input, Rtc, SendNow};
 
-use super::drain::transmit;
+use super::drain::{send_datagram, transmit};
 use super::{
     ConsumerKey, Egress, Origin, ProducerKey, ProducerPacket, Transport, TransportKey, WorkerCore,
 };
@@ -227,7 +227,23 @@ impl WorkerCore {
             }
         }
         let subscriber = &mut self.transports[sub_key];
-        match subscriber.rtc.send_rtp_now(ssrc, write, now) {
+        let (out, in_slot) = match egress.slot() {
+            Some(slot) => (slot, true),
+            None => (&mut self.datagram_buf[..], false),
+        };
+        match subscriber.rtc.send_rtp_now(ssrc, write, now, out) {
+            SendNow::Written {
+                proto,
+                destination,
+                len,
+                ..
+            } if in_slot => egress.commit(proto, destination, len),
+            SendNow::Written {
+                proto,
+                destination,
+                len,
+                ..
+            } => send_datagram(egress, proto, destination, &self.datagram_buf[..len]),
             SendNow::Transmit(datagram) => transmit(egress, &datagram),
             SendNow::Queued => {
                 subscriber.release_written(now);

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Mid, Pt, Rid};
+use str0m::net::Protocol;
 use str0m::rtp::Ssrc;
 use str0m::{Rtc, RtcConfig};
 use tokio::sync::mpsc::UnboundedSender;
@@ -64,7 +65,18 @@ pub trait Egress {
     fn send(&mut self, destination: SocketAddr, payload: &[u8]);
     /// One RFC 4571 frame on the ICE-TCP connection whose remote end is `destination`.
     fn send_tcp(&mut self, destination: SocketAddr, payload: &[u8]);
+    /// Room for the next datagram, for the forwarding path to protect a packet straight into
+    /// (no copy afterwards); [`Egress::commit`] sends it. `None` (the default): the core
+    /// writes into a buffer of its own and calls `send`/`send_tcp`.
+    fn slot(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    /// Send the first `len` bytes of the room [`Egress::slot`] gave, over `proto`.
+    fn commit(&mut self, _proto: Protocol, _destination: SocketAddr, _len: usize) {}
 }
+
+/// Room for one forwarded SRTP datagram (a WebRTC packet stays under ~1200 bytes).
+const DATAGRAM_ROOM: usize = 1500;
 
 /// A layer with no packet for this long counts as stopped (publisher dropped it).
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
@@ -280,6 +292,8 @@ pub struct WorkerCore {
     frame_streams: HashMap<u64, ((ProducerId, u8), TransportId)>,
     /// WebTransport subscribers' consumers.
     frame_consumers: slab::Slab<FrameConsumer>,
+    /// Where a forwarded packet is protected when the egress offers no slot of its own.
+    datagram_buf: Box<[u8; DATAGRAM_ROOM]>,
 }
 
 impl WorkerCore {
@@ -328,6 +342,7 @@ impl WorkerCore {
             speakers: Vec::new(),
             frame_streams: HashMap::new(),
             frame_consumers: slab::Slab::new(),
+            datagram_buf: Box::new([0; DATAGRAM_ROOM]),
         }
     }
 

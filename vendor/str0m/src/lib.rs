@@ -1116,7 +1116,19 @@ pub enum Output {
 /// What [`Rtc::send_rtp_now`] did with a packet.
 #[derive(Debug)]
 pub enum SendNow {
-    /// Protected and ready: send this datagram. Nothing else in the `Rtc` changed.
+    /// Protected into the caller's buffer and ready: send its first `len` bytes from
+    /// `source` to `destination` over `proto`. Nothing else in the `Rtc` changed.
+    Written {
+        /// Protocol the datagram goes over (UDP, or ICE-TCP framing).
+        proto: net::Protocol,
+        /// Local address it leaves from.
+        source: SocketAddr,
+        /// Remote address it goes to.
+        destination: SocketAddr,
+        /// Bytes of the caller's buffer that make up the datagram.
+        len: usize,
+    },
+    /// As `Written`, in a datagram of its own: the caller's buffer was too small for it.
     Transmit(net::Transmit),
     /// Queued on its stream: drive the `Rtc` with a timeout and poll it.
     Queued,
@@ -1480,13 +1492,32 @@ impl Rtc {
     /// SFU more than the packet itself when one packet fans out to hundreds of peers. No
     /// timer of the `Rtc` moves, so the last [`Output::Timeout`] stays valid.
     ///
+    /// The datagram is written into `out` (e.g. the caller's `sendmmsg` slot: no allocation
+    /// and no copy after the cipher); [`SendNow::Transmit`] carries it instead when `out` is
+    /// too small.
+    ///
     /// Otherwise the packet is written as by [`rtp::StreamTx::write_rtp`], and
     /// [`SendNow::Queued`] says to drive the `Rtc` as usual (a timeout, then `poll_output`).
-    pub fn send_rtp_now(&mut self, ssrc: rtp::Ssrc, rtp: rtp::RtpWrite, now: Instant) -> SendNow {
+    pub fn send_rtp_now(
+        &mut self,
+        ssrc: rtp::Ssrc,
+        rtp: rtp::RtpWrite,
+        now: Instant,
+        out: &mut [u8],
+    ) -> SendNow {
         let direct = self.state != RtcState::Closed && now >= self.last_now;
         let rtp = match (&self.send_addr, direct) {
-            (Some(send), true) => match self.session.send_rtp_now(now, ssrc, rtp) {
-                Ok(Some(contents)) => {
+            (Some(send), true) => match self.session.send_rtp_now(now, ssrc, rtp, out) {
+                Ok(Some(session::Protected::Written(len))) => {
+                    self.peer_bytes_tx += len as u64;
+                    return SendNow::Written {
+                        proto: send.proto,
+                        source: send.source,
+                        destination: send.destination,
+                        len,
+                    };
+                }
+                Ok(Some(session::Protected::Owned(contents))) => {
                     self.peer_bytes_tx += contents.len() as u64;
                     return SendNow::Transmit(net::Transmit {
                         proto: send.proto,

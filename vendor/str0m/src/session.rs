@@ -158,6 +158,14 @@ struct LastRrtr {
     received_at: Instant,
 }
 
+/// Where [`Session::send_rtp_now`] put the SRTP datagram.
+pub(crate) enum Protected {
+    /// In the caller's buffer: its first `len` bytes.
+    Written(usize),
+    /// The caller's buffer was too small for it.
+    Owned(DatagramSend),
+}
+
 /// Which stream [`Session::packet_from_stream`] sends from.
 #[derive(Clone, Copy)]
 enum StreamPick {
@@ -1246,19 +1254,27 @@ impl Session {
         // Figure out which, if any, queue to poll
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
         let (midrid, cluster_id) = self.pacer.poll_queue()?;
-        self.packet_from_stream(now, StreamPick::Paced(midrid, cluster_id))
+        self.packet_from_stream(
+            now,
+            StreamPick::Paced(midrid, cluster_id),
+            |srtp_tx, buf, header, index| -> DatagramSend {
+                srtp_tx.protect_rtp(buf, header, index).into()
+            },
+        )
     }
 
     /// The direct send path of [`crate::Rtc::send_rtp_now`]: `Err` hands the packet back when
     /// it does not apply (a pacer decides when packets leave, the stream has a queue or
     /// resends, no SRTP yet, RTP closing). `Ok(None)` means the packet was written but did not
-    /// leave (e.g. its PT is not negotiated), as a poll would have found.
+    /// leave (e.g. its PT is not negotiated), as a poll would have found. The SRTP datagram
+    /// goes into `out` when it fits, else into a `Vec` of its own.
     pub(crate) fn send_rtp_now(
         &mut self,
         now: Instant,
         ssrc: Ssrc,
         rtp: RtpWrite,
-    ) -> Result<Option<DatagramSend>, RtpWrite> {
+        out: &mut [u8],
+    ) -> Result<Option<Protected>, RtpWrite> {
         let unpaced = matches!(self.pacer, PacerImpl::Null(_));
         if !unpaced || self.rtp_closing || self.srtp_tx.is_none() {
             return Err(rtp);
@@ -1271,11 +1287,24 @@ impl Session {
         }
         stream.write_rtp(rtp);
         stream.stamp_queued(now);
-        Ok(self.packet_from_stream(now, StreamPick::Direct(ssrc)))
+        let protect = |srtp_tx: &mut SrtpContext, buf: &[u8], header: &RtpHeader, index: u64| {
+            match srtp_tx.protect_rtp_into(buf, header, index, out) {
+                Some(len) => Protected::Written(len),
+                None => Protected::Owned(srtp_tx.protect_rtp(buf, header, index).into()),
+            }
+        };
+        Ok(self.packet_from_stream(now, StreamPick::Direct(ssrc), protect))
     }
 
     /// Send the next packet of one stream: the pacer's pick, or a stream written directly.
-    fn packet_from_stream(&mut self, now: Instant, pick: StreamPick) -> Option<DatagramSend> {
+    /// `protect` turns the plain RTP packet into what the caller sends (SRTP, by the pick's
+    /// own means: a new datagram, or in place into the caller's buffer).
+    fn packet_from_stream<R>(
+        &mut self,
+        now: Instant,
+        pick: StreamPick,
+        protect: impl FnOnce(&mut SrtpContext, &[u8], &RtpHeader, u64) -> R,
+    ) -> Option<R> {
         let srtp_tx = self.srtp_tx.as_mut()?;
         let (stream, cluster_id) = match pick {
             StreamPick::Paced(midrid, cluster_id) => {
@@ -1327,7 +1356,7 @@ impl Session {
             raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
         }
 
-        let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
+        let protected = protect(srtp_tx, buf, &header, *seq_no);
 
         if twcc_enabled {
             let packet_id = if let Some(cluster) = cluster_id {
@@ -1348,7 +1377,7 @@ impl Session {
             self.media_bytes_tx += payload_size as u64;
         }
 
-        Some(protected.into())
+        Some(protected)
     }
 
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {

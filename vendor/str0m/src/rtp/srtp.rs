@@ -345,6 +345,63 @@ impl SrtpContext {
         }
     }
 
+    /// [`Self::protect_rtp`] into the caller's `out` instead of a new `Vec` (the SFU's
+    /// forwarding path writes straight into its `sendmmsg` slot: no allocation, no zeroing,
+    /// no copy afterwards). Returns the datagram's length, or `None` (nothing written that
+    /// counts) when `out` is too small for it.
+    pub fn protect_rtp_into(
+        &mut self,
+        buf: &[u8],
+        header: &RtpHeader,
+        srtp_index: u64, // same as ext_seq
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let hlen = header.header_len;
+        let (aad, input) = buf.split_at(hlen);
+
+        match &mut self.rtp {
+            Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
+                let len = buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN;
+                // The CTR cipher wants its scratch after the body (see protect_rtp).
+                let scratch = buf.len() + CTR_BUFFER_PADDING.max(Aes128CmSha1_80::HMAC_TAG_LEN);
+                if out.len() < scratch {
+                    return None;
+                }
+                let iv = Aes128CmSha1_80::rtp_iv(*salt, *header.ssrc, srtp_index);
+                enc.encrypt(&iv, input, &mut out[hlen..scratch])
+                    .expect("rtp encrypt");
+                out[..hlen].copy_from_slice(aad);
+                let sha1_hmac = |k: &[u8], p: &[&[u8]]| self.sha1_hmac_provider.sha1_hmac(k, p);
+                Aes128CmSha1_80::rtp_hmac(sha1_hmac, key, &mut out[..len], srtp_index, buf.len());
+                Some(len)
+            }
+            Derived::AeadAes128Gcm { salt, enc, .. } => {
+                let len = buf.len() + AeadAes128Gcm::TAG_LEN;
+                if out.len() < len {
+                    return None;
+                }
+                let roc = (srtp_index >> 16) as u32;
+                let iv = AeadAes128Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
+                enc.encrypt(&iv, aad, input, &mut out[hlen..len])
+                    .expect("rtp encrypt");
+                out[..hlen].copy_from_slice(aad);
+                Some(len)
+            }
+            Derived::AeadAes256Gcm { salt, enc, .. } => {
+                let len = buf.len() + AeadAes256Gcm::TAG_LEN;
+                if out.len() < len {
+                    return None;
+                }
+                let roc = (srtp_index >> 16) as u32;
+                let iv = AeadAes256Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
+                enc.encrypt(&iv, aad, input, &mut out[hlen..len])
+                    .expect("rtp encrypt");
+                out[..hlen].copy_from_slice(aad);
+                Some(len)
+            }
+        }
+    }
+
     /// Decrypts an SRTP packet into the internal reusable scratch buffer and
     /// returns a slice of the plaintext bytes. The returned slice borrows from
     /// `self` until the next mutable use; the scratch buffer is reused across
