@@ -107,9 +107,6 @@ pub(crate) struct Session {
     pacer: PacerImpl,
     pacer_control: PacerControl,
 
-    // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
-    poll_packet_buf: Vec<u8>,
-
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
 
@@ -156,6 +153,16 @@ struct LastRrtr {
     lrr: u32,
     /// When the RRTR arrived locally.
     received_at: Instant,
+}
+
+thread_local! {
+    /// Where a packet is assembled in plain RTP before SRTP (header and payload, up to
+    /// `DATAGRAM_MAX_PACKET_SIZE`). Patched (vendor/README.md): one per thread instead of one
+    /// per session. An SFU worker sends each packet through hundreds of sessions in turn; a
+    /// 2 KB buffer per session was a cold cache line per 64 bytes written on every send (and
+    /// 2 KB per subscriber), where one shared buffer stays in cache.
+    static PLAIN_RTP_BUF: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0; crate::io::DATAGRAM_MAX_PACKET_SIZE]);
 }
 
 /// Where [`Session::send_rtp_now`] put the SRTP datagram.
@@ -225,7 +232,6 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
-            poll_packet_buf: vec![0; 2000],
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
@@ -1317,7 +1323,6 @@ impl Session {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
             return None;
         };
-        let buf = &mut self.poll_packet_buf;
         let twcc_seq = self.twcc;
 
         let params = &self.codec_config;
@@ -1328,11 +1333,20 @@ impl Session {
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
-        let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        let raw_packets = &mut self.raw_packets;
+        let (receipt, protected) = PLAIN_RTP_BUF.with_borrow_mut(|buf| {
+            let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+            if let Some(raw_packets) = raw_packets {
+                let header = receipt.header.clone();
+                raw_packets.push_back(Box::new(RawPacket::RtpTx(header, buf.clone())));
+            }
+            let protected = protect(srtp_tx, buf, &receipt.header, *receipt.seq_no);
+            Some((receipt, protected))
+        })?;
 
         let PacketReceipt {
             header,
-            seq_no,
+            seq_no: _,
             is_padding,
             payload_size,
         } = receipt;
@@ -1351,12 +1365,6 @@ impl Session {
         if matches!(pick, StreamPick::Paced(..)) {
             self.pacer.register_send(now, payload_size.into(), midrid);
         }
-
-        if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
-        }
-
-        let protected = protect(srtp_tx, buf, &header, *seq_no);
 
         if twcc_enabled {
             let packet_id = if let Some(cluster) = cluster_id {
