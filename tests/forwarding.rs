@@ -342,3 +342,37 @@ async fn lost_packets_are_resent_with_the_estimator_off() {
 async fn lost_packets_are_resent_with_the_estimator_on() {
     lost_packets_come_back(&[]).await;
 }
+
+/// RFC 8843 §9.2 / libwebrtc: MID (and RID) identify an SSRC only until the receiver has bound
+/// it, which its first receiver report for that SSRC shows; after that they are bytes on
+/// every packet for nothing. (str0m 0.25 missed the report for streams with an RTX SSRC, so
+/// video carried MID for its whole life: vendor/README.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_stops_carrying_mid_once_the_subscriber_reported_its_ssrc() {
+    let server = start_server_with(&["--bwe-enabled=false"]).await;
+    let mut publisher_ws = WsClient::connect(server.http_addr).await;
+    publisher_ws
+        .join(&token(&server, "pub"), "mid", "Pub", true)
+        .await;
+    let (mut sub_ws, sub) = join(&server, "mid", "sub").await;
+    let publisher = Peer::spawn().await;
+    publisher.publish(&mut publisher_ws).await;
+    let offer = negotiate_subscriber(&mut sub_ws, &sub, 2).await;
+    let video_mid = video_mid_of(&offer);
+    wait_until("video at subscriber", Duration::from_secs(10), || async {
+        video_of(&sub.received().await, &video_mid).len() > 20
+    })
+    .await;
+    // str0m reports on a receive stream about once a second.
+    wait_until("video without MID", Duration::from_secs(6), || async {
+        let video = video_of(&sub.received().await, &video_mid);
+        video.len() > 30 && video[video.len() - 10..].iter().all(|p| !p.carried_mid)
+    })
+    .await;
+    let video = video_of(&sub.received().await, &video_mid);
+    assert!(
+        video[0].carried_mid,
+        "the first video packets must carry MID"
+    );
+    server.stop().await;
+}

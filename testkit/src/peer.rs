@@ -90,6 +90,8 @@ pub struct Received {
     /// Layer index the synthetic publisher wrote into the payload (255 for audio).
     pub layer: u8,
     pub pt: u8,
+    /// The packet carried the MID header extension (a sender stops once we report its SSRC).
+    pub carried_mid: bool,
 }
 
 /// One received RTP packet with its payload (peers with `record_raw`).
@@ -405,6 +407,7 @@ impl PeerState {
                         keyframe: video && payload[4] & 1 == 0,
                         layer: if video { payload[7] } else { 255 },
                         pt,
+                        carried_mid: packet.header.ext_vals.mid.is_some(),
                     });
                 }
                 if self.record_raw {
