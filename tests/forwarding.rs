@@ -273,13 +273,23 @@ async fn publisher_disconnect_closes_its_producers_for_others() {
 /// answered from the SFU's resend cache over RTX. Run with the estimator off (packets leave
 /// through `send_rtp_now`'s direct path, which must fill the cache) and on (str0m's pacer
 /// sends them).
-async fn lost_packets_come_back(extra: &[&str]) {
+/// A room with one publisher live and one subscriber receiving its video: the server, both
+/// signaling clients and peers (kept alive by the caller), and the subscriber's video mid.
+struct VideoRoom {
+    server: sfu::ServerHandle,
+    _publisher: (WsClient, Peer),
+    _sub_ws: WsClient,
+    sub: Peer,
+    video_mid: String,
+}
+
+async fn room_with_video(extra: &[&str], room: &str) -> VideoRoom {
     let server = start_server_with(extra).await;
     let mut publisher_ws = WsClient::connect(server.http_addr).await;
     publisher_ws
-        .join(&token(&server, "pub"), "resend", "Pub", true)
+        .join(&token(&server, "pub"), room, "Pub", true)
         .await;
-    let (mut sub_ws, sub) = join(&server, "resend", "sub").await;
+    let (mut sub_ws, sub) = join(&server, room, "sub").await;
     let publisher = Peer::spawn().await;
     publisher.publish(&mut publisher_ws).await;
     let offer = negotiate_subscriber(&mut sub_ws, &sub, 2).await;
@@ -288,9 +298,21 @@ async fn lost_packets_come_back(extra: &[&str]) {
         video_of(&sub.received().await, &video_mid).len() > 20
     })
     .await;
+    VideoRoom {
+        server,
+        _publisher: (publisher_ws, publisher),
+        _sub_ws: sub_ws,
+        sub,
+        video_mid,
+    }
+}
+
+async fn lost_packets_come_back(extra: &[&str]) {
+    let room = room_with_video(extra, "resend").await;
+    let (sub, video_mid) = (&room.sub, room.video_mid.as_str());
 
     // Only the video's own packets are discarded, never their resends (RTX has its own PT).
-    let video_pt = video_of(&sub.received().await, &video_mid)[0].pt;
+    let video_pt = video_of(&sub.received().await, video_mid)[0].pt;
     sub.with(move |s| s.inbound_loss = Some(InboundLoss::every(7).of_payload_type(video_pt)))
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -301,7 +323,7 @@ async fn lost_packets_come_back(extra: &[&str]) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     assert!(discarded >= 20, "only {discarded} datagrams discarded");
-    let arrived: Vec<u64> = video_of(&sub.received().await, &video_mid)
+    let arrived: Vec<u64> = video_of(&sub.received().await, video_mid)
         .iter()
         .map(|p| p.seq)
         .collect();
@@ -330,7 +352,7 @@ async fn lost_packets_come_back(extra: &[&str]) {
         last - first + 1,
         &missing[..missing.len().min(20)]
     );
-    server.stop().await;
+    room.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,30 +371,18 @@ async fn lost_packets_are_resent_with_the_estimator_on() {
 /// video carried MID for its whole life: vendor/README.md.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_stops_carrying_mid_once_the_subscriber_reported_its_ssrc() {
-    let server = start_server_with(&["--bwe-enabled=false"]).await;
-    let mut publisher_ws = WsClient::connect(server.http_addr).await;
-    publisher_ws
-        .join(&token(&server, "pub"), "mid", "Pub", true)
-        .await;
-    let (mut sub_ws, sub) = join(&server, "mid", "sub").await;
-    let publisher = Peer::spawn().await;
-    publisher.publish(&mut publisher_ws).await;
-    let offer = negotiate_subscriber(&mut sub_ws, &sub, 2).await;
-    let video_mid = video_mid_of(&offer);
-    wait_until("video at subscriber", Duration::from_secs(10), || async {
-        video_of(&sub.received().await, &video_mid).len() > 20
-    })
-    .await;
+    let room = room_with_video(&["--bwe-enabled=false"], "mid").await;
+    let (sub, video_mid) = (&room.sub, room.video_mid.as_str());
     // str0m reports on a receive stream about once a second.
     wait_until("video without MID", Duration::from_secs(6), || async {
-        let video = video_of(&sub.received().await, &video_mid);
+        let video = video_of(&sub.received().await, video_mid);
         video.len() > 30 && video[video.len() - 10..].iter().all(|p| !p.carried_mid)
     })
     .await;
-    let video = video_of(&sub.received().await, &video_mid);
+    let video = video_of(&sub.received().await, video_mid);
     assert!(
         video[0].carried_mid,
         "the first video packets must carry MID"
     );
-    server.stop().await;
+    room.server.stop().await;
 }
