@@ -237,13 +237,13 @@ impl WorkerCore {
                 destination,
                 len,
                 ..
-            } if in_slot => egress.commit(proto, destination, len),
-            SendNow::Written {
-                proto,
-                destination,
-                len,
-                ..
-            } => send_datagram(egress, proto, destination, &self.datagram_buf[..len]),
+            } => {
+                if in_slot {
+                    egress.commit(proto, destination, len);
+                } else {
+                    send_datagram(egress, proto, destination, &self.datagram_buf[..len]);
+                }
+            }
             SendNow::Transmit(datagram) => transmit(egress, &datagram),
             SendNow::Queued => {
                 subscriber.release_written(now);

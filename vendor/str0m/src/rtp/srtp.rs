@@ -37,7 +37,6 @@ pub const SRTP_OVERHEAD: usize = MAX_TAG_LEN;
 // This adds 15 bytes of padding that we truncate after encryption
 const CTR_BUFFER_PADDING: usize = SRTP_BLOCK_SIZE - 1;
 
-
 /// Start repeated warnings here, then double the failure count between reports.
 const DECRYPT_WARN_INITIAL_COUNT: u64 = 4_096;
 
@@ -196,11 +195,11 @@ pub struct SrtpContext {
     srtcp_index: u32,
     /// SHA1-HMAC provider for AES_128_CM_SHA1_80 profile.
     sha1_hmac_provider: &'static dyn Sha1HmacProvider,
-    /// Reusable scratch buffer for RTP decryption output. Patched (vendor/README.md): it
-    /// starts empty and grows on the first decrypt, instead of 2 KB up front in every
-    /// context: a session's send context never decrypts, and an SFU subscriber receives no
-    /// RTP. Reused across calls
-    /// to `unprotect_rtp` so we don't allocate a fresh `Vec` per packet.
+    /// Reusable scratch buffer for RTP decryption output. Reused across calls to
+    /// `unprotect_rtp` so we don't allocate a fresh `Vec` per packet. Patched
+    /// (vendor/README.md): it starts empty and grows on the first decrypt, instead of 2 KB
+    /// up front in every context: a session's send context never decrypts, and an SFU
+    /// subscriber receives no RTP.
     rx_scratch: Vec<u8>,
     decrypt_warnings: DecryptWarnings,
 }
@@ -252,6 +251,27 @@ impl SrtpContext {
         header: &RtpHeader,
         srtp_index: u64, // same as ext_seq
     ) -> Vec<u8> {
+        // Room for the longest tag, and for the CTR scratch the AES-CM cipher writes past
+        // the body before it is truncated to the HMAC tag.
+        let mut output = vec![0_u8; buf.len() + MAX_TAG_LEN.max(CTR_BUFFER_PADDING)];
+        let len = self
+            .protect_rtp_into(buf, header, srtp_index, &mut output)
+            .expect("output has room for every profile");
+        output.truncate(len);
+        output
+    }
+
+    /// [`Self::protect_rtp`] into the caller's `out` instead of a new `Vec` (the SFU's
+    /// forwarding path writes straight into its `sendmmsg` slot: no allocation, no zeroing,
+    /// no copy afterwards). Returns the datagram's length, or `None` (nothing written that
+    /// counts) when `out` is too small for it.
+    pub fn protect_rtp_into(
+        &mut self,
+        buf: &[u8],
+        header: &RtpHeader,
+        srtp_index: u64, // same as ext_seq
+        out: &mut [u8],
+    ) -> Option<usize> {
         // SRTP layout
         // [header, [rtp, (padding + pad_count)], tag]
 
@@ -280,87 +300,13 @@ impl SrtpContext {
         //  |                                                                   |
         //  +- Encrypted Portion*                      Authenticated Portion ---+
         let hlen = header.header_len;
-        let input = &buf[hlen..];
-
-        match &mut self.rtp {
-            Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
-                // arbitrary body lengths are fine: the output buffer below is
-                // allocated with the CTR scratch the ciphers need and truncated
-                // after encryption, so no 16-byte alignment is required.
-                let iv = Aes128CmSha1_80::rtp_iv(*salt, *header.ssrc, srtp_index);
-
-                // Allocate buffer with CTR padding (aws-lc-rs requirement)
-                // HMAC_TAG_LEN is 10, CTR_BUFFER_PADDING is 15, so we need 5 extra bytes
-                let padding_needed =
-                    CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
-                let mut output =
-                    vec![0_u8; buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed];
-
-                enc.encrypt(&iv, input, &mut output[hlen..])
-                    .expect("rtp encrypt");
-
-                output[..hlen].copy_from_slice(&buf[..hlen]);
-
-                let hmac_start = buf.len();
-                let sha1_hmac = |k: &[u8], p: &[&[u8]]| self.sha1_hmac_provider.sha1_hmac(k, p);
-                Aes128CmSha1_80::rtp_hmac(sha1_hmac, key, &mut output, srtp_index, hmac_start);
-
-                output.truncate(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN);
-                output
-            }
-            Derived::AeadAes128Gcm { salt, enc, .. } => {
-                let roc = (srtp_index >> 16) as u32;
-
-                let iv = AeadAes128Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
-                let aad = &buf[..hlen];
-
-                // Input and output lengths for encryption:
-                // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes128Gcm::TAG_LEN];
-                enc.encrypt(&iv, aad, input, &mut output[hlen..])
-                    .expect("rtp encrypt");
-
-                output[..hlen].copy_from_slice(aad);
-
-                output
-            }
-            Derived::AeadAes256Gcm { salt, enc, .. } => {
-                let roc = (srtp_index >> 16) as u32;
-
-                let iv = AeadAes256Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
-                let aad = &buf[..hlen];
-
-                // Input and output lengths for encryption:
-                // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes256Gcm::TAG_LEN];
-                enc.encrypt(&iv, aad, input, &mut output[hlen..])
-                    .expect("rtp encrypt");
-
-                output[..hlen].copy_from_slice(aad);
-
-                output
-            }
-        }
-    }
-
-    /// [`Self::protect_rtp`] into the caller's `out` instead of a new `Vec` (the SFU's
-    /// forwarding path writes straight into its `sendmmsg` slot: no allocation, no zeroing,
-    /// no copy afterwards). Returns the datagram's length, or `None` (nothing written that
-    /// counts) when `out` is too small for it.
-    pub fn protect_rtp_into(
-        &mut self,
-        buf: &[u8],
-        header: &RtpHeader,
-        srtp_index: u64, // same as ext_seq
-        out: &mut [u8],
-    ) -> Option<usize> {
-        let hlen = header.header_len;
         let (aad, input) = buf.split_at(hlen);
 
         match &mut self.rtp {
             Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
                 let len = buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN;
-                // The CTR cipher wants its scratch after the body (see protect_rtp).
+                // aws-lc-rs's CTR mode writes up to 15 bytes past the body; the HMAC tag
+                // then overwrites the first 10 of them.
                 let scratch = buf.len() + CTR_BUFFER_PADDING.max(Aes128CmSha1_80::HMAC_TAG_LEN);
                 if out.len() < scratch {
                     return None;
